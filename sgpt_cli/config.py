@@ -1,0 +1,169 @@
+"""Training and model configuration: plain dataclasses, saved with every checkpoint and ONNX file.
+
+No torch here: the inference path reads these too. Presets are dictionaries of overrides applied
+on top of the defaults; every field can be overridden again by its own command-line flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sgpt_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The transformer's shape: everything needed to rebuild the network from a state dict."""
+
+    vocab_size: int = 65  # tiny-shakespeare's 65 characters; replaced by the real vocabulary's size
+    block_size: int = 256  # context window in characters (nanoGPT's shakespeare_char)
+    n_layer: int = 6  # depth of nanoGPT's shakespeare_char model
+    n_head: int = 6  # 64-wide heads at n_embd 384, the width flash attention likes
+    n_embd: int = 384  # residual width of nanoGPT's shakespeare_char model
+    dropout: float = 0.0  # regularisation; 0 is best per second when data is not repeated often
+    rope_base: float = 10000.0  # rotary frequency base (RoFormer); ample for windows of a few hundred
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> None:
+        checks = [
+            (self.vocab_size >= 1, "the vocabulary must hold at least one character"),
+            (self.block_size >= 1, f"--block-size must be at least 1 (got {self.block_size})"),
+            (self.n_layer >= 1, f"--n-layer must be at least 1 (got {self.n_layer})"),
+            (self.n_head >= 1, f"--n-head must be at least 1 (got {self.n_head})"),
+            (self.n_embd >= 1, f"--n-embd must be at least 1 (got {self.n_embd})"),
+            (
+                self.n_head >= 1 and self.n_embd % self.n_head == 0,
+                f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})",
+            ),
+            (
+                self.n_head >= 1 and (self.n_embd // self.n_head) % 2 == 0,
+                f"--n-embd / --n-head must be even for rotary positions "
+                f"(got {self.n_embd}/{self.n_head})",
+            ),
+            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1) (got {self.dropout})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Field names match the `sgpt train` flags (underscores become dashes)."""
+
+    # model shape (copied into ModelConfig)
+    n_layer: int = 4  # 'cpu' preset depth: shallow trains faster per second on 2 cores
+    n_head: int = 4  # 48-wide heads at n_embd 192
+    n_embd: int = 192  # width that keeps a 2-core laptop busy without starving it
+    block_size: int = 128  # half nanoGPT's context: most of the loss gain at a quarter of the cost
+    dropout: float = 0.0  # short runs see each character a few times at most: no need to regularise
+    # optimisation
+    batch_size: int = 32  # sequences per step; 4k characters per step is where CPU steps amortise
+    learning_rate: float = 3e-3  # small models tolerate a high peak rate; fastest early descent
+    min_lr: float = 3e-4  # cosine floor, a tenth of the peak (Chinchilla)
+    warmup_iters: int = 50  # short warmup: Adam's second moments settle within a few dozen steps
+    max_iters: int = 3000  # upper bound; --time-budget usually ends the run first
+    lr_decay_iters: int = 0  # 0 = decay over the whole run (max_iters or the time budget)
+    weight_decay: float = 0.1  # nanoGPT's value, applied to matrices only
+    beta1: float = 0.9  # AdamW default
+    beta2: float = 0.99  # nanoGPT's choice for small batches: a shorter memory of gradient scale
+    grad_clip: float = 1.0  # guards against the odd spike at a high learning rate; 0 disables
+    # run control
+    time_budget: float = 0.0  # seconds of wall clock; 0 = no limit. The schedule fits the budget
+    eval_interval: int = 250  # steps between evaluations (and checkpoints)
+    eval_iters: int = 20  # batches per evaluation; 20 as in nanoGPT's CPU recipe
+    sample_chars: int = 200  # characters sampled at each evaluation to show progress
+    seed: int = 1337  # nanoGPT's seed, so runs are repeatable
+    compile: bool = False  # torch.compile: faster steps on CUDA after a minute of compiling
+    preset: str = "cpu"  # the preset these values started from, recorded for the record
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=vocab_size,
+            block_size=self.block_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            dropout=self.dropout,
+        )
+
+    def validate(self) -> None:
+        self.model_config(vocab_size=1).validate()
+        checks = [
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.learning_rate > 0, f"--learning-rate must be positive (got {self.learning_rate})"),
+            (self.min_lr >= 0, f"--min-lr must not be negative (got {self.min_lr})"),
+            (self.warmup_iters >= 0, f"--warmup-iters must not be negative (got {self.warmup_iters})"),
+            (self.max_iters >= 1, f"--max-iters must be at least 1 (got {self.max_iters})"),
+            (self.lr_decay_iters >= 0, "--lr-decay-iters must not be negative"),
+            (self.weight_decay >= 0, "--weight-decay must not be negative"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)"),
+            (self.grad_clip >= 0, "--grad-clip must not be negative"),
+            (self.time_budget >= 0, f"--time-budget must not be negative (got {self.time_budget})"),
+            (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {self.eval_interval})"),
+            (self.eval_iters >= 1, f"--eval-iters must be at least 1 (got {self.eval_iters})"),
+            (self.sample_chars >= 0, "--sample-chars must not be negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+PRESETS: dict[str, dict] = {
+    # seconds: for tests and smoke checks
+    "tiny": dict(
+        n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, learning_rate=3e-3,
+        min_lr=3e-4, warmup_iters=5, max_iters=60, eval_interval=30, eval_iters=4, sample_chars=40,
+    ),
+    # the default: tuned on a 2-core laptop to beat nanogpt-cpu at equal wall time
+    "cpu": {},
+    # nanoGPT's config/train_shakespeare_char.py
+    "gpu": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
+        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=5000, eval_interval=250,
+        eval_iters=200, beta2=0.99,
+    ),
+    # nanoGPT README's "I only have a MacBook" recipe, with our code: the baseline to beat
+    "nanogpt-cpu": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,
+        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000, lr_decay_iters=2000,
+        eval_interval=250, eval_iters=20, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+    ),
+}
+
+
+def build_train_config(preset: str, overrides: dict) -> TrainConfig:
+    """Defaults, then the preset, then every override that is not None."""
+    if preset not in PRESETS:
+        raise UsageError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["preset"] = preset
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise UsageError(f"unknown training options: {', '.join(sorted(unknown))}")
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def train_config_from_dict(values: dict) -> TrainConfig:
+    """Rebuild a TrainConfig saved in a checkpoint, ignoring fields this version does not know."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def model_config_from_dict(values: dict) -> ModelConfig:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in values.items() if k in known})
+
+
+__all__ = [
+    "ModelConfig", "TrainConfig", "PRESETS", "build_train_config", "train_config_from_dict",
+    "model_config_from_dict",
+]

@@ -1,0 +1,93 @@
+"""Corpora: find or download the training text, read it strictly, split it as nanoGPT does.
+
+No torch here (`sgpt eval` reads the same split). Downloading reports progress through a callback;
+the CLI draws the bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from sgpt_cli.errors import SgptError, atomic_path
+
+DEFAULT_DATA = Path("data/tinyshakespeare.txt")
+# the address char-rnn and nanoGPT download tiny-shakespeare from
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None,
+             progress: Callable[[int, int | None], None] | None = None, timeout: float = 30.0) -> None:
+    """Fetch `url` into `dest` atomically; verify its SHA-256 before the file appears."""
+    hint = f"download it by hand from {url} and save it as {dest}, or pass --data PATH"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = response.length
+            chunks, done = [], 0
+            while True:
+                chunk = response.read(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise SgptError(f"could not download the training text ({reason}); {hint}") from None
+    data = b"".join(chunks)
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise SgptError(f"the downloaded file's SHA-256 does not match the expected one; {hint}")
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def ensure_default_data(path: Path, url: str = TINY_SHAKESPEARE_URL,
+                        progress: Callable[[int, int | None], None] | None = None) -> Path:
+    """The default corpus, downloaded on first use."""
+    path = Path(path)
+    if not path.exists():
+        download(url, path, TINY_SHAKESPEARE_SHA256, progress)
+    return path
+
+
+def read_text(path: Path, min_chars: int = 2) -> tuple[str, str]:
+    """(text, sha256 of the bytes). Strict UTF-8: a wrong encoding is an error, not mojibake."""
+    path = Path(path)
+    if not path.exists():
+        raise SgptError(f"data file {path} does not exist; pass --data PATH to a UTF-8 text file")
+    if path.is_dir():
+        raise SgptError(f"data path {path} is a folder; pass --data PATH to a UTF-8 text file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SgptError(f"cannot read data file {path}: {exc.strerror}") from None
+    if not raw:
+        raise SgptError(f"data file {path} is empty; give a UTF-8 text file with some text in it")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SgptError(
+            f"data file {path} is not UTF-8 text (bad byte at offset {exc.start}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark is not part of the text
+    if len(text) < min_chars:
+        raise SgptError(f"data file {path} is too short ({len(text)} characters; need {min_chars})")
+    return text, sha256_bytes(raw)
+
+
+def split_text(text: str) -> tuple[str, str]:
+    """nanoGPT's split: the first 90% of characters train, the last 10% validate."""
+    n = int(len(text) * TRAIN_FRACTION)
+    return text[:n], text[n:]

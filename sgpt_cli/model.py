@@ -1,0 +1,179 @@
+"""The GPT: a decoder-only transformer in the nanoGPT family, with a key/value cache.
+
+Pre-norm blocks (LayerNorm without bias), causal self-attention through
+`F.scaled_dot_product_attention` (flash attention on CUDA), a GELU MLP, tied input/output
+embeddings, and rotary positions (RoFormer) instead of a learned position table. Rotary positions
+are relative, so the runtime can keep a rolling window of cached keys past `block_size` without
+recomputing it: `position_ids` are absolute and may grow beyond the trained window.
+
+`forward(idx, past, position_ids)` returns logits for every position and the present cache, which is
+exactly the ONNX interface (../shared/docs/onnx-interface.md), so export needs no wrapper logic.
+Training calls it without a cache and takes the fast `is_causal` path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sgpt_cli.config import ModelConfig
+
+# one (key, value) pair per layer, each (B, nh, T_past, hs)
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def rotary_tables(position_ids: torch.Tensor, head_dim: int, base: float):
+    """cos/sin tables for absolute positions: (B, T) -> two (B, 1, T, hs/2) tensors."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    angles = position_ids.float()[..., None] * inv_freq  # (B, T, hs/2)
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head's channels by the position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, past=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is None:
+            # training / plain forward: no cache, the fused causal kernel
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:
+            k = torch.cat((past[0], k), dim=2)  # (B, nh, P+T, hs)
+            v = torch.cat((past[1], v), dim=2)
+            # query j sits after all P cached keys: it sees keys 0 .. P+j
+            P = k.shape[2] - T
+            rows = torch.arange(T, device=x.device)[:, None] + P
+            cols = torch.arange(k.shape[2], device=x.device)[None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cols <= rows)
+        present = (k, v) if past is not None else None
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
+        return self.resid_drop(self.proj(y)), present
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, past=None):
+        a, present = self.attn(self.ln1(x), cos, sin, past)
+        x = x + a
+        x = x + self.mlp(self.ln2(x))
+        return x, present
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: fewer parameters, better on small data
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by depth so the residual stream's variance stays put
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, past: KVCache | None = None, position_ids=None):
+        """idx (B, T) -> logits (B, T, vocab), present cache (None when `past` is None).
+
+        Without `position_ids`, token j sits at position P + j (P = cached length).
+        """
+        B, T = idx.shape
+        if position_ids is None:
+            P = 0 if past is None else past[0][0].shape[2]
+            position_ids = (torch.arange(T, device=idx.device) + P).unsqueeze(0).expand(B, T)
+        cos, sin = rotary_tables(position_ids, self.cfg.head_dim, self.cfg.rope_base)
+        x = self.drop(self.wte(idx))  # (B, T, C)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, cos, sin, None if past is None else past[i])
+            presents.append(present)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        return logits, (presents if past is not None else None)
+
+    def loss(self, idx, targets):
+        logits, _ = self(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    def empty_cache(self, batch: int, device=None, dtype=torch.float32) -> KVCache:
+        shape = (batch, self.cfg.n_head, 0, self.cfg.head_dim)
+        return [
+            (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+            for _ in range(self.cfg.n_layer)
+        ]
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, fused: bool):
+        """AdamW with decay on matrices only (not norms); fused kernel on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Sample for progress reports during training (the product samples through ONNX Runtime)."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.cfg.block_size:])
+            logits = logits[:, -1, :] / max(temperature, 1e-6)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            probs = F.softmax(logits, dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+        return idx

@@ -1,0 +1,194 @@
+"""An exported sgpt model in ONNX Runtime: open it, check its metadata, run forward passes, score text.
+
+Torch-free by design (onnxruntime + numpy only): `chat`, `complete`, `eval` and the export
+verification all go through here. It knows the file interface (../shared/docs/onnx-interface.md),
+nothing about sampling or terminals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.tokenizer import CharTokenizer
+
+SUPPORTED_FORMATS = {"1"}
+REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only: no provider fallback chatter on the terminal
+    return ort
+
+
+def cuda_usable() -> bool:
+    return "CUDAExecutionProvider" in _ort().get_available_providers()
+
+
+def session_options(threads: int | None = None):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+    so.inter_op_num_threads = 1  # one decoder graph: no parallel branches worth a second pool
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return so
+
+
+def open_session(path_or_bytes, device: str = "auto", threads: int | None = None):
+    """An InferenceSession on the requested device; 'auto' prefers CUDA only when it really works."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
+    ort = _ort()
+    want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
+    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(path_or_bytes, sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for damaged files
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        where = path_or_bytes if isinstance(path_or_bytes, (str, Path)) else "the model"
+        raise SgptError(f"ONNX Runtime cannot load {where}: {text}") from None
+    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise SgptError(
+            "--device cuda was asked for, but ONNX Runtime's CUDA provider is not usable here "
+            "(no GPU, or CUDA/cuDNN libraries missing); use --device cpu or auto"
+        )
+    return sess
+
+
+class OnnxModel:
+    """One loaded model: its session, vocabulary and shape, and a plain forward()."""
+
+    def __init__(self, path: Path | str, device: str = "auto", threads: int | None = None, session=None):
+        self.path = Path(path)
+        if session is None:
+            if not self.path.exists():
+                raise SgptError(f"model file {self.path} does not exist; export one with `sgpt export` or pass --model")
+            if self.path.is_dir():
+                raise SgptError(f"model path {self.path} is a folder; give an .onnx file")
+            session = open_session(str(self.path), device, threads)
+        self.session = session
+        self.meta = dict(session.get_modelmeta().custom_metadata_map)
+        check_metadata(self.meta, self.path)
+        self.tokenizer = CharTokenizer.from_json(self.meta["sgpt.vocab"])
+        self.block_size = int(self.meta["sgpt.block_size"])
+        self.n_layer = int(self.meta["sgpt.n_layer"])
+        self.n_head = int(self.meta["sgpt.n_head"])
+        self.n_embd = int(self.meta["sgpt.n_embd"])
+        self.head_dim = self.n_embd // self.n_head
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.has_position_ids = "position_ids" in self.input_names
+        past_type = next(i.type for i in session.get_inputs() if i.name == "past_key_values.0.key")
+        self.cache_dtype = np.float16 if "float16" in past_type else np.float32
+        self.provider = session.get_providers()[0]
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def val_loss(self) -> float | None:
+        v = self.meta.get("sgpt.val_loss")
+        try:
+            return float(v) if v not in (None, "") else None
+        except ValueError:
+            return None
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        """Per layer [key, value] flattened, each (B, nh, 0, hs)."""
+        shape = (batch, self.n_head, 0, self.head_dim)
+        return [np.zeros(shape, dtype=self.cache_dtype) for _ in range(2 * self.n_layer)]
+
+    def feeds(self, ids: np.ndarray, past: list[np.ndarray], position_ids: np.ndarray | None = None) -> dict:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        feed = {"input_ids": ids}
+        for i in range(self.n_layer):
+            feed[f"past_key_values.{i}.key"] = past[2 * i]
+            feed[f"past_key_values.{i}.value"] = past[2 * i + 1]
+        if self.has_position_ids:
+            if position_ids is None:
+                P = past[0].shape[2]
+                position_ids = np.broadcast_to(np.arange(P, P + ids.shape[1], dtype=np.int64), ids.shape)
+            feed["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+        return feed
+
+    def forward(self, ids: np.ndarray, past: list[np.ndarray] | None = None,
+                position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """ids (B, T) -> logits (B, T, V), present (flattened [k0, v0, k1, v1, ...])."""
+        if past is None:
+            past = self.empty_past(ids.shape[0])
+        outs = self.session.run(None, self.feeds(ids, past, position_ids))
+        named = dict(zip(self.output_names, outs))
+        present = []
+        for i in range(self.n_layer):
+            present += [named[f"present.{i}.key"], named[f"present.{i}.value"]]
+        return named["logits"], present
+
+
+def check_metadata(meta: dict, path: Path) -> None:
+    if "sgpt.format" not in meta:
+        raise SgptError(f"{path} is not an sgpt model (no sgpt metadata); export one with `sgpt export`")
+    if meta["sgpt.format"] not in SUPPORTED_FORMATS:
+        raise SgptError(
+            f"{path} is sgpt model format {meta['sgpt.format']!r}; this sgpt reads format "
+            f"{', '.join(sorted(SUPPORTED_FORMATS))}: upgrade sgpt or re-export the model"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise SgptError(f"{path} lacks sgpt metadata {', '.join(missing)}; re-export it with `sgpt export`")
+    try:
+        for k in REQUIRED_KEYS[2:]:
+            int(meta[k])
+    except ValueError:
+        raise SgptError(f"{path} has damaged sgpt metadata; re-export it with `sgpt export`") from None
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=-1, keepdims=True)
+    z = logits - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def score_ids(model: OnnxModel, ids: np.ndarray, batch: int = 16, progress=None) -> tuple[float, int]:
+    """Mean cross-entropy (nats/char) of predicting ids[1:], over non-overlapping windows of
+    block_size characters (each window starts fresh, as in training). Returns (loss, characters scored)."""
+    T = model.block_size
+    n_windows = (len(ids) - 1) // T
+    if n_windows == 0:
+        T = len(ids) - 1
+        n_windows = 1 if T >= 1 else 0
+    if n_windows == 0:
+        raise SgptError("the text is too short to score: it needs at least 2 characters the model knows")
+    total, count = 0.0, 0
+    starts = np.arange(n_windows) * T
+    for b in range(0, n_windows, batch):
+        chunk = starts[b:b + batch]
+        windows = np.stack([ids[s:s + T + 1] for s in chunk])  # (b, T+1)
+        logits, _ = model.forward(windows[:, :-1])
+        logp = log_softmax(logits.astype(np.float64))
+        picked = np.take_along_axis(logp, windows[:, 1:, None], axis=-1)
+        total -= float(picked.sum())
+        count += picked.size
+        if progress:
+            progress(min(b + batch, n_windows), n_windows)
+    return total / count, count
+
+
+def model_summary(model: OnnxModel) -> dict:
+    cfg = {}
+    try:
+        cfg = json.loads(model.meta.get("sgpt.train_config", "{}"))
+    except ValueError:
+        pass
+    return {
+        "path": str(model.path),
+        "size_bytes": model.path.stat().st_size if model.path.exists() else None,
+        "device": model.device,
+        "n_layer": model.n_layer, "n_head": model.n_head, "n_embd": model.n_embd,
+        "block_size": model.block_size, "vocab_size": model.tokenizer.vocab_size,
+        "val_loss": model.val_loss, "train_config": cfg,
+    }

@@ -1,0 +1,73 @@
+"""Loss curves from a metrics JSONL: a PNG for the user to open and a compact view for the terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.text import Text
+
+from sgpt_cli.errors import atomic_path
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a crash: skip it
+    return rows
+
+
+def write_png(rows: list[dict], png: Path, title: str = "sgpt training") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    its = [r["iter"] for r in rows]
+    ax.plot(its, [r["train_loss"] for r in rows], label="train", color="#4c72b0")
+    ax.plot(its, [r["val_loss"] for r in rows], label="validation", color="#dd8452")
+    best = min(rows, key=lambda r: r["val_loss"])
+    ax.annotate(f"best val {best['val_loss']:.4f}", (best["iter"], best["val_loss"]),
+                textcoords="offset points", xytext=(-60, 20), arrowprops=dict(arrowstyle="->"))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy (nats/char)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    if not values:
+        return ""
+    if len(values) > width:  # keep the shape: sample evenly, always keep the last point
+        step = len(values) / width
+        values = [values[int(i * step)] for i in range(width - 1)] + [values[-1]]
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(BARS[min(int((hi - v) / span * (len(BARS) - 1) + 0.5), len(BARS) - 1)] for v in values)
+
+
+def render_curves(metrics: Path, png: Path) -> Text:
+    """Write the PNG and return a terminal summary: val loss falling as bars grow."""
+    rows = read_metrics(metrics)
+    if not rows:
+        return Text("")
+    write_png(rows, png)
+    vals = [r["val_loss"] for r in rows]
+    t = Text()
+    t.append("val loss  ", style="bold")
+    t.append(f"{vals[0]:.3f} ", style="dim")
+    t.append(sparkline(vals), style="green")
+    t.append(f" {vals[-1]:.3f}", style="bold")
+    t.append(f"   (taller = lower; loss curves: {png})", style="dim")
+    return t

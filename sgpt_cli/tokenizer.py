@@ -1,0 +1,62 @@
+"""Character-level tokenizer: the vocabulary is the sorted set of characters of the training text.
+
+Saved as a JSON array of characters in id order (never pickle), both in checkpoints and in the ONNX
+metadata (`sgpt.vocab`). No torch here: the inference path uses it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from sgpt_cli.errors import SgptError
+
+
+class CharTokenizer:
+    def __init__(self, chars: list[str]):
+        if not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise SgptError("the vocabulary is damaged: it must be a list of single characters")
+        if len(set(chars)) != len(chars):
+            raise SgptError("the vocabulary is damaged: it repeats a character")
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    @classmethod
+    def from_json(cls, data: str) -> "CharTokenizer":
+        try:
+            chars = json.loads(data)
+        except (TypeError, ValueError):
+            raise SgptError("the vocabulary is damaged: it is not a JSON array") from None
+        if not isinstance(chars, list):
+            raise SgptError("the vocabulary is damaged: it is not a JSON array")
+        return cls(chars)
+
+    def to_json(self) -> str:
+        return json.dumps(self.chars, ensure_ascii=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def unknown(self, text: str) -> list[str]:
+        """Characters of `text` the model has never seen, each once, in order of appearance."""
+        return list(dict.fromkeys(c for c in text if c not in self.stoi))
+
+    def encode(self, text: str, drop_unknown: bool = False) -> np.ndarray:
+        """Ids as int64. Unknown characters raise, unless `drop_unknown` drops them."""
+        if drop_unknown:
+            ids = [self.stoi[c] for c in text if c in self.stoi]
+        else:
+            missing = self.unknown(text)
+            if missing:
+                raise SgptError(f"characters not in the vocabulary: {''.join(missing)!r}")
+            ids = [self.stoi[c] for c in text]
+        return np.asarray(ids, dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
