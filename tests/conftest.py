@@ -1,0 +1,78 @@
+"""Shared fixtures: one tiny trained checkpoint and its ONNX export, built once per test run.
+
+Tests never touch the user's real home: SGPT_HOME points into a temporary folder for every test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def short_text(n_chars: int = 40_000) -> str:
+    """The start of tiny-shakespeare when it lies beside the repo, else a synthetic play script."""
+    if SHARED_TEXT.exists():
+        return SHARED_TEXT.read_text(encoding="utf-8")[:n_chars]
+    lines = []
+    speakers = ["ROMEO", "JULIET", "FIRST CITIZEN", "MENENIUS"]
+    words = "the king doth love my lord and thou art not so fair a thing as night upon the sea".split()
+    for i in range(n_chars // 60):
+        body = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(9))
+        lines.append(f"{speakers[i % 4]}:\n{body.capitalize()}.\n")
+    return "\n".join(lines)[:n_chars]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "sgpt-home"
+    monkeypatch.setenv("SGPT_HOME", str(home))
+    monkeypatch.delenv("SGPT_MODEL", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text(short_text(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, text_file) -> Path:
+    """A 2-layer, 32-wide model trained for a few dozen steps: seconds on a laptop."""
+    from sgpt_cli import trainer
+    from sgpt_cli.config import build_train_config
+    from sgpt_cli.data import read_text
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    cfg = build_train_config("tiny", {"max_iters": 40, "eval_interval": 20, "sample_chars": 0})
+    text, sha = read_text(text_file)
+    trainer.train(cfg, text, sha, out, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_ckpt) -> Path:
+    from sgpt_cli.export import export
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export(tiny_ckpt, out)
+    return out
+
+
+def run_env(**extra) -> dict:
+    """Environment for a subprocess running sgpt from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+SGPT = [sys.executable, "-m", "sgpt_cli"]
