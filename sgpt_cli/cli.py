@@ -8,6 +8,10 @@ from __future__ import annotations
 import typer
 
 from sgpt_cli import __version__
+from sgpt_cli.cli_chat import chat
+from sgpt_cli.cli_complete import complete
+from sgpt_cli.cli_eval import eval_cmd
+from sgpt_cli.cli_export import export_cmd
 from sgpt_cli.cli_train import train
 
 app = typer.Typer(
@@ -34,6 +38,10 @@ def root(
 
 
 app.command("train")(train)
+app.command("export")(export_cmd)
+app.command("chat")(chat)
+app.command("complete")(complete)
+app.command("eval")(eval_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,10 @@
+"""`sgpt complete`: flags only; the worker is imported inside the command. (placeholder: being written)"""
+
+from __future__ import annotations
+
+import typer
+
+
+def complete() -> None:
+    """(being written)"""
+    raise typer.Exit(1)
