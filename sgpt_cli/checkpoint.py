@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -30,6 +31,11 @@ def metrics_path(out: Path) -> Path:
     return out.with_name(out.stem + ".metrics.jsonl")
 
 
+def curve_path(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".loss.png")
+
+
 def save(path: Path, payload: dict) -> None:
     payload = {"format": FORMAT, "version": VERSION, **payload}
     with atomic_path(Path(path)) as tmp:
@@ -42,6 +48,11 @@ def load(path: Path, map_location="cpu") -> dict:
         raise SgptError(f"checkpoint {path} does not exist; train one with `sgpt train --out {path}`")
     if path.is_dir():
         raise SgptError(f"checkpoint path {path} is a folder; give a .pt file from `sgpt train`")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
+        raise SgptError(
+            f"{path} is not a readable sgpt checkpoint (not a PyTorch file, or cut short); "
+            "give a .pt file written by `sgpt train`"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:

@@ -7,6 +7,7 @@ the CLI draws the bar.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,12 +28,18 @@ def sha256_bytes(data: bytes) -> str:
 
 def download(url: str, dest: Path, sha256: str | None,
              progress: Callable[[int, int | None], None] | None = None, timeout: float = 30.0) -> None:
-    """Fetch `url` into `dest` atomically; verify its SHA-256 before the file appears."""
+    """Fetch `url` into `dest` atomically; verify its SHA-256 before the file appears.
+
+    Nothing is written unless the whole body arrived and matched: a dropped connection, a wrong
+    checksum or Ctrl-C leave no file behind.
+    """
+    dest = Path(dest)
     hint = f"download it by hand from {url} and save it as {dest}, or pass --data PATH"
+    done = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             total = response.length
-            chunks, done = [], 0
+            chunks = []
             while True:
                 chunk = response.read(1 << 16)
                 if not chunk:
@@ -41,22 +48,31 @@ def download(url: str, dest: Path, sha256: str | None,
                 done += len(chunk)
                 if progress:
                     progress(done, total)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+    except http.client.IncompleteRead as exc:
+        got = done + len(exc.partial)
+        expected = f" of {got + exc.expected}" if exc.expected is not None else ""
+        raise SgptError(f"the download of the training text broke off after {got}{expected} bytes; {hint}") from None
+    except urllib.error.HTTPError as exc:
+        raise SgptError(f"could not download the training text (HTTP {exc.code} {exc.reason}); {hint}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        reason = " ".join(str(reason).split())  # one line, whatever the platform's message holds
         raise SgptError(f"could not download the training text ({reason}); {hint}") from None
     data = b"".join(chunks)
+    if total is not None and len(data) != total:
+        raise SgptError(f"the download of the training text broke off after {len(data)} of {total} bytes; {hint}")
     if sha256 is not None and sha256_bytes(data) != sha256:
         raise SgptError(f"the downloaded file's SHA-256 does not match the expected one; {hint}")
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
 
 
-def ensure_default_data(path: Path, url: str = TINY_SHAKESPEARE_URL,
+def ensure_default_data(path: Path, url: str | None = None, sha256: str | None = None,
                         progress: Callable[[int, int | None], None] | None = None) -> Path:
-    """The default corpus, downloaded on first use."""
+    """The default corpus, downloaded on first use (url and checksum default to tiny-shakespeare's)."""
     path = Path(path)
     if not path.exists():
-        download(url, path, TINY_SHAKESPEARE_SHA256, progress)
+        download(url or TINY_SHAKESPEARE_URL, path, sha256 or TINY_SHAKESPEARE_SHA256, progress)
     return path
 
 

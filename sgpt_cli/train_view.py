@@ -5,18 +5,33 @@ The rich live display lives here and only here; the trainer reports plain events
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shlex
+import signal
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
+from rich.markup import escape
 from rich.text import Text
 
 from sgpt_cli import checkpoint
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import DEFAULT_DATA, ensure_default_data, read_text
 from sgpt_cli.errors import SgptError, check_writable_target
+
+
+class _Console(Console):
+    """rich's Console, but a closed pipe (`sgpt train | head`) ends the run the way every sgpt
+    command ends it (cli_common: a quiet exit), not with rich's own SystemExit(1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -31,113 +46,195 @@ def _fmt_time(seconds: float | None) -> str:
 def _download_with_bar(path: Path, console: Console) -> Path:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    console.print(f"[dim]{path} is missing: downloading tiny-shakespeare…[/dim]")
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("tinyshakespeare.txt", total=None)
-        ensure_default_data(path, progress=lambda done, total: progress.update(task, completed=done, total=total))
+    from sgpt_cli import data as corpus
+
+    console.print(f"[dim]{escape(str(path))} is missing: downloading tiny-shakespeare from "
+                  f"{escape(corpus.TINY_SHAKESPEARE_URL)}[/dim]", soft_wrap=True)
+    if not console.is_terminal:  # a log or a pipe gets the two lines, not a bar's leftovers
+        ensure_default_data(path)
+    else:
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console, transient=True) as progress:
+            task = progress.add_task(path.name, total=None)
+            ensure_default_data(path, progress=lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"[dim]saved {escape(str(path))} (SHA-256 verified)[/dim]", soft_wrap=True)
     return path
 
 
 class TrainDisplay:
-    """Renders trainer events: a live status table on a terminal, plain lines otherwise."""
+    """Renders trainer events: a live status line on a terminal; evaluations, samples and the
+    summary as plain lines everywhere (so logs and pipes get them too)."""
 
     def __init__(self, console: Console):
         self.console = console
         self.live = Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
-        self.last_step = None
-        self.best = None
+        self.val = None
 
     def __call__(self, e) -> None:
         if e.kind == "start":
             i = e.info
-            what = "resuming" if i["resumed"] else "training"
+            what = f"resuming from iteration {e.iter}:" if i["resumed"] else "training"
             self.console.print(
-                f"[bold]{what}[/bold] {i['params'] / 1e6:.2f}M parameters on {i['hardware']}"
+                f"[bold]{what}[/bold] {i['params'] / 1e6:.2f}M parameters on {escape(i['hardware'])}"
                 + (f" x{i['world']} processes" if i["world"] > 1 else "")
                 + f" | vocab {i['vocab_size']} | {i['train_chars']:,} train / {i['val_chars']:,} val characters"
             )
             if self.live:
                 self.live.start()
         elif e.kind == "step":
-            self.last_step = e
             if self.live:
                 self.live.update(self._table(e))
         elif e.kind == "eval":
+            self.val = e.val_loss
             mark = " [green]saved best[/green]" if e.saved else ""
             self.console.print(
                 f"[bold cyan]iter {e.iter:>6}[/bold cyan]  train {e.train_loss:.4f}  "
                 f"[bold]val {e.val_loss:.4f}[/bold]  best {e.best_val_loss:.4f}  {_fmt_time(e.elapsed)}{mark}"
             )
             if e.sample:
-                self.console.print(Text(e.sample.strip("\n")[:400], style="italic dim"))
+                self.console.print(Text(e.sample.strip("\n")[:400], style="italic dim"), soft_wrap=False)
         elif e.kind == "end" and self.live:
             self.live.stop()
 
-    def _table(self, e) -> Table:
-        t = Table.grid(padding=(0, 2))
-        pct = e.iter / e.max_iters if e.max_iters else 0
-        bar = "█" * int(pct * 30) + "░" * (30 - int(pct * 30))
-        t.add_row(
-            f"iter [bold]{e.iter}[/bold]/{e.max_iters}", bar,
-            f"loss [bold]{e.loss:.4f}[/bold]",
-            f"best val {e.best_val_loss:.4f}" if e.best_val_loss else "best val -",
-            f"{e.tokens_per_s:,.0f} tok/s", f"lr {e.lr:.2e}",
-            f"elapsed {_fmt_time(e.elapsed)}", f"eta {_fmt_time(e.eta)}",
-        )
-        return t
+    def _table(self, e) -> Text:
+        """One status line that fits the terminal: the essentials first, extras only where room is left."""
+        width = self.console.width
+        val = f"val {self.val:.4f}" if self.val is not None else "val -"
+        parts = [f"iter {e.iter}/{e.max_iters}", f"loss {e.loss:.4f}", val, f"{e.tokens_per_s:,.0f} tok/s",
+                 f"elapsed {_fmt_time(e.elapsed)}", f"eta {_fmt_time(e.eta)}"]
+        fits = lambda ps: len("  ".join(ps)) <= width  # noqa: E731
+        if e.best_val_loss is not None and fits(parts + ["(best 0.0000)"]):
+            parts[2] = f"{val} (best {e.best_val_loss:.4f})"
+        with_lr = parts[:4] + [f"lr {e.lr:.1e}"] + parts[4:]
+        if fits(with_lr):
+            parts = with_lr
+        line = "  ".join(parts)
+        room = width - len(line) - 2
+        if room >= 12:  # a progress bar too, up to 30 cells
+            cells = min(room, 30)
+            pct = min(e.iter / e.max_iters, 1.0) if e.max_iters else 0.0
+            filled = int(pct * cells)
+            line = f"{parts[0]}  {'█' * filled}{'░' * (cells - filled)}  " + "  ".join(parts[1:])
+        return Text(line, no_wrap=True, overflow="ellipsis")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that can never be written, without creating anything yet."""
+    if out.is_dir():
+        raise SgptError(f"--out {out} is a folder; give a file name such as {out / 'model.pt'}")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise SgptError(f"cannot write --out {out}: {ancestor} is a file, not a folder; choose another --out")
+    if not os.access(ancestor if ancestor.exists() else Path("."), os.W_OK | os.X_OK):
+        raise SgptError(f"cannot write --out {out}: folder {ancestor} is not writable; choose another --out")
+
+
+class StopRequest:
+    """Ctrl-C (or SIGTERM, e.g. a scheduler's preemption) asks the trainer to stop after the current
+    step, evaluate and save; a second one aborts at once. Polled by the trainer as `should_stop`."""
+
+    def __init__(self, announce: bool):
+        self.requested = False
+        self.announce = announce
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce:  # os.write: the only output that is safe inside a signal handler
+            os.write(2, b"\nsgpt: stopping after this step to save a checkpoint (Ctrl-C again to abort)\n")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _resume_hint(out: Path, data: Path | None) -> str:
+    launcher = "torchrun … -m sgpt_cli train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "sgpt train"
+    data_flag = f" --data {shlex.quote(str(data))}" if data is not None else ""
+    return f"{launcher} --resume --out {shlex.quote(str(out))}{data_flag}"
 
 
 def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force: bool, device: str,
               overrides: dict) -> int:
+    """Check every input before any work or any file is written, then train and draw progress.
+
+    Returns the exit status: 0 when the run ended by --max-iters or --time-budget, 130 when
+    interrupted (after saving). User errors raise SgptError.
+    """
     from sgpt_cli import trainer  # torch: only now
 
     master = int(os.environ.get("RANK", "0")) == 0
-    console = Console(stderr=False) if master else Console(file=open(os.devnull, "w"))
+    console = _Console(soft_wrap=True, highlight=False) if master else Console(file=io.StringIO())
+    errors = _Console(stderr=True, soft_wrap=True) if master else console
     cfg = build_train_config(preset, overrides)  # validates flags before any work
+    trainer.resolve_device(device)
     out = Path(out)
     if resume and force:
         raise SgptError("--resume and --force contradict each other; pick one")
-    check_writable_target(out)
+    _check_out(out)
     if not resume and not force and (out.exists() or checkpoint.last_path(out).exists()):
         raise SgptError(f"{out} already holds a checkpoint; pass --resume to continue it or --force to start over")
 
-    if data is None:
-        data = DEFAULT_DATA
-        if not data.exists():
-            if not master:
-                raise SgptError(f"{data} is missing; download it once before launching torchrun")
-            _download_with_bar(data, console)
-    text, sha = read_text(data)
+    data_path = Path(data) if data is not None else DEFAULT_DATA
+    if data is None and not data_path.exists():
+        if not master:
+            raise SgptError(f"{data_path} is missing; download it once before launching torchrun")
+        _download_with_bar(data_path, console)
+    text, sha = read_text(data_path)
 
     resume_ckpt = None
     if resume:
         from sgpt_cli.tokenizer import CharTokenizer
 
         resume_ckpt, cfg = trainer.load_resume_state(out, sha, CharTokenizer.from_text(text), overrides)
+    trainer.check_text_length(cfg, text)
+    check_writable_target(out)  # creates the folder: only now that every input is known to be good
 
     display = TrainDisplay(console)
     try:
-        result = trainer.train(cfg, text, sha, out, device=device, resume=resume_ckpt, callback=display)
+        with StopRequest(announce=master).installed() as stop:
+            result = trainer.train(cfg, text, sha, out, device=device, resume=resume_ckpt, callback=display,
+                                   should_stop=stop)
     finally:
         if display.live and display.live.is_started:
             display.live.stop()
     if not master:
-        return 0 if result.status != "interrupted" else 130
-    if result.best_val_loss < float("inf") and checkpoint.metrics_path(out).exists():
+        return 130 if result.status == "interrupted" else 0
+    metrics = checkpoint.metrics_path(out)
+    if metrics.exists():
         from sgpt_cli.plot import render_curves
 
-        png = out.with_name(out.stem + ".loss.png")
-        console.print(render_curves(checkpoint.metrics_path(out), png))
+        try:
+            console.print(render_curves(metrics, checkpoint.curve_path(out)))
+        except OSError as exc:
+            errors.print(f"sgpt: warning: could not write the loss curve: {exc.strerror or exc}", markup=False)
     if result.status == "interrupted":
-        console.print(
-            f"[yellow]interrupted at iteration {result.iters}[/yellow]; state saved to {result.last}. "
-            f"Resume with: sgpt train --out {out} --resume"
-        )
+        if result.saved_iter is None:
+            errors.print(f"sgpt: interrupted at iteration {result.iters}, before anything was saved", markup=False)
+        else:
+            errors.print(
+                f"sgpt: interrupted; iteration {result.saved_iter} is saved in {result.last}. "
+                f"Resume with: {_resume_hint(out, data)}", markup=False,
+            )
         return 130
     why = "time budget spent" if result.status == "time" else "done"
     console.print(
         f"[bold green]{why}[/bold green]: {result.iters} iterations in {_fmt_time(result.elapsed)}, "
-        f"best val loss {result.best_val_loss:.4f} -> {out}\nnext: sgpt export {out}"
+        f"best val loss {result.best_val_loss:.4f} -> {escape(str(out))}"
     )
+    console.print(f"next: sgpt export {out}", markup=False)
     return 0
