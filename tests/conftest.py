@@ -47,7 +47,11 @@ def text_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory, text_file) -> Path:
     """A 2-layer, 32-wide model trained for a few dozen steps: seconds on a laptop."""
+    import torch
+
     from sgpt_cli import trainer
+
+    torch.set_num_threads(1)  # tiny matrices: a second thread only adds synchronisation
     from sgpt_cli.config import build_train_config
     from sgpt_cli.data import read_text
 
