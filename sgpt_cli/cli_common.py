@@ -8,8 +8,6 @@ import os
 import sys
 from typing import Iterator
 
-import typer
-
 from sgpt_cli.errors import SgptError
 
 
@@ -26,17 +24,24 @@ def use_color(stream=sys.stdout) -> bool:
 @contextlib.contextmanager
 def user_errors(error_code: int | None = None) -> Iterator[None]:
     """Map SgptError to its message and exit status, Ctrl-C to 130, a closed stdout to a quiet exit."""
+    import typer  # here, not at the top: `sgpt complete`'s fast path uses this module without Typer
+
     try:
         yield
-    except SgptError as exc:
+    except (SgptError, KeyboardInterrupt, BrokenPipeError) as exc:
+        raise typer.Exit(report(exc, error_code)) from None
+
+
+def report(exc: BaseException, error_code: int | None = None) -> int:
+    """Say what went wrong in one line (nothing for a closed pipe) and return the exit status."""
+    if isinstance(exc, SgptError):
         err(str(exc))
-        raise typer.Exit(error_code or exc.exit_code) from None
-    except KeyboardInterrupt:
+        return error_code or exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
         sys.stderr.write("\nsgpt: interrupted\n")
-        raise typer.Exit(130) from None
-    except BrokenPipeError:
-        quiet_broken_pipe()
-        raise typer.Exit(0) from None
+        return 130
+    quiet_broken_pipe()
+    return 0
 
 
 def quiet_broken_pipe() -> None:

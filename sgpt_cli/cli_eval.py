@@ -1,10 +1,89 @@
-"""`sgpt eval`: flags only; the worker is imported inside the command. (placeholder: being written)"""
+"""`sgpt eval`: flags and the report; the scoring (sgpt_cli.evaluate) is imported inside the command.
+
+A progress bar is drawn on stderr when stderr is a terminal, never into a pipe or a log file.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
 
+from sgpt_cli.cli_common import user_errors
 
-def eval_cmd() -> None:
-    """(being written)"""
-    raise typer.Exit(1)
+
+def eval_cmd(
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH", show_default=False,
+                                        help="The ONNX model file. \\[default: $SGPT_MODEL, else ./export/model.onnx, else the shipped model]"),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="PATH", show_default=False,
+                                        help="UTF-8 text to score. \\[default: data/tinyshakespeare.txt, which `sgpt train` downloads]"),
+    split: Optional[str] = typer.Option(None, "--split", metavar="val|train|all", show_default=False,
+                                        help="Which part of the text: nanoGPT's split (val = the last 10% of the characters, train = the first 90%) or all. \\[default: val for the default text, all for --data]"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when usable), cpu or cuda. \\[default: auto]", show_default=False),
+    batch_size: int = typer.Option(16, "--batch-size", help="Windows of block-size characters per forward pass. \\[default: 16]", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the report. \\[default: off]", show_default=False),
+) -> None:
+    """Score a text with an ONNX model: mean cross-entropy (nats per character) and perplexity.
+
+    With no flags it measures the validation loss on tiny-shakespeare as nanoGPT does (the last 10% of the characters, in windows of the model's block size): the figure the README and `sgpt export` report.
+    """
+    with user_errors():
+        from sgpt_cli.evaluate import evaluate
+
+        with progress_bar() as progress:
+            result = evaluate(model, data, split, device, batch=batch_size, progress=progress)
+        if as_json:
+            import json
+
+            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write(render(result))
+        sys.stdout.flush()
+
+
+def render(r: dict) -> str:
+    """The plain report: one fact a line, the same on a terminal and in a pipe."""
+    lines = [
+        f"model       {r['model']} ({r['device']})",
+        f"data        {r['data']}, {r['split']} split ({r['split_rule']}): {r['chars']:,} characters",
+        f"loss        {r['loss']:.4f} nats/char ({r['bits_per_char']:.3f} bits/char)",
+        f"perplexity  {r['perplexity']:.3f}",
+        f"scored      {r['chars_scored']:,} characters in windows of {r['block_size']}, "
+        f"{r['seconds']:.1f} s ({r['chars_per_s'] or 0:,.0f} chars/s)",
+    ]
+    if r["unknown_chars"]:
+        kinds = "".join(r["unknown_kinds"][:20])
+        lines.append(f"skipped     {r['unknown_chars']:,} characters the model does not know: {kinds!r}")
+    if r["recorded_val_loss"] is not None:
+        lines.append(f"recorded    {r['recorded_val_loss']:.4f} nats/char validation loss, in the model file")
+    if r["same_text"] is False and r["split"] != "all":
+        lines.append("note        the model was trained on another text, so this split was not held out from it")
+    return "\n".join(lines) + "\n"
+
+
+class progress_bar:
+    """A rich progress bar on stderr when it is a terminal; otherwise no callback at all."""
+
+    def __enter__(self):
+        self.bar = None
+        if not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("scoring", total=None)
+
+        def update(done: int, total: int) -> None:
+            self.bar.update(self.task, completed=done, total=total)
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

@@ -23,12 +23,25 @@ REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer",
 def _ort():
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # errors only: no provider fallback chatter on the terminal
+    # fatal only: a CUDA provider that cannot load (missing cuBLAS/cuDNN) is logged as an error
+    # before ONNX Runtime falls back to the CPU; open_session reports real failures itself
+    ort.set_default_logger_severity(4)
     return ort
 
 
 def cuda_usable() -> bool:
-    return "CUDAExecutionProvider" in _ort().get_available_providers()
+    """onnxruntime-gpu lists its CUDA provider even on machines without a GPU, so also ask the
+    NVIDIA driver (libcuda) for a device: cheap where there is none, and no failed provider load."""
+    if "CUDAExecutionProvider" not in _ort().get_available_providers():
+        return False
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
+        count = ctypes.c_int(0)
+        return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    except (OSError, AttributeError):
+        return False
 
 
 def session_options(threads: int | None = None):

@@ -1,0 +1,397 @@
+"""The state of one `sgpt chat`: the growing play script, the settings, and the slash commands.
+
+What it holds: `ChatSettings` (the sampling knobs `/set` changes), `ChatSession` (the script, which
+the user's lines and the model's replies both extend; /reset, /regen, /save, /show's rows), parsing
+and checking slash commands, joining `\"\"\"` blocks of several lines, and where the input history
+lives. Everything here takes and returns plain values, so tests drive it directly.
+
+What it does not do: draw anything, read the keyboard, or import rich, prompt_toolkit or numpy
+(sgpt_cli.repl renders; sgpt_cli.engine generates; this module only calls `engine.generate`).
+
+The script convention (also told by /help): the model continues the script as a play. A line of
+capitalised words ending in ':' (ROMEO:, First Citizen:) names who speaks next, so the user's
+`ROMEO:` makes the model speak as Romeo. Each input starts on a line of its own and ends with a line
+break; a speaker's name also gets the blank line that separates speeches in the corpus, and
+`ROMEO: text` is written as the corpus writes it, name and speech on separate lines. By default a
+reply is one speech: it ends at the first blank line, as llama.cpp's reverse prompt hands the turn
+back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Iterator
+
+from sgpt_cli.errors import SgptError, UsageError, atomic_write_text, check_writable_target
+
+SPEECH_END = "\n\n"  # speeches in the corpus are separated by one blank line
+CONTEXT_BLOCKS = 2  # the engine is given at most this many windows of the script's tail
+FENCE = '"""'
+HISTORY_FILE = "chat_history"
+
+# ROMEO:, First Citizen:, KING RICHARD III:, ALL SERVING-MEN:  (1 to 4 capitalised words)
+_NAME = r"[A-Z][A-Za-z'\-]*(?: [A-Z][A-Za-z'\-]*){0,3}"
+SPEAKER_LINE = re.compile(rf"^{_NAME}:$")
+SPEAKER_AND_TEXT = re.compile(rf"^({_NAME}):[ \t]+(\S.*)$")
+
+
+def is_speaker_line(line: str) -> bool:
+    """A line that names who speaks next, as the corpus writes it ('ROMEO:', 'First Citizen:')."""
+    return bool(SPEAKER_LINE.match(line.rstrip()))
+
+
+def data_home(environ=os.environ) -> Path:
+    """sgpt's own folder: $SGPT_HOME, else the XDG data folder ($XDG_DATA_HOME or ~/.local/share)."""
+    if environ.get("SGPT_HOME"):
+        return Path(environ["SGPT_HOME"]).expanduser()
+    xdg = environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "sgpt"
+
+
+def history_path(environ=os.environ) -> Path:
+    return data_home(environ) / HISTORY_FILE
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+@dataclass
+class ChatSettings:
+    temperature: float = 0.8  # the engine's default: lively but coherent
+    top_k: int | None = None  # off, as in the engine
+    top_p: float | None = None  # off, as in the engine
+    repetition_penalty: float = 1.0  # off, as in the engine
+    max_tokens: int = 300  # one speech or a few: a reply reads at a glance
+    seed: int | None = None  # random; a seed makes the whole session repeatable
+    one_speech: bool = True  # a reply ends at the end of a speech (a blank line)
+    verbose: bool = False  # a stats line after each reply
+
+    def validate(self) -> None:
+        """UsageError (worded for flags, as the engine words it) for values no sampler can use."""
+        _sampling_params_class()(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                 repetition_penalty=self.repetition_penalty, max_tokens=self.max_tokens,
+                                 seed=self.seed).validate()
+
+
+SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
+_CLEARABLE = {"top_k", "top_p", "seed"}  # `/set top_k none`
+_WHOLE = {"top_k", "max_tokens", "seed"}
+_ON = {"on", "true", "yes", "1"}
+_OFF = {"off", "false", "no", "0"}
+
+
+def _sampling_params_class():
+    from sgpt_cli.engine import SamplingParams  # numpy: only once a reply or a check needs it
+
+    return SamplingParams
+
+
+def _as_setting_error(exc: UsageError, name: str) -> UsageError:
+    """The engine words its checks for flags (--top-k ...); /set speaks of top_k."""
+    flag = "--" + name.replace("_", "-")
+    msg = str(exc)
+    return UsageError(name + msg[len(flag):] if msg.startswith(flag) else msg)
+
+
+def setting_name(name: str) -> str:
+    """The setting `name` means (top-k and TOP_K are top_k); UsageError with a hint if none."""
+    name = name.strip().lower().replace("-", "_")
+    if name not in SETTING_NAMES:
+        near = difflib.get_close_matches(name, SETTING_NAMES, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise UsageError(f"no setting {name!r}; {hint}settings: {', '.join(SETTING_NAMES)}")
+    return name
+
+
+def parse_setting(settings: ChatSettings, name: str, raw: str) -> ChatSettings:
+    """A copy of `settings` with `name` set from the text `raw`; UsageError (one line) if bad."""
+    name = setting_name(name)
+    value_text = raw.strip()
+    if not value_text:
+        example = "none" if name in _CLEARABLE else format_value(getattr(ChatSettings(), name))
+        raise UsageError(f"/set {name} needs a value, e.g. /set {name} {example}")
+    low = value_text.lower()
+    if name in _CLEARABLE and low in ("none", "off", "random"):
+        value = None
+    elif name in ("verbose", "one_speech"):
+        if low not in _ON | _OFF:
+            raise UsageError(f"{name} is on or off (got {value_text!r})")
+        value = low in _ON
+    else:
+        kind = int if name in _WHOLE else float
+        try:
+            value = kind(value_text)
+        except ValueError:
+            what = ("a whole number" if kind is int else "a number") + (" or none" if name in _CLEARABLE else "")
+            raise UsageError(f"{name} must be {what} (got {value_text!r})") from None
+    new = replace(settings, **{name: value})
+    try:
+        new.validate()
+    except UsageError as exc:
+        raise _as_setting_error(exc, name) from None
+    return new
+
+
+def format_value(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+# --- slash commands ------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (arguments, what it does)
+    "/help": ("", "this help"),
+    "/set": ("NAME VALUE", "change a setting (/set alone lists them)"),
+    "/show": ("", "the settings, the model file and the script's length"),
+    "/reset": ("", "start a new script (the model forgets everything)"),
+    "/regen": ("", "drop the last reply from the script and generate it again"),
+    "/save": ("FILE", "write the script so far to FILE as plain text"),
+    "/quit": ("", "leave (so do /exit and Ctrl-D)"),
+}
+ALIASES = {"/exit": "/quit", "/bye": "/quit", "/?": "/help", "/clear": "/reset"}
+_NO_ARGS = {"/help", "/show", "/reset", "/regen", "/quit"}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # canonical: "/set", "/quit", ...
+    arg: str  # the rest of the line, stripped
+
+
+def is_command(text: str) -> bool:
+    """Slash commands are single lines starting with '/'; the corpus has no '/' to be confused with."""
+    return text.startswith("/") and "\n" not in text.strip()
+
+
+def parse_command(text: str) -> Command:
+    """The command on a line starting with '/'; UsageError with a hint for anything unknown."""
+    word, _, arg = text.strip().partition(" ")
+    word = word.lower()
+    name = ALIASES.get(word, word)
+    if name not in COMMANDS:
+        near = difflib.get_close_matches(word, list(COMMANDS) + list(ALIASES), n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise UsageError(f"unknown command {word}; {hint}/help lists the commands")
+    arg = arg.strip()
+    if name in _NO_ARGS and arg:
+        raise UsageError(f"{name} takes no arguments (got {arg!r})")
+    if name == "/save" and not arg:
+        raise UsageError("/save needs a file name, e.g. /save scene.txt")
+    return Command(name, arg)
+
+
+HELP_CONVENTION = (
+    "The session is one play script that grows: what you type is added to it and the model "
+    "continues it.",
+    "Type a speaker's name as the plays write it (ROMEO:, First Citizen:) and the model speaks as "
+    "them; 'ROMEO: text' gives Romeo that line.",
+    "Type a line of verse and the model carries on from it. Enter on an empty line lets the play "
+    "go on.",
+    "A reply is one speech (it ends at a blank line; /set one_speech off lets it run to max_tokens).",
+    f"Several lines: Esc-Enter starts a new line, or open a block with a line of {FENCE} and close "
+    f"it with another.",
+    "Ctrl-C stops a reply (the part written so far is kept) or clears the line; Ctrl-D or /quit "
+    "leaves.",
+)
+
+
+def help_rows() -> list[tuple[str, str]]:
+    rows = [((name + " " + args).strip(), what) for name, (args, what) in COMMANDS.items()]
+    rows.insert(2, ("/set top_k none", "clear top_k, top_p or seed"))
+    return rows
+
+
+# --- multi-line input ----------------------------------------------------------------------------
+
+def block_is_open(text: str) -> bool:
+    """True while `text` opens a \"\"\" block (first line) that no later line closes yet."""
+    lines = text.split("\n")
+    return lines[0].strip() == FENCE and not any(line.strip() == FENCE for line in lines[1:])
+
+
+class InputJoiner:
+    """Turns what the user enters (one line, or several at once from a paste or Esc-Enter) into
+    inputs: a \"\"\" line opens a block that the next \"\"\" line closes, and the block is one input."""
+
+    def __init__(self) -> None:
+        self.block: list[str] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.block is not None
+
+    def cancel(self) -> None:
+        self.block = None
+
+    def feed(self, text: str) -> list[str]:
+        """The complete inputs `text` finishes (often one; none while a block is open)."""
+        done: list[str] = []
+        plain: list[str] = []
+        for line in text.split("\n"):
+            if self.block is None:
+                if line.strip() == FENCE:
+                    if plain:
+                        done.append("\n".join(plain))
+                        plain = []
+                    self.block = []
+                else:
+                    plain.append(line)
+            elif line.strip() == FENCE:
+                done.append("\n".join(self.block))
+                self.block = None
+            else:
+                self.block.append(line)
+        if plain:
+            done.append("\n".join(plain))
+        return done
+
+
+# --- the session ---------------------------------------------------------------------------------
+
+@dataclass
+class Added:
+    """What `ChatSession.add_user_text` did with an input."""
+
+    text: str  # what was appended to the script ("" for an empty input: the play goes on)
+    dropped: list[str]  # characters the model does not know, dropped, each once
+
+
+class ChatSession:
+    """One play script, its settings, and the bookkeeping /regen needs.
+
+    `vocab` is the model's characters (None: keep every character) and `block_size` its window.
+    The script holds only characters the model knows, so what /save writes is what the model read.
+    """
+
+    def __init__(self, vocab=None, block_size: int = 256, settings: ChatSettings | None = None):
+        self.vocab = set(vocab) if vocab is not None else None
+        self.block_size = int(block_size)
+        self.settings = settings or ChatSettings()
+        self.script = ""
+        self.reply_start: int | None = None  # where the last reply begins in the script
+        self.replies = 0  # replies generated since the last /reset or /set seed (seeds each one)
+
+    # the script ------------------------------------------------------------------------------
+
+    def context(self) -> str:
+        """The script's tail, all the engine needs (it keeps the last block_size characters)."""
+        return self.script[-CONTEXT_BLOCKS * self.block_size:]
+
+    def current_line(self) -> str:
+        """The script's unfinished last line ("" when it ends with a line break)."""
+        return self.script[self.script.rfind("\n") + 1:]
+
+    def clean(self, text: str) -> tuple[str, list[str]]:
+        """`text` with Windows line ends made plain and characters the model does not know dropped."""
+        if self.vocab is None or "\r" not in self.vocab:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if self.vocab is None:
+            return text, []
+        dropped = list(dict.fromkeys(c for c in text if c not in self.vocab))
+        return "".join(c for c in text if c in self.vocab), dropped
+
+    def add_user_text(self, text: str) -> Added:
+        """Append one input to the script, laid out as the corpus lays out a play."""
+        text, dropped = self.clean(text)
+        if not text.strip("\n"):
+            return Added("", dropped)
+        lines = text.strip("\n").split("\n")
+        first = SPEAKER_AND_TEXT.match(lines[0].rstrip())
+        if first:  # 'ROMEO: But soft' -> 'ROMEO:' and 'But soft' on lines of their own
+            lines[0:1] = [first.group(1) + ":", first.group(2)]
+        lines = [line.rstrip() if is_speaker_line(line) else line for line in lines]
+        prefix = ""
+        if self.script and not self.script.endswith("\n"):
+            prefix = "\n"  # a reply cut off mid-line: the user's text starts a line of its own
+        if is_speaker_line(lines[0]) and self.script and not (self.script + prefix).endswith(SPEECH_END):
+            prefix += "\n"  # a new speaker: the blank line that ends the previous speech
+        added = prefix + "\n".join(lines) + "\n"
+        self.script += added
+        return Added(added, dropped)
+
+    # replies -----------------------------------------------------------------------------------
+
+    def sampling_params(self, reply_number: int | None = None):
+        """The engine's parameters for the next reply. A seeded session gives each reply its own
+        seed (seed + replies so far), so /regen is a new try and the whole session repeats."""
+        s = self.settings
+        n = self.replies if reply_number is None else reply_number
+        return _sampling_params_class()(
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty, max_tokens=s.max_tokens,
+            seed=None if s.seed is None else s.seed + n,
+            stop=(SPEECH_END,) if s.one_speech else ())
+
+    def stream_reply(self, engine) -> Iterator[str]:
+        """Generate the next reply: each piece is appended to the script as it is yielded. Closing
+        this generator early (Ctrl-C) keeps what was written. A reply that ended at the end of a
+        speech gets the blank line back (the engine never writes a stop string)."""
+        params = self.sampling_params()
+        self.reply_start = len(self.script)
+        self.replies += 1
+        pieces = engine.generate(self.context(), params)
+        try:
+            for piece in pieces:
+                self.script += piece
+                yield piece
+        finally:
+            pieces.close()
+            stats = engine.last_stats
+            if stats is not None and stats.stop_reason == "stop":
+                self.script += SPEECH_END
+
+    def drop_last_reply(self) -> None:
+        """/regen's first half: the script as it was before the last reply."""
+        if self.reply_start is None:
+            raise UsageError("there is no reply to redo yet; type something first")
+        self.script = self.script[:self.reply_start]
+
+    def reset(self) -> None:
+        self.script = ""
+        self.reply_start = None
+        self.replies = 0
+
+    def set(self, name: str, raw: str) -> tuple[str, str]:
+        """/set: returns the setting's name and new value as shown."""
+        name = setting_name(name)
+        self.settings = parse_setting(self.settings, name, raw)
+        if name == "seed":
+            self.replies = 0  # `/set seed 7` then a prompt gives what `--seed 7` gives
+        return name, format_value(getattr(self.settings, name))
+
+    def save(self, path: str | Path) -> Path:
+        """/save: the script as plain UTF-8, written atomically (a temporary file renamed)."""
+        target = Path(os.path.expanduser(str(path)))
+        check_writable_target(target, "/save")
+        try:
+            atomic_write_text(target, self.script)
+        except OSError as exc:
+            raise SgptError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return target
+
+    def show_rows(self, summary: dict | None = None) -> list[tuple[str, str]]:
+        """/show: (label, value) rows: the settings, then the model (from onnx_model.model_summary)."""
+        rows = [(name, format_value(getattr(self.settings, name))) for name in SETTING_NAMES]
+        rows[SETTING_NAMES.index("seed")] = ("seed", "random" if self.settings.seed is None else str(self.settings.seed))
+        if summary:
+            size = summary.get("size_bytes")
+            loss = summary.get("val_loss")
+            rows += [
+                ("model", str(summary["path"])),
+                ("size", f"{size / 1e6:.1f} MB" if size is not None else "unknown"),
+                ("device", str(summary["device"])),
+                ("val loss", f"{loss:.4f}" if loss is not None else "not recorded"),
+                ("shape", f"{summary['n_layer']} layers, {summary['n_head']} heads, {summary['n_embd']} wide, "
+                          f"window {summary['block_size']} characters, vocabulary {summary['vocab_size']}"),
+            ]
+        rows.append(("script", f"{len(self.script):,} characters"
+                     + (f" (the model sees the last {self.block_size})" if len(self.script) > self.block_size else "")))
+        return rows

@@ -1,0 +1,256 @@
+"""`sgpt complete`: a prompt from stdin and/or an argument in, the model's continuation out.
+
+What it holds: the command's options (one table, `OPTIONS`, read by the Typer command in
+cli_complete.py and by `fast_main`'s argparse parser), reading the prompt, and the worker that
+streams the continuation to a text stream. `fast_main` lets `sgpt complete ...` start without
+importing Typer: when argparse cannot parse the arguments cleanly (--help, a mistake) it hands them
+back to Typer, so help and usage errors always come from one place.
+
+The prompt is all of stdin (when it is not a terminal), then the argument, joined as simonw's `llm`
+joins them. With neither, the model starts from a line break, as nanoGPT's sample.py does: a fresh
+speech is what a character model trained on plays writes best, and an error would make the bare
+`sgpt complete` useless.
+
+What it does not: sample or run ONNX (sgpt_cli.engine does), import Typer, rich or torch. numpy and
+ONNX Runtime load only once the arguments are known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, TextIO
+
+from sgpt_cli.cli_common import report, use_color
+from sgpt_cli.errors import SgptError, UsageError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag of `sgpt complete`; `name` is the worker's keyword."""
+
+    name: str
+    flags: tuple[str, ...]
+    kind: type  # int, float, str; bool means an on/off flag
+    default: object
+    help: str
+    shown_default: str | None = None  # how --help states a default that is not a plain value
+    repeat: bool = False
+    metavar: str | None = None
+
+    @property
+    def help_with_default(self) -> str:
+        shown = self.shown_default
+        if shown is None:
+            shown = ("on" if self.default else "off") if self.kind is bool else str(self.default)
+        return f"{self.help} [default: {shown}]"
+
+
+# Defaults match sgpt_cli.engine.SamplingParams (tests/test_complete.py checks); they are written out
+# here because the engine imports numpy, and building the Typer app (any command's --help) reads this.
+OPTIONS: tuple[Option, ...] = (
+    Option("max_tokens", ("--max-tokens", "-n"), int, 500, "Characters to generate.", metavar="N"),
+    Option("temperature", ("--temperature", "-t"), float, 0.8,
+           "Sampling temperature: lower is safer, higher is wilder; 0 always takes the likeliest character."),
+    Option("top_k", ("--top-k",), int, None, "Sample only among the K likeliest characters.",
+           shown_default="off", metavar="K"),
+    Option("top_p", ("--top-p",), float, None,
+           "Nucleus sampling: only the likeliest characters whose probabilities add up to P.",
+           shown_default="off", metavar="P"),
+    Option("repetition_penalty", ("--repetition-penalty",), float, 1.0,
+           "Make characters already in the context less likely (CTRL, as Hugging Face applies it); 1 is off."),
+    Option("seed", ("--seed",), int, None, "Random seed: the same seed, prompt and flags give the same text.",
+           shown_default="random"),
+    Option("stop", ("--stop",), str, (), "Stop before this string would be written; repeat for several.",
+           shown_default="none", repeat=True, metavar="TEXT"),
+    Option("model", ("--model", "-m"), str, None, "The ONNX model file.",
+           shown_default="$SGPT_MODEL, else ./export/model.onnx, else the shipped model", metavar="PATH"),
+    Option("device", ("--device",), str, "auto", "auto (CUDA when usable), cpu or cuda."),
+    Option("echo", ("--echo",), bool, False, "Write the prompt before the continuation."),
+    Option("as_json", ("--json",), bool, False,
+           "Print one JSON object (text, tokens, timings, model) when done, instead of streaming."),
+    Option("verbose", ("--verbose", "-v"), bool, False,
+           "Say on stderr which model file is used, and how fast it ran."),
+)
+PROMPT_HELP = "Text to continue, after whatever comes on stdin. [default: stdin alone, else a line break]"
+
+
+# --- the fast path: argparse over the same table ---------------------------------------------------
+
+class _NotForUs(Exception):
+    """argparse could not parse the arguments cleanly: Typer will, and will explain any mistake."""
+
+
+class _QuietParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print and exit; hand the arguments to Typer instead
+        raise _NotForUs(message)
+
+
+def fast_parser() -> argparse.ArgumentParser:
+    parser = _QuietParser(prog="sgpt complete", add_help=False, allow_abbrev=False)
+    parser.add_argument("prompt", nargs="?", default=None)
+    for opt in OPTIONS:
+        if opt.kind is bool:
+            parser.add_argument(*opt.flags, dest=opt.name, action="store_true", default=opt.default)
+        elif opt.repeat:
+            parser.add_argument(*opt.flags, dest=opt.name, type=opt.kind, action="append", default=None)
+        else:
+            parser.add_argument(*opt.flags, dest=opt.name, type=opt.kind, default=opt.default)
+    return parser
+
+
+def fast_parse(argv: list[str]) -> dict | None:
+    """The options as `run` takes them, or None when Typer should handle these arguments."""
+    if any(a in ("-h", "--help") for a in argv):
+        return None
+    try:
+        return vars(fast_parser().parse_args(argv))
+    except _NotForUs:
+        return None
+
+
+def fast_main(argv: list[str]) -> int | None:
+    """Run `sgpt complete` without Typer; None means: give these arguments to Typer."""
+    values = fast_parse(argv)
+    return None if values is None else run(values)
+
+
+# --- reading the prompt ------------------------------------------------------------------------
+
+def decode_stdin(raw: bytes) -> str:
+    """UTF-8 with replacement (U+FFFD, later dropped as unknown), never an exception; no BOM."""
+    text = raw.decode("utf-8", errors="replace")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def join_prompt(stdin_text: str, argument: str | None) -> str:
+    """stdin, then the argument, as simonw's `llm` joins them (with a space), except that a stdin
+    ending in whitespace (a line break, usually) is not given a space after it."""
+    if not argument:
+        return stdin_text
+    if not stdin_text:
+        return argument
+    return stdin_text + ("" if stdin_text[-1].isspace() else " ") + argument
+
+
+def read_prompt(stdin: BinaryIO | None, argument: str | None) -> str:
+    """All of stdin when it is not a terminal, followed by the argument."""
+    stdin_text = ""
+    if stdin is not None and not stdin.isatty():
+        stdin_text = decode_stdin(stdin.read())
+    return join_prompt(stdin_text, argument)
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def run(values: dict) -> int:
+    """The whole command on parsed options (from either parser): exit status, errors said in one line."""
+    if sys.stdout is None:  # started with stdout closed (>&-): no reader, as after `| head` ends
+        return 0
+    try:
+        if hasattr(sys.stdout, "reconfigure"):  # a model's odd character never crashes a narrow locale
+            sys.stdout.reconfigure(errors="replace")
+        stdin = sys.stdin.buffer if sys.stdin is not None else None
+        prompt = read_prompt(stdin, values.pop("prompt", None))
+        complete(prompt, out=sys.stdout, errs=sys.stderr, **values)
+        sys.stdout.flush()
+        return 0
+    except (SgptError, KeyboardInterrupt, BrokenPipeError) as exc:
+        return report(exc, error_code=2)
+
+
+def sampling_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
+    from sgpt_cli.engine import SamplingParams
+
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, max_tokens=max_tokens, seed=seed,
+                            stop=tuple(stop or ()))
+    params.validate()
+    return params
+
+
+def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, temperature: float = 0.8,
+             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+             seed: int | None = None, stop=(), model: str | None = None, device: str = "auto",
+             echo: bool = False, as_json: bool = False, verbose: bool = False, color: bool | None = None) -> dict:
+    """Stream the continuation of `prompt` to `out` (or one JSON object with --json); return the
+    result as the JSON object holds it. Warnings and --verbose lines go to `errs`."""
+    if device not in DEVICES:
+        raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
+    params = sampling_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    from sgpt_cli.engine import Engine
+    from sgpt_cli.model_lookup import find_model
+    from sgpt_cli.onnx_model import OnnxModel
+
+    t0 = time.perf_counter()
+    path, source = find_model(model)
+    engine = Engine(OnnxModel(path, device=device))
+    load_s = time.perf_counter() - t0
+    if verbose:
+        errs.write(f"sgpt: model {path} ({source}), on {engine.model.device}, loaded in {load_s:.2f} s\n")
+        errs.flush()
+
+    fed = model_prompt(prompt, engine, errs)
+    on_terminal = out.isatty()
+    if color is None:
+        color = use_color(out)
+    pieces: list[str] = []
+    if echo and not as_json:
+        out.write(f"\x1b[1m{prompt}\x1b[0m" if color and prompt else prompt)
+        out.flush()
+    for piece in engine.generate(fed, params):
+        pieces.append(piece)
+        if not as_json:
+            out.write(piece)
+            out.flush()  # a pipeline's reader sees each character as it comes
+    text = "".join(pieces)
+    stats = engine.last_stats
+    result = {
+        "model": str(path),
+        "prompt": prompt,
+        "text": text,
+        "tokens": len(text),
+        "prompt_tokens": stats.prompt_chars if stats else None,
+        "stop_reason": stats.stop_reason if stats else None,
+        "seed": seed,
+        "device": engine.model.device,
+        "timings": {
+            "load_s": round(load_s, 4),
+            "ttft_s": round(stats.ttft_s, 4) if stats else None,
+            "generate_s": round(stats.seconds, 4) if stats else None,
+            "chars_per_s": round(stats.chars_per_s, 1) if stats else None,
+        },
+    }
+    if stats is not None and stats.stop_reason == "interrupted":
+        raise KeyboardInterrupt  # the engine stopped cleanly on Ctrl-C; the command still exits 130
+    if as_json:
+        import json
+
+        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    elif on_terminal and not ((prompt if echo else "") + text or "\n").endswith("\n"):
+        out.write("\n")  # leave the shell's prompt on a line of its own; pipes get the exact text
+    out.flush()
+    if verbose and stats is not None:
+        errs.write(f"sgpt: {len(text)} characters in {stats.seconds:.2f} s ({stats.chars_per_s:.0f}/s), "
+                   f"first after {stats.ttft_s * 1000:.0f} ms, stopped by {stats.stop_reason}\n")
+    return result
+
+
+def model_prompt(prompt: str, engine, errs: TextIO) -> str:
+    """The text the model is fed: line endings it cannot read made plain, and the characters it
+    does not know announced once (the engine drops them, and starts from a line break when none is
+    left)."""
+    if "\r" not in engine.model.tokenizer.stoi:
+        prompt = prompt.replace("\r\n", "\n")  # a Windows text file is no reason for a warning
+    unknown = engine.unknown_chars(prompt)
+    if unknown:
+        shown = "".join(unknown[:20]) + ("..." if len(unknown) > 20 else "")
+        any_known = any(c in engine.model.tokenizer.stoi for c in prompt)
+        then = "" if any_known else "; none is left, so it starts from a line break"
+        errs.write(f"sgpt: warning: dropped characters the model does not know: {shown!r}{then}\n")
+        errs.flush()
+    return prompt

@@ -1,0 +1,366 @@
+"""Text generation with an exported model: prefill the prompt once, then one character per step
+from the key/value cache, streamed as a generator of text pieces.
+
+What it holds: `SamplingParams` (the knobs of `sgpt complete` / `sgpt chat`), `GenerationStats`
+(what a run cost), `Engine.generate` (the decode loop, stop strings, Ctrl-C) and the two caches it
+decodes with: `CpuCache` (numpy arrays through `session.run`) and `BoundCache` (OrtValues through
+ONNX Runtime I/O binding: on CUDA the cache stays on the GPU between steps).
+
+What it does not do: import torch, print, or know about terminals. onnxruntime + numpy only.
+
+Past the trained window the cache rolls: once it holds block_size - 1 entries, the oldest is dropped
+before each step, and position ids keep growing. Rotary positions are relative, so the model still
+sees only distances below block_size, as in training, at the same cost per step as inside the window.
+This costs nothing in quality: on 4976 characters of the validation text past the window, the shipped
+2.7M-parameter model's loss was 1.2923 nats/char rolling, 1.2927 with a fresh full window per
+character (nanoGPT's sample.py) and 1.2916 re-prefilling the latest half window when full
+(benchmarks/bench_decode.py --window-quality). Graphs without position_ids cannot roll; for them
+the engine re-prefills the latest half window when the window is full.
+Absolute positions are re-based (one re-prefill of the window from position 0) every
+`position_limit` characters, so float32 rotary angles never grow large enough to lose precision.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.sampling import Sampler, is_whole, validate_sampling
+
+POSITION_LIMIT = 1 << 14  # float32 angle error at this position: ~1e-3 rad, far below what matters
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8  # nanoGPT's sample.py default: lively but coherent Shakespeare
+    top_k: int | None = None  # no cut: a 65-character vocabulary has no long tail of junk
+    top_p: float | None = None  # off by default, like top_k
+    repetition_penalty: float = 1.0  # 1 = none; characters repeat legitimately (letters, spaces)
+    max_tokens: int = 500  # a screenful of verse
+    seed: int | None = None  # None: fresh randomness each run
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+
+    def validate(self) -> None:
+        validate_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+        if not is_whole(self.max_tokens) or self.max_tokens < 0:
+            raise UsageError(f"--max-tokens must be a whole number of 0 or more (got {self.max_tokens})")
+        if self.seed is not None and (not is_whole(self.seed) or self.seed < 0):
+            raise UsageError(f"--seed must be a whole number of 0 or more (got {self.seed})")
+        if isinstance(self.stop, str):
+            raise UsageError("stop strings must be given as a list of strings, not one string")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise UsageError("--stop strings must not be empty")
+
+
+@dataclass
+class GenerationStats:
+    prompt_chars: int  # ids fed: the known prompt characters in the window, or 1 ("\n") for none
+    chars: int  # characters yielded
+    ttft_s: float  # from the call to the first generated character (prefill + first step)
+    seconds: float  # from the call to the end, the consumer's time between pieces included
+    chars_per_s: float  # chars / seconds
+    stop_reason: str  # "max_tokens" | "stop" | "interrupted"
+
+
+def _runtime_failed(model, exc: Exception) -> SgptError:
+    """ONNX Runtime's own exception types (they derive from Exception) as one line for the user."""
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return SgptError(f"ONNX Runtime failed while generating with {model.path} ({text}); "
+                     "re-export the model with `sgpt export`")
+
+
+def check_interface(model) -> None:
+    """The inputs and outputs the decode loop feeds and reads (../shared/docs/onnx-interface.md)."""
+    names = [f"{i}.{kv}" for i in range(model.n_layer) for kv in ("key", "value")]
+    need_in = ["input_ids"] + [f"past_key_values.{n}" for n in names]
+    need_out = ["logits"] + [f"present.{n}" for n in names]
+    missing = [n for n in need_in if n not in model.input_names] + [n for n in need_out if n not in model.output_names]
+    if missing:
+        raise SgptError(f"{model.path} does not follow the sgpt ONNX interface (no {missing[0]!r}); "
+                        "re-export it with `sgpt export`")
+
+
+class CpuCache:
+    """The cache as numpy arrays, (1, n_head, P, head_dim) per layer and key/value, fed back through
+    `session.run`. Feeds are prepared once; a step changes two scalars and swaps the cache arrays."""
+
+    def __init__(self, model):
+        self.model = model
+        self.session = model.session
+        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(model.n_layer) for kv in ("key", "value")]
+        self.out_names = ["logits"] + [f"present.{i}.{kv}" for i in range(model.n_layer) for kv in ("key", "value")]
+        self.feed: dict[str, np.ndarray] = {}
+        self.one_position = np.zeros((1, 1), dtype=np.int64)
+        self.length = 0
+
+    def run(self, ids: np.ndarray, start: int, drop: int = 0) -> np.ndarray:
+        """Feed ids (T,) at absolute positions start.. after dropping the `drop` oldest cached
+        entries (drop = -1: start from an empty cache). Returns the last position's logits (V,)."""
+        T = ids.shape[0]
+        feed = self.feed
+        if drop < 0 or not feed:
+            empty = np.zeros((1, self.model.n_head, 0, self.model.head_dim), dtype=self.model.cache_dtype)
+            feed.update((name, empty) for name in self.past_names)
+            self.length = 0
+        elif drop:
+            for name in self.past_names:
+                feed[name] = np.ascontiguousarray(feed[name][:, :, drop:])  # ONNX Runtime takes contiguous arrays
+            self.length -= drop
+        feed["input_ids"] = ids.reshape(1, T)
+        if self.model.has_position_ids:
+            if T == 1:
+                self.one_position[0, 0] = start  # the decode step: reuse one (1, 1) array
+                feed["position_ids"] = self.one_position
+            else:
+                feed["position_ids"] = np.arange(start, start + T, dtype=np.int64).reshape(1, T)
+        try:
+            outs = self.session.run(self.out_names, feed)
+        except Exception as exc:  # onnxruntime's exception types
+            raise _runtime_failed(self.model, exc) from None
+        for name, present in zip(self.past_names, outs[1:]):
+            feed[name] = present
+        self.length += T
+        return outs[0][0, -1]
+
+
+class BoundCache:
+    """The cache as OrtValues on `device` ("cuda" or "cpu"), fed back through ONNX Runtime I/O
+    binding: on a GPU the cache stays in GPU memory between steps, and only the ids, positions and
+    one row of logits cross the bus. Dropping the oldest entries runs a small Slice graph on the
+    same device. Tested here with device "cpu"; on CUDA it is UNTESTED (no GPU was available)."""
+
+    def __init__(self, model, device: str = "cuda", trim=None):
+        """trim: a session of `trim_session(model, device)`, to share one between generations."""
+        self.model = model
+        self.session = model.session
+        self.device = device
+        n = model.n_layer
+        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+        self.present_names = [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+        self.values: list = []  # OrtValues on the device, (1, n_head, P, head_dim), [k0, v0, k1, ...]
+        self.length = 0
+        self.trim = trim if trim is not None else trim_session(model, device)
+
+    def _drop(self, drop: int) -> None:
+        b = self.trim.io_binding()
+        b.bind_cpu_input("drop", np.array([drop], dtype=np.int64))
+        for i, v in enumerate(self.values):
+            b.bind_ortvalue_input(f"x{i}", v)
+        for i in range(len(self.values)):
+            b.bind_output(f"y{i}", self.device)
+        try:
+            self.trim.run_with_iobinding(b)
+        except Exception as exc:  # onnxruntime's exception types
+            raise _runtime_failed(self.model, exc) from None
+        self.values = b.get_outputs()  # in the order bound: y0, y1, ...
+        self.length -= drop
+
+    def run(self, ids: np.ndarray, start: int, drop: int = 0) -> np.ndarray:
+        """As CpuCache.run."""
+        T = ids.shape[0]
+        if drop < 0 or not self.values:
+            self.values, self.length = [], 0
+        elif drop:
+            self._drop(drop)
+        b = self.session.io_binding()
+        b.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64).reshape(1, T))
+        if self.model.has_position_ids:
+            b.bind_cpu_input("position_ids", np.arange(start, start + T, dtype=np.int64).reshape(1, T))
+        if self.values:
+            for name, v in zip(self.past_names, self.values):
+                b.bind_ortvalue_input(name, v)
+        else:
+            empty = np.zeros((1, self.model.n_head, 0, self.model.head_dim), dtype=self.model.cache_dtype)
+            for name in self.past_names:
+                b.bind_cpu_input(name, empty)
+        b.bind_output("logits", "cpu")  # one (1, T, V) row block back to the host for sampling
+        for name in self.present_names:
+            b.bind_output(name, self.device)
+        try:
+            self.session.run_with_iobinding(b)
+        except Exception as exc:  # onnxruntime's exception types
+            raise _runtime_failed(self.model, exc) from None
+        outs = b.get_outputs()  # in the order bound: logits, then the presents
+        self.values = list(outs[1:])
+        self.length += T
+        return outs[0].numpy()[0, -1]
+
+
+def trim_session(model, device: str):
+    """An InferenceSession on `device` that drops the oldest cached entries of every layer."""
+    import onnxruntime as ort
+
+    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    return ort.InferenceSession(_slice_graph(2 * model.n_layer, model.cache_dtype), providers=[provider])
+
+
+def _slice_graph(n: int, dtype) -> bytes:
+    """ONNX bytes: y_i = x_i[:, :, drop:, :] for i < n (dropping the oldest cached positions)."""
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [2]),
+             helper.make_tensor("end", TensorProto.INT64, [1], [np.iinfo(np.int64).max])]
+    nodes = [helper.make_node("Slice", [f"x{i}", "drop", "end", "axes"], [f"y{i}"]) for i in range(n)]
+    shape = ["b", "h", "p", "d"]
+    graph = helper.make_graph(
+        nodes, "sgpt_cache_trim",
+        [helper.make_tensor_value_info("drop", TensorProto.INT64, [1])]
+        + [helper.make_tensor_value_info(f"x{i}", elem, shape) for i in range(n)],
+        [helper.make_tensor_value_info(f"y{i}", elem, None) for i in range(n)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # the oldest IR with opset 18: any ONNX Runtime that runs our models loads it
+    return model.SerializeToString()
+
+
+class StopMatcher:
+    """Holds back generated text while it may still become a stop string. `push` returns the text
+    that is certainly not part of a stop string, and whether a stop string was completed."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        if not self.stops:
+            return piece, False
+        self.pending += piece
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[:min(hits)], ""
+            return out, True
+        # keep the longest tail of the pending text that begins some stop string
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
+                if self.pending.endswith(s[:n]):
+                    keep = n
+                    break
+        out = self.pending[:len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Engine:
+    """Generates text with one OnnxModel (batch 1). Not thread-safe: one generation at a time."""
+
+    def __init__(self, model, cache: str = "auto"):
+        """cache: "auto" (I/O binding on CUDA, numpy on the CPU), "numpy" or "bound" (CpuCache or
+        BoundCache on the model's device)."""
+        if cache not in ("auto", "numpy", "bound"):
+            raise ValueError(f"cache must be auto, numpy or bound (got {cache!r})")
+        check_interface(model)
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.window = model.block_size
+        self.position_limit = max(POSITION_LIMIT, 2 * self.window)
+        self.last_stats: GenerationStats | None = None
+        bound = cache == "bound" or (cache == "auto" and model.device == "cuda")
+        self.cache_kind = "bound" if bound else "numpy"
+        self._trim = None  # BoundCache's Slice session, made on first use
+        # without position_ids the graph places tokens at past_sequence + j: no rolling possible,
+        # so such a model re-prefills its latest half window when the window is full
+        self.rolling = bool(model.has_position_ids)
+
+    def _new_cache(self):
+        if self.cache_kind == "numpy":
+            return CpuCache(self.model)
+        if self._trim is None:  # one session for all generations: creating one costs milliseconds
+            self._trim = trim_session(self.model, self.model.device)
+        return BoundCache(self.model, self.model.device, self._trim)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return self.tokenizer.unknown(text)
+
+    def prompt_ids(self, prompt: str) -> np.ndarray:
+        """The ids the model is fed: known characters only, "\\n" when none, the window's tail."""
+        ids = self.tokenizer.encode(prompt, drop_unknown=True)
+        if ids.size == 0:
+            start = self.tokenizer.stoi.get("\n", 0)
+            ids = np.array([start], dtype=np.int64)
+        return ids[-self.window:]
+
+    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Text pieces as they are produced; `last_stats` is set when the iteration ends, however it
+        ends. Bad params raise UsageError here, before the first piece. Ctrl-C (KeyboardInterrupt)
+        during generation ends the iteration quietly with stop_reason "interrupted"."""
+        params.validate()
+        self.last_stats = None
+        return self._generate(self.prompt_ids(prompt), params)
+
+    def _generate(self, ids: np.ndarray, params: SamplingParams) -> Iterator[str]:
+        t0 = time.perf_counter()
+        ttft = None
+        yielded = 0
+        reason = "interrupted"
+        chars = self.tokenizer.chars
+        W = self.window
+        rng = np.random.default_rng(params.seed)
+        sampler = Sampler(len(chars), rng, params.temperature, params.top_k, params.top_p,
+                          params.repetition_penalty)
+        stops = StopMatcher(params.stop)
+        context = collections.deque(maxlen=W)  # ids the model sees for the next choice
+        token = np.zeros(1, dtype=np.int64)  # reused one-id input, (1,)
+        try:
+            if params.max_tokens == 0:
+                reason = "max_tokens"
+                return
+            cache = self._new_cache()
+            context.extend(int(i) for i in ids)
+            sampler.add(ids)
+            logits = cache.run(ids, 0, drop=-1)
+            pos = len(ids)  # absolute position of the next token
+            for n in range(params.max_tokens):
+                nxt = sampler(logits)
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                piece, stopped = stops.push(chars[nxt])
+                if piece:
+                    yielded += len(piece)
+                    yield piece
+                if stopped:
+                    reason = "stop"
+                    return
+                if n == params.max_tokens - 1:
+                    break  # the last character needs no logits after it
+                if len(context) == W:
+                    sampler.remove(context[0])
+                context.append(nxt)
+                sampler.add(nxt)
+                if not self.rolling and cache.length >= W:
+                    keep = np.array(list(context)[-(W // 2):], dtype=np.int64)
+                    logits = cache.run(keep, 0, drop=-1)
+                    pos = len(keep)
+                elif pos >= self.position_limit:
+                    # re-base positions: one prefill of the whole window from position 0
+                    logits = cache.run(np.array(context, dtype=np.int64), 0, drop=-1)
+                    pos = len(context)
+                else:
+                    token[0] = nxt
+                    logits = cache.run(token, pos, drop=max(cache.length - (W - 1), 0))
+                    pos += 1
+            tail = stops.flush()
+            if tail:
+                yielded += len(tail)
+                yield tail
+            reason = "max_tokens"
+        except KeyboardInterrupt:
+            reason = "interrupted"  # the caller decides what Ctrl-C means; the stats say it happened
+        finally:
+            # GeneratorExit (the consumer stopped iterating) passes through here with "interrupted",
+            # and so does an error (it propagates; the stats only say the text is incomplete)
+            seconds = time.perf_counter() - t0
+            self.last_stats = GenerationStats(
+                prompt_chars=int(len(ids)), chars=yielded,
+                ttft_s=seconds if ttft is None else ttft, seconds=seconds,
+                chars_per_s=yielded / seconds if seconds > 0 else 0.0, stop_reason=reason)

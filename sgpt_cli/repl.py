@@ -1,0 +1,536 @@
+"""The `sgpt chat` REPL: reads what the user types, runs slash commands, streams the model's replies.
+
+What it holds: the loop (`Repl`), the two ways of reading input (`PromptReader`: prompt-toolkit
+with history, auto-suggest, multi-line editing and a lexer that colours speakers and commands;
+`LineReader`: plain lines from a pipe, for `printf ... | sgpt chat`), `ReplyPrinter` (streams a reply
+with rich, a character at a time, colouring a speaker's name once its line is complete), the
+history file with its in-memory fallback, and Ctrl-C handling during a reply. `run_chat` is what
+the command calls.
+
+What it does not do: keep the script or parse commands (sgpt_cli.chat_session), sample (engine).
+rich and prompt_toolkit are imported here, and this module is imported only when `sgpt chat` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from rich.cells import cell_len
+from rich.console import Console
+from rich.text import Text
+
+from sgpt_cli.chat_session import (
+    COMMANDS, HELP_CONVENTION, SETTING_NAMES, ChatSession, ChatSettings, InputJoiner, block_is_open,
+    SPEAKER_AND_TEXT, help_rows, history_path, is_command, is_speaker_line, parse_command,
+)
+from sgpt_cli.cli_common import use_color
+from sgpt_cli.errors import SgptError
+
+# rich styles for what is printed; the prompt-toolkit styles below match them
+REPLY = "cyan"
+SPEAKER = "bold yellow"
+DIM = "dim"
+HINT = "yellow"
+PROMPT = ">>> "
+CONTINUATION = "... "
+PLACEHOLDER = "a speaker (ROMEO:), a line of verse, Enter to go on, or /help"
+CTRL_C_HINT = "(Ctrl-C clears the line; Ctrl-D or /quit leaves)"
+STOP_WORDS = {"stop": "end of speech", "max_tokens": "max_tokens reached", "interrupted": "stopped by Ctrl-C"}
+
+
+class _Console(Console):
+    """A closed pipe (`sgpt chat | head`) ends the session the way every sgpt command ends it
+    (cli_common: a quiet exit), not with rich's own SystemExit(1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def make_console(stream: TextIO, color: bool | None = None) -> Console:
+    """A console that writes no escape codes at all unless colour is wanted (a tty, no NO_COLOR)."""
+    if color is None:
+        color = use_color(stream)
+    return _Console(file=stream, force_terminal=color, color_system="auto" if color else None,
+                    highlight=False, markup=False, emoji=False)
+
+
+# --- streaming a reply -----------------------------------------------------------------------------
+
+class ReplyPrinter:
+    """Prints a reply as it streams, each piece at once; a line that turns out to name a speaker is
+    redrawn in the speaker's colour when its line break arrives (colour terminals only)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.restyle = console.is_terminal and console.color_system is not None
+        self.line = ""  # the screen's current line as plain text
+
+    def begin(self, partial_line: str = "") -> None:
+        """Start on a fresh line, showing (dim) the unfinished line the model is about to continue."""
+        self.line = partial_line
+        if partial_line:
+            self.console.print(Text(partial_line, style=DIM), end="", soft_wrap=True)
+
+    def write(self, piece: str) -> None:
+        parts = piece.split("\n")
+        for i, part in enumerate(parts):
+            if i:
+                self.newline()
+            if part:
+                self.console.print(Text(part, style=REPLY), end="", soft_wrap=True)
+                self.line += part
+
+    def newline(self) -> None:
+        if self.restyle and is_speaker_line(self.line) and cell_len(self.line) < self.console.width:
+            self.console.file.write("\r\x1b[2K")  # the name fits on this row: redraw it in place
+            self.console.print(Text(self.line, style=SPEAKER), end="", soft_wrap=True)
+        self.console.print()
+        self.line = ""
+
+    def end(self) -> None:
+        """Leave the cursor at the start of a line."""
+        if self.line:
+            self.newline()
+
+
+class StopOnCtrlC:
+    """During a reply, the first Ctrl-C asks the loop to stop after the current character (a flag,
+    so it never lands in the middle of drawing); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __enter__(self) -> "StopOnCtrlC":
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: Ctrl-C stays a KeyboardInterrupt
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+@contextlib.contextmanager
+def keyboard_quiet(stream) -> Iterator[None]:
+    """While the model writes, keys the user presses are not echoed into the reply (and Ctrl-C is
+    not drawn as ^C); they still reach the next prompt. Does nothing when `stream` is no terminal."""
+    try:
+        import termios
+
+        fd = stream.fileno()
+        if not stream.isatty():
+            raise OSError
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError):
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+# --- reading input ---------------------------------------------------------------------------------
+
+class LineReader:
+    """Input from a pipe or a file: one line per read, no editing, no history."""
+
+    interactive = False
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def read(self, block_open: bool = False) -> str:
+        line = self.stream.readline()
+        if not line:
+            raise EOFError
+        return line[:-1] if line.endswith("\n") else line
+
+    def take_notice(self) -> None:
+        return None
+
+
+def _history(enabled: bool):
+    """(history, notice): the file under $SGPT_HOME when it can be written, else memory."""
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    if not enabled:
+        return InMemoryHistory(), None
+
+    class SafeFileHistory(FileHistory):
+        """prompt-toolkit's file history, which falls back to memory if the file goes bad later."""
+
+        failed: OSError | None = None
+
+        def load_history_strings(self):
+            try:
+                return list(super().load_history_strings())
+            except OSError as exc:
+                self.failed = exc
+                return []
+
+        def store_string(self, string: str) -> None:
+            if self.failed is None:
+                try:
+                    super().store_string(string)
+                except OSError as exc:
+                    self.failed = exc
+
+    try:
+        path = history_path()
+    except RuntimeError as exc:  # no home folder to be found, and no $SGPT_HOME
+        return InMemoryHistory(), f"history is kept for this session only: {exc}; set $SGPT_HOME"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        return InMemoryHistory(), history_notice(path, exc)
+    return SafeFileHistory(str(path)), None
+
+
+def history_notice(path: Path, exc: OSError) -> str:
+    return f"history is kept for this session only: cannot write {path} ({exc.strerror or exc})"
+
+
+def _prompt_parts():
+    """The lexer, completer, key bindings and style of the prompt (prompt-toolkit imported here)."""
+    from prompt_toolkit.completion import Completer, Completion
+    from prompt_toolkit.filters import Condition
+    from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.lexers import Lexer
+    from prompt_toolkit.application import get_app
+    from prompt_toolkit.styles import Style
+
+    class PlayLexer(Lexer):
+        """Speakers' names and slash commands in their colours, the rest in the user's style."""
+
+        def lex_document(self, document):
+            lines = document.lines
+
+            def line(i: int):
+                text = lines[i]
+                if i == 0 and text.startswith("/") and len(lines) == 1:
+                    return [("class:command", text)]
+                if text.strip() == '"""':
+                    return [("class:fence", text)]
+                if is_speaker_line(text):
+                    return [("class:speaker", text)]
+                named = SPEAKER_AND_TEXT.match(text)
+                if named:  # 'ROMEO: But soft' -> the name as a speaker, the rest as text
+                    cut = named.end(1) + 1
+                    return [("class:speaker", text[:cut]), ("class:user", text[cut:])]
+                return [("class:user", text)]
+
+            return line
+
+    class SlashCompleter(Completer):
+        """Tab completes command names, then /set's setting names and their on/off values."""
+
+        def get_completions(self, document, complete_event):
+            text = document.text_before_cursor
+            if not text.startswith("/") or "\n" in text:
+                return
+            words = text.split(" ")
+            if len(words) == 1:
+                for name in list(COMMANDS) + ["/exit"]:
+                    if name.startswith(words[0].lower()):
+                        yield Completion(name, -len(words[0]), display_meta=COMMANDS.get(name, ("", "leave"))[1][:40])
+            elif words[0].lower() == "/set" and len(words) == 2:
+                for name in SETTING_NAMES:
+                    if name.startswith(words[1].lower()):
+                        yield Completion(name + " ", -len(words[1]), display=name)
+            elif words[0].lower() == "/set" and len(words) == 3:
+                values = {"verbose": ("on", "off"), "one_speech": ("on", "off"),
+                          "top_k": ("none",), "top_p": ("none",), "seed": ("none",)}.get(words[1].lower(), ())
+                for value in values:
+                    if value.startswith(words[2].lower()):
+                        yield Completion(value, -len(words[2]))
+
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _newline(event) -> None:
+        """Esc-Enter (Alt-Enter) starts a new line instead of sending."""
+        event.current_buffer.insert_text("\n")
+
+    @bindings.add("enter", filter=Condition(lambda: block_is_open(get_app().current_buffer.text)))
+    def _block_line(event) -> None:
+        """Inside a \"\"\" block Enter starts a new line; the closing \"\"\" line sends the block."""
+        buffer = event.current_buffer
+        if buffer.document.current_line.strip() == '"""' and buffer.document.cursor_position_row > 0:
+            buffer.validate_and_handle()
+        else:
+            buffer.insert_text("\n")
+
+    style = Style.from_dict({
+        "prompt": "ansigreen bold",
+        "continuation": "ansigreen",
+        "user": "bold",
+        "speaker": "ansiyellow bold",
+        "command": "ansimagenta bold",
+        "fence": "ansibrightblack",
+        "placeholder": "ansibrightblack italic",
+        "auto-suggestion": "ansibrightblack",
+    })
+    return PlayLexer(), SlashCompleter(), bindings, style
+
+
+class PromptReader:
+    """Input from a person at a terminal, through prompt-toolkit."""
+
+    interactive = True
+
+    def __init__(self, history: bool = True):
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.application import get_app
+        from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+        from prompt_toolkit.shortcuts import CompleteStyle
+
+        self.history, self.notice = _history(history)
+        self.failure_told = False
+        lexer, completer, bindings, style = _prompt_parts()
+        self.prompt_session = PromptSession(
+            history=self.history, auto_suggest=AutoSuggestFromHistory(), lexer=lexer,
+            # Tab completes as readline does: a unique match at once, else the matches listed below
+            completer=completer, complete_while_typing=False, complete_style=CompleteStyle.READLINE_LIKE,
+            key_bindings=bindings, style=style, multiline=False, enable_open_in_editor=False,
+            prompt_continuation=lambda width, line_number, wrap_count: [("class:continuation", CONTINUATION)],
+            # shown while the line is empty, and gone from the line once it is sent
+            placeholder=lambda: [] if get_app().is_done else [("class:placeholder", PLACEHOLDER)],
+        )
+
+    def read(self, block_open: bool = False) -> str:
+        message = CONTINUATION if block_open else PROMPT
+        return self.prompt_session.prompt([("class:prompt", message)])
+
+    def take_notice(self) -> str | None:
+        """A notice to show once: the history file could not be written (at start, or later)."""
+        notice, self.notice = self.notice, None
+        failed = getattr(self.history, "failed", None)
+        if notice is None and failed is not None and not self.failure_told:
+            self.failure_told = True
+            notice = history_notice(Path(self.history.filename), failed)
+        return notice
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+class Repl:
+    """Reads inputs, runs commands, streams replies. `out` gets the conversation; `err` gets
+    notices and hints (the same console on a terminal; stderr when stdin is a pipe)."""
+
+    def __init__(self, session: ChatSession, engine, reader, out: Console, err: Console | None = None,
+                 summary: dict | None = None):
+        self.session = session
+        self.engine = engine
+        self.reader = reader
+        self.out = out
+        self.err = err or out
+        self.summary = summary or {}
+        self.joiner = InputJoiner()
+        self.failures = 0  # commands and inputs refused (piped input exits 1 if any)
+
+    # output helpers ----------------------------------------------------------------------------
+
+    def notice(self, message: str) -> None:
+        self.err.print(Text(message, style=DIM), soft_wrap=True)  # one line, whatever the width
+
+    def hint(self, message: str) -> None:
+        self.failures += 1
+        self.err.print(Text(message, style=HINT), soft_wrap=True)
+
+    def rows(self, rows: list[tuple[str, str]]) -> None:
+        """Two aligned columns; a long value wraps under its own column."""
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        for label, value in rows:
+            table.add_row(label, value)
+        self.out.print(table)
+
+    # the loop ------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Until /quit or end of input: 0, or 1 when piped input had a refused line."""
+        while True:
+            notice = self.reader.take_notice()
+            if notice:
+                self.notice(notice)
+            try:
+                text = self.reader.read(self.joiner.open)
+            except KeyboardInterrupt:
+                if not self.reader.interactive:
+                    raise
+                self.joiner.cancel()
+                self.notice(CTRL_C_HINT)
+                continue
+            except EOFError:
+                if self.reader.interactive:
+                    self.out.print()
+                break
+            if not self.reader.interactive:
+                self.echo(text)
+            for item in self.joiner.feed(text):
+                if self.handle(item) == "quit":
+                    return self.exit_status()
+        return self.exit_status()
+
+    def exit_status(self) -> int:
+        return 1 if self.failures and not self.reader.interactive else 0
+
+    def echo(self, text: str) -> None:
+        """Piped input is not on the screen: write it into the transcript as a prompt line."""
+        marker = CONTINUATION if self.joiner.open else PROMPT
+        self.out.print(Text.assemble((marker, "bold green"), (text, "bold")), soft_wrap=True)
+
+    def handle(self, text: str) -> str | None:
+        """One complete input: a command or text for the script. "quit" ends the loop."""
+        if is_command(text):
+            try:
+                return self.command(text)
+            except SgptError as exc:
+                self.hint(str(exc))
+                return None
+        added = self.session.add_user_text(text)
+        if added.dropped:
+            shown = ", ".join(repr(c) for c in added.dropped[:12]) + (", ..." if len(added.dropped) > 12 else "")
+            self.notice(f"dropped characters the model does not know: {shown}")
+        if text.strip() and not added.text:
+            self.hint("nothing left to send: the model knows none of those characters")
+            return None
+        self.reply()
+        return None
+
+    def command(self, text: str) -> str | None:
+        cmd = parse_command(text)
+        if cmd.name == "/quit":
+            return "quit"
+        if cmd.name == "/help":
+            self.help()
+        elif cmd.name == "/set":
+            if not cmd.arg:
+                self.rows(self.session.show_rows()[:len(SETTING_NAMES)])
+                self.notice("change one with /set NAME VALUE, e.g. /set temperature 0.6")
+            else:
+                name, _, value = cmd.arg.partition(" ")
+                name, shown = self.session.set(name, value)
+                self.notice(f"{name} = {shown}")
+        elif cmd.name == "/show":
+            self.rows(self.session.show_rows(self.summary))
+            self.out.print()
+        elif cmd.name == "/reset":
+            self.session.reset()
+            self.notice("a new script: the model has forgotten everything")
+        elif cmd.name == "/regen":
+            self.session.drop_last_reply()
+            self.notice("(the last reply again)")
+            self.reply()
+        elif cmd.name == "/save":
+            path = self.session.save(cmd.arg)
+            self.notice(f"saved {len(self.session.script):,} characters to {path}")
+        return None
+
+    def help(self) -> None:
+        self.rows(help_rows())
+        self.out.print()
+        for line in HELP_CONVENTION:
+            self.out.print(Text(line, style=DIM))
+        self.out.print()
+
+    def reply(self) -> None:
+        """Stream the model's continuation of the script; Ctrl-C stops it and keeps what came."""
+        printer = ReplyPrinter(self.out)
+        printer.begin(self.session.current_line())
+        stream = self.session.stream_reply(self.engine)
+        with StopOnCtrlC() as ctrl_c, keyboard_quiet(sys.stdin):
+            try:
+                for piece in stream:
+                    printer.write(piece)
+                    if ctrl_c.pressed:
+                        break
+            except KeyboardInterrupt:  # a second Ctrl-C, or one that landed inside the engine
+                pass
+            finally:
+                with contextlib.suppress(KeyboardInterrupt):
+                    stream.close()
+        printer.end()
+        stats = self.engine.last_stats
+        if stats is not None and stats.stop_reason == "interrupted":
+            self.notice("(stopped: the part written so far stays in the script; /regen tries again)")
+        if stats is not None and self.session.settings.verbose:
+            self.notice(f"{stats.chars:,} characters in {stats.seconds:.2f} s · first after "
+                        f"{stats.ttft_s * 1000:.0f} ms · {stats.chars_per_s:,.0f} characters/s · "
+                        f"{STOP_WORDS.get(stats.stop_reason, stats.stop_reason)}")
+        self.out.print()
+
+
+# --- the command's worker --------------------------------------------------------------------------
+
+def banner(console: Console, summary: dict, source: str, interactive: bool, load_s: float | None) -> None:
+    loss = summary.get("val_loss")
+    head = Text.assemble(("sgpt chat", "bold"), ("  ·  ", DIM), (summary["path"], "bold"),
+                         (f" ({source})", DIM), ("  ·  ", DIM), summary["device"],
+                         ("  ·  ", DIM), f"val loss {loss:.3f}" if loss is not None else "val loss unknown")
+    if load_s is not None:
+        head.append(f"  ·  loaded in {load_s:.2f} s", style=DIM)
+    console.print(head, soft_wrap=True)
+    if interactive:
+        console.print(Text("Type a speaker (ROMEO:) and the model speaks as them; a line of verse and it "
+                           "carries on; Enter on an empty line and the play goes on.", style=DIM))
+        console.print(Text("/help for help · Esc-Enter for a new line · Ctrl-C stops a reply · "
+                           "Ctrl-D or /quit to leave", style=DIM))
+        console.print()
+
+
+def run_chat(settings: ChatSettings, model: str | None = None, device: str = "auto",
+             history: bool = True, stdin: TextIO | None = None, stdout: TextIO | None = None,
+             stderr: TextIO | None = None) -> int:
+    """The whole `sgpt chat`: load the model, pick the reader, run the loop; the exit status."""
+    from sgpt_cli.engine import Engine
+    from sgpt_cli.model_lookup import find_model
+    from sgpt_cli.onnx_model import OnnxModel, model_summary
+
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    settings.validate()
+    if hasattr(stdout, "reconfigure"):  # a model's odd character never crashes a narrow locale
+        stdout.reconfigure(errors="replace")
+    t0 = time.perf_counter()
+    path, source = find_model(model)
+    engine = Engine(OnnxModel(path, device=device))
+    load_s = time.perf_counter() - t0
+    summary = model_summary(engine.model)
+    session = ChatSession(engine.model.tokenizer.chars, engine.model.block_size, settings)
+
+    interactive = stdin.isatty() and stdout.isatty()
+    out = make_console(stdout)
+    if interactive:
+        reader = PromptReader(history)
+        err = out
+    else:
+        if hasattr(stdin, "reconfigure"):  # odd bytes become U+FFFD, dropped with a notice
+            stdin.reconfigure(errors="replace")
+        reader = LineReader(stdin)
+        err = make_console(stderr)
+    banner(err, summary, source, interactive, load_s if settings.verbose else None)
+    return Repl(session, engine, reader, out, err, summary).run()

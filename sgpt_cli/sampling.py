@@ -1,0 +1,120 @@
+"""Choosing the next character from a row of logits: temperature, top-k, top-p, repetition penalty.
+
+What it holds: `sample_next_token`, a pure function for one choice (it validates its arguments), and
+`Sampler`, the same rule with the arguments checked once and the penalised characters kept as a
+count per id, which the decode loop calls once per character. numpy only.
+
+What it does not do: run a model, hold a cache or decode text (sgpt_cli.engine does).
+
+The order of the steps is Hugging Face's: repetition penalty, then temperature, then the top-k mask,
+then the top-p (nucleus) mask, then one draw. A draw is one `rng.random()` compared with the
+cumulative probabilities, so a seeded generator gives exactly the same characters every time.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from sgpt_cli.errors import UsageError
+
+
+def is_whole(value) -> bool:
+    """An integer value (5 or 5.0, not True, 2.5, inf or nan)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def validate_sampling(temperature: float, top_k: int | None, top_p: float | None,
+                      repetition_penalty: float) -> None:
+    """One-line UsageErrors for values no sampler can use."""
+    if not np.isfinite(temperature) or temperature < 0:
+        raise UsageError(f"--temperature must be 0 (greedy) or more (got {temperature})")
+    if top_k is not None and (not is_whole(top_k) or top_k < 1):
+        raise UsageError(f"--top-k must be a whole number of at least 1 (got {top_k})")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise UsageError(f"--top-p must be in (0, 1] (got {top_p})")
+    if not np.isfinite(repetition_penalty) or repetition_penalty <= 0:
+        raise UsageError(f"--repetition-penalty must be more than 0; 1 means none (got {repetition_penalty})")
+
+
+def _choose(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int | None,
+            top_p: float | None, repetition_penalty: float, penalised: np.ndarray | None) -> int:
+    """The shared rule; arguments already validated. logits (V,), penalised: ids (any order)."""
+    x = np.array(logits, dtype=np.float64).reshape(-1)  # a private float64 copy: (V,)
+    if repetition_penalty != 1.0 and penalised is not None and penalised.size:
+        v = x[penalised]
+        # CTRL (Keskar et al. 2019) as Hugging Face applies it: a seen character's logit moves
+        # towards "less likely" whatever its sign
+        x[penalised] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+    if temperature == 0:
+        return int(np.argmax(x))  # greedy: the first of equal maxima, no randomness used
+    x /= temperature
+    V = x.shape[0]
+    if top_k is not None and top_k < V:
+        keep = np.argpartition(-x, top_k - 1)[:top_k]  # exactly k ids, even with ties
+        masked = np.full(V, -np.inf)
+        masked[keep] = x[keep]
+        x = masked
+    p = np.exp(x - x.max())  # unnormalised; the draw scales by the total
+    if top_p is not None and top_p < 1.0:
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        before = np.cumsum(p[order]) - p[order]  # probability mass of the likelier characters
+        # keep the smallest set of likeliest characters whose mass reaches top_p (at least one)
+        drop = order[before >= top_p]
+        p[drop] = 0.0
+    cdf = np.cumsum(p)
+    u = rng.random() * cdf[-1]
+    # first id whose cumulative mass exceeds u: its own probability is > 0
+    return int(min(np.searchsorted(cdf, u, side="right"), V - 1))
+
+
+def sample_next_token(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None,
+                      repetition_penalty: float = 1.0, history: Sequence[int] = ()) -> int:
+    """The id to emit after `logits` (V,). Temperature 0 is argmax (greedy; rng unused). Pure: the
+    logits are not changed; only `rng` advances (one draw per call unless greedy)."""
+    validate_sampling(temperature, top_k, top_p, repetition_penalty)
+    penalised = np.unique(np.asarray(history, dtype=np.int64)) if len(history) else None
+    return _choose(logits, rng, temperature, top_k, top_p, repetition_penalty, penalised)
+
+
+class Sampler:
+    """`sample_next_token` for a stream: arguments checked once, the penalised history kept as a
+    count per id (add on entering the context window, remove on leaving it), O(V) per call."""
+
+    def __init__(self, vocab_size: int, rng: np.random.Generator, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0):
+        validate_sampling(temperature, top_k, top_p, repetition_penalty)
+        self.rng = rng
+        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        self.repetition_penalty = float(repetition_penalty)
+        self.counts = np.zeros(vocab_size, dtype=np.int64)  # (V,) occurrences in the history
+
+    def add(self, ids) -> None:
+        """Count ids (one int, or many) into the history; nothing to keep when there is no penalty."""
+        if self.repetition_penalty == 1.0:
+            return
+        if isinstance(ids, (int, np.integer)):
+            self.counts[ids] += 1  # the per-character path: no ufunc.at machinery
+        else:
+            np.add.at(self.counts, np.asarray(ids, dtype=np.int64), 1)
+
+    def remove(self, ids) -> None:
+        if self.repetition_penalty == 1.0:
+            return
+        if isinstance(ids, (int, np.integer)):
+            self.counts[ids] -= 1
+        else:
+            np.subtract.at(self.counts, np.asarray(ids, dtype=np.int64), 1)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        penalised = np.flatnonzero(self.counts) if self.repetition_penalty != 1.0 else None
+        return _choose(logits, self.rng, self.temperature, self.top_k, self.top_p,
+                       self.repetition_penalty, penalised)

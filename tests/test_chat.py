@@ -1,0 +1,407 @@
+"""`sgpt chat`: the session state directly (sgpt_cli.chat_session), the REPL through prompt-toolkit's
+pipe input, and the whole command as a subprocess with piped stdin. The pseudo-terminal tests are in
+test_chat_pty.py."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SGPT, run_env
+from sgpt_cli.chat_session import (
+    SPEECH_END, ChatSession, ChatSettings, InputJoiner, block_is_open, data_home, history_path,
+    is_command, is_speaker_line, parse_command,
+)
+from sgpt_cli.errors import SgptError, UsageError
+
+VOCAB = sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
+
+
+class FakeEngine:
+    """Replies with scripted pieces and stop reasons; records the prompts and params it was given."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)  # [(pieces, stop_reason), ...]
+        self.prompts: list[str] = []
+        self.params: list = []
+        self.last_stats = None
+
+    def generate(self, prompt, params):
+        from sgpt_cli.engine import GenerationStats
+
+        self.prompts.append(prompt)
+        self.params.append(params)
+        pieces, reason = self.replies.pop(0)
+
+        def run():
+            done = 0
+            state = "interrupted"
+            try:
+                for piece in pieces:
+                    done += len(piece)
+                    yield piece
+                state = reason
+            finally:
+                self.last_stats = GenerationStats(len(prompt), done, 0.01, 0.02, done / 0.02, state)
+
+        return run()
+
+
+def reply(session: ChatSession, engine) -> str:
+    return "".join(session.stream_reply(engine))
+
+
+# --- the session -----------------------------------------------------------------------------------
+
+def test_slash_commands_parse_with_aliases_and_one_line_hints():
+    assert parse_command("/exit").name == "/quit"
+    assert parse_command("/bye").name == "/quit"
+    assert parse_command("/SET top_k 5").arg == "top_k 5"
+    assert parse_command("/save  scene.txt ").arg == "scene.txt"
+    with pytest.raises(UsageError, match=r"unknown command /rset; did you mean /reset\?"):
+        parse_command("/rset")
+    with pytest.raises(UsageError, match="/help lists"):
+        parse_command("/frobnicate")
+    with pytest.raises(UsageError, match="needs a file name"):
+        parse_command("/save")
+    with pytest.raises(UsageError, match="takes no arguments"):
+        parse_command("/reset now")
+    assert is_command("/show") and not is_command("ROMEO:") and not is_command("/a\nb")
+
+
+def test_set_checks_values_and_keeps_the_old_one_when_bad():
+    session = ChatSession(VOCAB, 32)
+    assert session.set("temperature", "0.5") == ("temperature", "0.5")
+    assert session.set("top-k", "5") == ("top_k", "5")
+    assert session.set("top_k", "none") == ("top_k", "none")
+    assert session.settings.top_k is None
+    assert session.set("verbose", "on") == ("verbose", "on") and session.settings.verbose
+    for name, bad, words in [("temperature", "-1", "temperature must be"), ("top_k", "0", "top_k must be"),
+                             ("top_p", "1.5", "top_p must be"), ("max_tokens", "lots", "max_tokens must be"),
+                             ("seed", "-3", "seed must be"), ("verbose", "maybe", "verbose is on or off"),
+                             ("temperature", "", "needs a value"), ("temprature", "1", "did you mean temperature")]:
+        before = session.settings
+        with pytest.raises(UsageError, match=words) as info:
+            session.set(name, bad)
+        assert "\n" not in str(info.value) and not str(info.value).startswith("--")
+        assert session.settings == before
+
+
+def test_user_text_is_laid_out_as_the_corpus_lays_out_a_play():
+    session = ChatSession(VOCAB, 32)
+    assert session.add_user_text("ROMEO:").text == "ROMEO:\n"  # the model then speaks as Romeo
+    session.script += "But soft"  # a reply cut off mid-line
+    assert session.add_user_text("JULIET:  ").text == "\n\nJULIET:\n"  # own line, blank line before
+    session.script += "Ay me." + SPEECH_END
+    assert session.add_user_text("ROMEO: She speaks!").text == "ROMEO:\nShe speaks!\n"
+    assert session.add_user_text("O, speak again").text == "O, speak again\n"
+    assert session.add_user_text("").text == ""  # Enter on an empty line: the play goes on
+    assert session.script == "ROMEO:\nBut soft\n\nJULIET:\nAy me.\n\nROMEO:\nShe speaks!\nO, speak again\n"
+
+
+def test_speaker_lines_are_capitalised_words_ending_in_a_colon():
+    for line in ["ROMEO:", "First Citizen:", "KING RICHARD III:", "ALL SERVING-MEN:", "JULIET: "]:
+        assert is_speaker_line(line), line
+    for line in ["Say no more:", "romeo:", "ROMEO", "O, Romeo:", "ROMEO: hi", ""]:
+        assert not is_speaker_line(line), line
+
+
+def test_characters_the_model_does_not_know_are_dropped_and_reported():
+    session = ChatSession(VOCAB, 32)
+    added = session.add_user_text("ROMEO: café\tnoir\r\n")
+    assert added.dropped == ["é", "\t"]
+    assert session.script == "ROMEO:\ncafnoir\n"
+    assert session.add_user_text("éé").text == ""  # nothing left: the REPL says so, no reply
+
+
+def test_the_script_grows_and_its_tail_is_what_the_engine_sees():
+    session = ChatSession(VOCAB, block_size=16)
+    engine = FakeEngine([(["Good morrow, cousin."], "max_tokens"), (["And so ", "farewell."], "stop")])
+    session.add_user_text("ROMEO:")
+    assert reply(session, engine) == "Good morrow, cousin."
+    session.add_user_text("BENVOLIO: Is the day so young?")
+    assert reply(session, engine) == "And so farewell."
+    assert engine.prompts[0] == "ROMEO:\n"
+    assert engine.prompts[1] == session.script[:-len("And so farewell." + SPEECH_END)][-32:]
+    assert len(engine.prompts[1]) == 32  # at most two windows of the script's tail
+    assert session.script.endswith("Is the day so young?\nAnd so farewell." + SPEECH_END)
+
+
+def test_a_reply_that_ends_a_speech_gets_its_blank_line_and_one_speech_sets_the_stop():
+    session = ChatSession(VOCAB, 32)
+    engine = FakeEngine([(["Ay."], "stop"), (["Nay"], "max_tokens")])
+    session.add_user_text("JULIET:")
+    reply(session, engine)
+    assert engine.params[0].stop == (SPEECH_END,)
+    assert session.script == "JULIET:\nAy." + SPEECH_END
+    session.set("one_speech", "off")
+    reply(session, engine)
+    assert engine.params[1].stop == ()
+    assert session.script == "JULIET:\nAy." + SPEECH_END + "Nay"
+
+
+def test_an_interrupted_reply_keeps_the_part_written_so_far():
+    session = ChatSession(VOCAB, 32)
+    engine = FakeEngine([(["O", " Romeo", " Romeo", " wherefore"], "max_tokens")])
+    session.add_user_text("JULIET:")
+    stream = session.stream_reply(engine)
+    assert next(stream) == "O" and next(stream) == " Romeo"
+    stream.close()  # what Ctrl-C does in the REPL
+    assert engine.last_stats.stop_reason == "interrupted"
+    assert session.script == "JULIET:\nO Romeo"
+
+
+def test_regen_replaces_only_the_last_reply():
+    session = ChatSession(VOCAB, 32)
+    engine = FakeEngine([(["First."], "stop"), (["Second."], "stop"), (["Third."], "max_tokens")])
+    with pytest.raises(UsageError, match="no reply to redo"):
+        session.drop_last_reply()
+    session.add_user_text("ROMEO:")
+    reply(session, engine)
+    session.add_user_text("JULIET:")
+    before = session.script
+    reply(session, engine)
+    session.drop_last_reply()
+    assert session.script == before
+    reply(session, engine)
+    assert session.script == "ROMEO:\nFirst." + SPEECH_END + "JULIET:\nThird."
+    assert engine.prompts[2] == engine.prompts[1]  # the same script, tried again
+    session.reset()
+    assert session.script == ""
+    with pytest.raises(UsageError):
+        session.drop_last_reply()
+
+
+def test_a_seeded_session_repeats_and_regen_gets_a_new_seed():
+    session = ChatSession(VOCAB, 32, ChatSettings(seed=7))
+    engine = FakeEngine([([], "stop")] * 4)
+    reply(session, engine)
+    reply(session, engine)
+    assert [p.seed for p in engine.params] == [7, 8]
+    session.reset()
+    reply(session, engine)
+    session.set("seed", "7")
+    reply(session, engine)
+    assert [p.seed for p in engine.params[2:]] == [7, 7]
+
+
+def test_save_writes_the_script_atomically(tmp_path, monkeypatch):
+    session = ChatSession(VOCAB, 32)
+    session.add_user_text("ROMEO: But soft!")
+    target = tmp_path / "scene.txt"
+    assert session.save(target) == target
+    assert target.read_text(encoding="utf-8") == "ROMEO:\nBut soft!\n"
+
+    session.add_user_text("JULIET:")
+
+    def half_then_fail(self, data):  # a disk that fills up halfway through the write
+        with open(self, "wb") as f:
+            f.write(data[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    with pytest.raises(SgptError, match="No space left on device"):
+        session.save(target)
+    monkeypatch.undo()
+    assert target.read_text(encoding="utf-8") == "ROMEO:\nBut soft!\n"  # the old file is whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.txt"]  # no temporary left
+    with pytest.raises(SgptError, match="is a directory"):
+        session.save(tmp_path)
+
+
+def test_triple_quote_blocks_join_lines_into_one_input():
+    joiner = InputJoiner()
+    assert joiner.feed('"""') == [] and joiner.open
+    assert joiner.feed("ROMEO:") == []
+    assert joiner.feed("But soft!") == []
+    assert joiner.feed('"""') == ["ROMEO:\nBut soft!"] and not joiner.open
+    assert joiner.feed('"""\nJULIET:\nAy me.\n"""') == ["JULIET:\nAy me."]  # a paste, all at once
+    assert joiner.feed("one\ntwo") == ["one\ntwo"]  # Esc-Enter lines: one input
+    assert block_is_open('"""\nROMEO:') and not block_is_open('"""\nROMEO:\n"""')
+    assert not block_is_open("ROMEO:")
+
+
+def test_history_lives_under_sgpt_home_else_the_xdg_data_folder(tmp_path):
+    assert history_path({"SGPT_HOME": str(tmp_path)}) == tmp_path / "chat_history"
+    assert data_home({"XDG_DATA_HOME": str(tmp_path)}) == tmp_path / "sgpt"
+    assert data_home({"XDG_DATA_HOME": "relative"}) == Path.home() / ".local" / "share" / "sgpt"
+    assert data_home({}) == Path.home() / ".local" / "share" / "sgpt"
+
+
+# --- the REPL through prompt-toolkit's pipe input ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_onnx):
+    from sgpt_cli.engine import Engine
+    from sgpt_cli.onnx_model import OnnxModel
+
+    return Engine(OnnxModel(tiny_onnx, device="cpu"))
+
+
+def run_repl(engine, keys, history: bool = True, settings: ChatSettings | None = None):
+    """Type `keys` into the REPL: a string, or a list of strings sent one per prompt (keys already
+    waiting when a prompt starts are read before it loads the history, so the up arrow needs its own
+    prompt). Returns (exit status, what it printed, the session)."""
+    from prompt_toolkit.application import create_app_session
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from sgpt_cli.onnx_model import model_summary
+    from sgpt_cli.repl import PromptReader, Repl, make_console
+
+    chunks = [keys] if isinstance(keys, str) else list(keys)
+
+    class TypingReader(PromptReader):
+        def read(self, block_open: bool = False) -> str:
+            if chunks:
+                pipe.send_text(chunks.pop(0))
+            return super().read(block_open)
+
+    out = io.StringIO()
+    session = ChatSession(engine.model.tokenizer.chars, engine.model.block_size,
+                          settings or ChatSettings(seed=1, max_tokens=40))
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        repl = Repl(session, engine, TypingReader(history), make_console(out, color=False),
+                    summary=model_summary(engine.model))
+        code = repl.run()
+    return code, out.getvalue(), session
+
+
+def test_repl_runs_commands_and_replies_and_keeps_history(tiny_engine, isolated_home, tmp_path):
+    keys = "ROMEO:\r/set temperature 0\r/show\r/bogus\r/save " + str(tmp_path / "s.txt") + "\r/quit\r"
+    code, out, session = run_repl(tiny_engine, keys)
+    assert code == 0
+    assert session.script.startswith("ROMEO:\n") and len(session.script) > len("ROMEO:\n")
+    assert "temperature = 0.0" in out
+    assert str(tiny_engine.model.path) in out and "val loss" in out and "window 32" in out
+    assert "unknown command /bogus" in out
+    assert (tmp_path / "s.txt").read_text(encoding="utf-8") == session.script
+    history = (isolated_home / "chat_history").read_text(encoding="utf-8")
+    assert "+ROMEO:" in history and "+/show" in history
+
+
+def test_repl_up_arrow_recalls_the_last_input(tiny_engine):
+    code, out, session = run_repl(tiny_engine, ["/set seed 5\r", "\x1b[A\r", "/quit\r"])
+    assert code == 0 and out.count("seed = 5") == 2
+
+
+def test_repl_escape_enter_and_triple_quotes_give_one_input_of_several_lines(tiny_engine):
+    code, _, session = run_repl(tiny_engine, 'JULIET:\x1b\rAy me.\r/quit\r')
+    assert session.script.startswith("JULIET:\nAy me.\n") and session.replies == 1
+    code, _, session = run_repl(tiny_engine, '"""\rROMEO:\rBut soft!\r"""\r/quit\r')
+    assert session.script.startswith("ROMEO:\nBut soft!\n") and session.replies == 1
+
+
+def test_repl_ctrl_c_at_the_prompt_clears_the_line_and_ctrl_d_leaves(tiny_engine):
+    code, out, session = run_repl(tiny_engine, "ROMEO: half typed\x03\x04")
+    assert code == 0
+    assert "Ctrl-D or /quit leaves" in out
+    assert session.script == ""
+
+
+def test_repl_with_an_unwritable_history_keeps_it_in_memory(tiny_engine, isolated_home, monkeypatch):
+    blocker = isolated_home.parent / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("SGPT_HOME", str(blocker))
+    code, out, _ = run_repl(tiny_engine, ["/set seed 3\r", "\x1b[A\r", "/quit\r"])
+    assert code == 0
+    assert out.count("history is kept for this session only") == 1
+    assert out.count("seed = 3") == 2  # up-arrow still recalls, from memory
+
+
+def test_repl_no_history_writes_no_file(tiny_engine, isolated_home):
+    code, _, _ = run_repl(tiny_engine, "/show\r/quit\r", history=False)
+    assert code == 0 and not (isolated_home / "chat_history").exists()
+
+
+# --- the whole command, stdin from a pipe ----------------------------------------------------------
+
+def sgpt_chat(args, stdin: str, cwd=None, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(SGPT + ["chat", *args], input=stdin.encode("utf-8"), capture_output=True,
+                          env=run_env(**env), cwd=cwd, timeout=300)
+
+
+def test_piped_chat_works_end_to_end(tiny_onnx, tmp_path):
+    proc = sgpt_chat(["--model", str(tiny_onnx), "--seed", "1"],
+                     "ROMEO: café\n/show\n/save scene.txt\n/quit\nJULIET:\n", cwd=tmp_path)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert ">>> ROMEO: café" in out and ">>> /show" in out and "repetition_penalty" in out
+    assert "JULIET" not in out  # /quit ends the session
+    assert "\x1b" not in out + err  # a pipe and NO_COLOR: no escape codes at all
+    assert f"sgpt chat  ·  {tiny_onnx}" in err and "cpu" in err  # the banner names the model
+    assert "dropped characters the model does not know: 'é'" in err
+    scene = (tmp_path / "scene.txt").read_text(encoding="utf-8")
+    assert scene.startswith("ROMEO:\ncaf\n") and len(scene) > len("ROMEO:\ncaf\n")
+    assert "Traceback" not in err
+
+
+def test_piped_chat_without_quit_ends_at_end_of_input(tiny_onnx):
+    proc = sgpt_chat(["--model", str(tiny_onnx), "--max-tokens", "5"], "ROMEO:\n")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().startswith(">>> ROMEO:\n")
+
+
+def test_piped_chat_reports_refused_lines_and_exits_1(tiny_onnx):
+    proc = sgpt_chat(["--model", str(tiny_onnx)], "/bogus\n/set top_p 7\n/show\n")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1
+    assert "unknown command /bogus; /help lists the commands" in err
+    assert "top_p must be in (0, 1] (got 7.0)" in err
+    assert "temperature" in proc.stdout.decode()  # the rest still ran
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, status, words", [
+    (["--model", "missing.onnx"], 1, "model file missing.onnx (--model) does not exist"),
+    (["--temperature", "-1"], 2, "--temperature must be 0 (greedy) or more"),
+    (["--top-k", "0"], 2, "--top-k must be a whole number of at least 1"),
+    (["--device", "tpu"], 2, "--device must be auto, cpu or cuda"),
+])
+def test_chat_user_errors_are_one_line(tiny_onnx, args, status, words):
+    if "--model" not in args:
+        args = args + ["--model", str(tiny_onnx)]
+    proc = sgpt_chat(args, "")
+    err = proc.stderr.decode()
+    assert proc.returncode == status, err
+    assert err.strip().count("\n") == 0 and words in err and err.startswith("sgpt: error: ")
+
+
+def test_piped_chat_into_a_closed_pipe_exits_quietly(tiny_onnx):
+    proc = subprocess.Popen(SGPT + ["chat", "--model", str(tiny_onnx), "--no-one-speech", "-n", "100000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=run_env())
+    proc.stdin.write(b"ROMEO:\n")
+    proc.stdin.close()
+    assert len(proc.stdout.read(200)) == 200
+    proc.stdout.close()  # the reader goes away mid-reply, as `| head` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "Error" not in err
+
+
+def test_chat_help_states_every_default():
+    import typer
+
+    from sgpt_cli.cli import build_app
+
+    command = typer.main.get_command(build_app()).commands["chat"]
+    options = [p for p in command.params if p.name != "help"]
+    assert {p.name for p in options} >= {"model", "device", "no_history", "temperature", "top_k", "top_p",
+                                         "repetition_penalty", "max_tokens", "seed", "verbose"}
+    for p in options:
+        assert "[default: " in p.help, p.name
+    assert next(p for p in options if p.name == "max_tokens").default == ChatSettings().max_tokens
+
+
+def test_the_cli_loads_neither_rich_nor_prompt_toolkit_until_chat_runs():
+    code = ("import sys; import sgpt_cli.cli, sgpt_cli.cli_chat, sgpt_cli.chat_session;"
+            "from sgpt_cli.cli import build_app; build_app();"
+            "print(','.join(m for m in ('rich', 'prompt_toolkit', 'torch', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=run_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == ""

@@ -1,0 +1,294 @@
+"""`sgpt complete` in real shell pipes: where the prompt comes from, exact output, reproducibility,
+stop strings, closed pipes, Ctrl-C, odd input, and the fast (Typer-free) parser agreeing with Typer."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SGPT, run_env
+from sgpt_cli import complete as complete_mod
+from sgpt_cli.cli import app
+from sgpt_cli.cli_complete import complete as typer_complete
+from sgpt_cli.complete import OPTIONS, fast_parse, join_prompt
+from test_eval import write_bad_models
+
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def model(tiny_onnx) -> str:
+    return str(tiny_onnx)
+
+
+def sgpt(*args: str, stdin: bytes | None = b"", **env) -> subprocess.CompletedProcess:
+    """One `sgpt ...` process; stdin is a pipe holding `stdin` (None: /dev/null)."""
+    kwargs = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    return subprocess.run([*SGPT, *args], capture_output=True, env=run_env(**env), timeout=TIMEOUT, **kwargs)
+
+
+def text_of(*args: str, stdin: bytes | None = b"") -> str:
+    proc = sgpt(*args, stdin=stdin)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stderr == b"", proc.stderr.decode()
+    return proc.stdout.decode("utf-8")
+
+
+# --- where the prompt comes from ---------------------------------------------------------------
+
+def test_stdin_prompt_is_the_same_as_the_argument_prompt(model):
+    flags = ["complete", "--model", model, "-n", "40", "--seed", "3"]
+    from_stdin = text_of(*flags, stdin=b"ROMEO:")
+    from_argument = text_of(*flags, "ROMEO:", stdin=None)
+    other_prompt = text_of(*flags, "JULIET:", stdin=None)
+    assert from_stdin == from_argument
+    assert len(from_stdin) == 40
+    assert from_stdin != other_prompt  # the prompt really is read: another prompt, another text
+
+
+def test_stdin_comes_before_the_argument(model):
+    flags = ["complete", "--model", model, "-n", "0", "--echo"]
+    assert text_of(*flags, "But soft", stdin=b"ROMEO:") == "ROMEO: But soft"
+    assert text_of(*flags, "But soft", stdin=b"ROMEO:\n") == "ROMEO:\nBut soft"  # no space after a line break
+
+
+@pytest.mark.parametrize("stdin, argument, joined", [
+    ("ROMEO:", None, "ROMEO:"), ("", "JULIET:", "JULIET:"), ("a", "b", "a b"), ("a\n", "b", "a\nb"),
+    ("a ", "b", "a b"), ("", None, ""), ("a", "", "a"),
+])
+def test_join_prompt_follows_llm(stdin, argument, joined):
+    assert join_prompt(stdin, argument) == joined
+
+
+def test_empty_prompt_starts_from_a_line_break(model):
+    flags = ["complete", "--model", model, "-n", "30", "--seed", "5"]
+    assert text_of(*flags, stdin=None) == text_of(*flags, "\n", stdin=None)
+
+
+def test_echo_writes_the_prompt_first(model):
+    out = text_of("complete", "--model", model, "-n", "25", "--seed", "1", "--echo", stdin=b"ROMEO:\nO, ")
+    assert out.startswith("ROMEO:\nO, ") and len(out) == len("ROMEO:\nO, ") + 25
+    plain = text_of("complete", "--model", model, "-n", "25", "--seed", "1", stdin=b"ROMEO:\nO, ")
+    assert out == "ROMEO:\nO, " + plain
+
+
+# --- what comes out ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 57])
+def test_max_tokens_is_the_exact_length(model, n):
+    assert len(text_of("complete", "--model", model, "-n", str(n), "--seed", "2", stdin=b"ROMEO:")) == n
+
+
+def test_json_is_one_object_with_text_tokens_timings_and_model(model):
+    out = text_of("complete", "--model", model, "-n", "20", "--seed", "4", "--json", stdin=b"ROMEO:")
+    assert out.endswith("\n") and out.count("\n") == 1
+    result = json.loads(out)
+    assert result["model"] == model
+    assert result["prompt"] == "ROMEO:"
+    assert len(result["text"]) == result["tokens"] == 20
+    assert result["stop_reason"] == "max_tokens"
+    assert set(result["timings"]) >= {"load_s", "ttft_s", "generate_s", "chars_per_s"}
+    assert result["text"] == text_of("complete", "--model", model, "-n", "20", "--seed", "4", stdin=b"ROMEO:")
+
+
+def test_seed_reproducibility_across_processes(model):
+    flags = ["complete", "--model", model, "-n", "80", "-t", "1.0", "ROMEO:"]
+    first = text_of(*flags, "--seed", "11", stdin=None)
+    assert text_of(*flags, "--seed", "11", stdin=None) == first
+    assert text_of(*flags, "--seed", "12", stdin=None) != first
+
+
+def test_stop_string_ends_the_text_before_it(model):
+    flags = ["complete", "--model", model, "-n", "200", "--seed", "8", "-t", "1.0", "ROMEO:"]
+    full = text_of(*flags, stdin=None)
+    stop = full[30:33]  # a string the unstopped text is sure to contain
+    stopped = json.loads(text_of(*flags, "--stop", stop, "--stop", "never-seen-\u2603", "--json", stdin=None))
+    assert stopped["text"] == full[: full.index(stop)]
+    assert stopped["stop_reason"] == "stop"
+
+
+def test_no_escape_codes_when_piped_even_without_no_color(model):
+    env = {k: v for k, v in run_env(TERM="xterm-256color").items() if k != "NO_COLOR"}
+    proc = subprocess.run([*SGPT, "complete", "--model", model, "-n", "30", "--echo", "--verbose", "ROMEO:"],
+                          capture_output=True, env=env, stdin=subprocess.DEVNULL, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\x1b" not in proc.stdout and b"\x1b" not in proc.stderr
+    assert proc.stdout.startswith(b"ROMEO:") and len(proc.stdout.decode()) == len("ROMEO:") + 30
+
+
+def test_verbose_names_the_model_file_on_stderr(model):
+    proc = sgpt("complete", "--model", model, "-n", "5", "--verbose", stdin=b"ROMEO:")
+    assert proc.returncode == 0
+    assert f"sgpt: model {model}" in proc.stderr.decode()
+    assert len(proc.stdout.decode()) == 5
+
+
+# --- odd input --------------------------------------------------------------------------------------
+
+def test_unknown_characters_are_dropped_with_one_warning(model):
+    clean = text_of("complete", "--model", model, "-n", "20", "--seed", "6", stdin="ROMEO:".encode())
+    proc = sgpt("complete", "--model", model, "-n", "20", "--seed", "6", stdin="RO\u2603ME\u00e9O:\u2603".encode())
+    assert proc.returncode == 0
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sgpt: warning:") and "\u2603\u00e9" in lines[0]
+    assert proc.stdout.decode() == clean  # the same text as the prompt without them
+
+
+def test_invalid_utf8_on_stdin_is_replaced_not_a_crash(model):
+    proc = sgpt("complete", "--model", model, "-n", "15", "--seed", "1", stdin=b"ROMEO:\xff\xfe\x80")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.decode()) == 15
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "\ufffd" in lines[0] and "Traceback" not in proc.stderr.decode()
+
+
+def test_windows_line_endings_need_no_warning(model):
+    unix = text_of("complete", "--model", model, "-n", "20", "--seed", "9", stdin=b"ROMEO:\nAy.\n")
+    assert text_of("complete", "--model", model, "-n", "20", "--seed", "9", stdin=b"ROMEO:\r\nAy.\r\n") == unix
+
+
+# --- pipes, signals, exit codes ---------------------------------------------------------------------
+
+def test_closed_pipe_ends_quietly(model):
+    """`sgpt complete | head -c 5`, in a real shell: five bytes, and not a word on stderr."""
+    command = shlex.join([*SGPT, "complete", "--model", model, "-n", "100000", "ROMEO:"])
+    proc = subprocess.run(["sh", "-c", f"{command} </dev/null | head -c 5"], capture_output=True,
+                          env=run_env(), timeout=TIMEOUT)
+    assert proc.returncode == 0
+    assert len(proc.stdout) == 5
+    assert proc.stderr == b""
+
+
+def test_closed_pipe_exit_status_is_zero(model):
+    proc = subprocess.Popen([*SGPT, "complete", "--model", model, "-n", "100000", "ROMEO:"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run_env())
+    assert len(proc.stdout.read(5)) == 5
+    proc.stdout.close()  # the reader goes away, as `head` does
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=TIMEOUT) == 0
+    assert stderr == b""
+
+
+def test_ctrl_c_exits_130_without_a_traceback(model):
+    proc = subprocess.Popen([*SGPT, "complete", "--model", model, "-n", "100000", "ROMEO:"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run_env())
+    assert proc.stdout.read(1)  # generation has begun
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130
+    assert b"Traceback" not in stderr and b"Exception ignored" not in stderr
+    assert stderr.decode().strip() == "sgpt: interrupted"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "missing.onnx"], "does not exist"),
+    (["--model", "{foreign}"], "is not an sgpt model"),
+    (["--model", "{damaged}"], "ONNX Runtime cannot load"),
+    (["--model", "{future}"], "format '99'"),
+    (["--model", "{model}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
+    (["--model", "{model}", "-n", "-1"], "max"),
+    (["--model", "{model}", "-t", "-0.5"], "temperature"),
+    (["--model", "{model}", "--top-p", "1.5"], "top"),
+])
+def test_user_errors_are_one_line_and_exit_2(model, tmp_path, args, needle):
+    bad = {k: str(v) for k, v in write_bad_models(tmp_path, Path(model)).items()}
+    proc = sgpt("complete", *[a.format(model=model, **bad) for a in args], stdin=b"ROMEO:")
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("sgpt: error: ") and needle in lines[0], lines
+    assert proc.stdout == b""
+
+
+def test_bad_flag_is_a_usage_error(model):
+    proc = sgpt("complete", "--model", model, "--bogus", stdin=b"ROMEO:")
+    assert proc.returncode == 2
+    assert b"No such option" in proc.stderr and b"Traceback" not in proc.stderr
+    assert proc.stdout == b""
+
+
+# --- the worker, called directly ------------------------------------------------------------------
+
+def test_worker_streams_what_it_returns(model):
+    out, errs = io.StringIO(), io.StringIO()
+    result = complete_mod.complete("ROMEO:", out=out, errs=errs, model=model, max_tokens=12, seed=1, device="cpu")
+    assert out.getvalue() == result["text"] and result["tokens"] == 12
+    assert errs.getvalue() == ""
+
+
+# --- one table of options, two parsers ------------------------------------------------------------
+
+def test_option_defaults_are_the_engines():
+    from sgpt_cli.engine import SamplingParams
+
+    engine_defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+    for opt in OPTIONS:
+        if opt.name in engine_defaults:
+            assert opt.default == engine_defaults[opt.name], opt.name
+
+
+def test_typer_signature_is_the_options_table():
+    params = list(inspect.signature(typer_complete).parameters.values())
+    assert [p.name for p in params] == ["prompt"] + [opt.name for opt in OPTIONS]
+    for p, opt in zip(params[1:], OPTIONS):
+        assert tuple(p.default.param_decls) == opt.flags
+
+
+def test_help_states_every_default():
+    result = CliRunner().invoke(app, ["complete", "--help"], terminal_width=250)
+    assert result.exit_code == 0
+    for opt in OPTIONS:
+        assert opt.flags[0] in result.stdout
+    assert result.stdout.count("[default:") == len(OPTIONS) + 1  # and the prompt's
+
+
+ARGVS = [
+    [], ["ROMEO:"], ["-n", "5", "ROMEO:"], ["ROMEO:", "-n5", "--temperature=0.5"],
+    ["--top-k", "3", "--top-p", "0.9", "--repetition-penalty", "1.2", "--seed", "-4"],
+    ["--stop", "\n\n", "--stop", "END", "--json", "--echo", "-v", "-m", "x.onnx", "--device", "cpu"],
+    ["--", "-not-a-flag"], ["--max-tokens", "0", "-t", "0"],
+]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=[" ".join(a) or "(none)" for a in ARGVS])
+def test_fast_parser_agrees_with_typer(argv, monkeypatch):
+    seen = {}
+
+    def fake_run(values):
+        seen.update(values)
+        return 0
+
+    monkeypatch.setattr(complete_mod, "run", fake_run)
+    result = CliRunner().invoke(app, ["complete", *argv])
+    assert result.exit_code == 0, result.output
+    fast = fast_parse(argv)
+    assert fast is not None
+    seen["stop"] = list(seen["stop"]) if seen["stop"] else None
+    assert fast == seen
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-n", "x"], ["--bogus"], ["a", "b"], ["--stop", "-x"], ["--max"]])
+def test_fast_parser_leaves_help_and_mistakes_to_typer(argv):
+    assert fast_parse(argv) is None
+
+
+def test_terminal_gets_a_final_line_break(model):
+    pexpect = pytest.importorskip("pexpect")
+    env = {k: v for k, v in run_env().items() if k != "NO_COLOR"}
+    child = pexpect.spawn(sys.executable, ["-m", "sgpt_cli", "complete", "--model", model, "-n", "10", "--seed", "1",
+                                           "--echo", "ROMEO:"], env=env, timeout=TIMEOUT)
+    child.expect(pexpect.EOF)
+    child.close()
+    raw = child.before
+    assert child.exitstatus == 0, raw
+    assert raw.endswith(b"\r\n")
+    assert b"\x1b[1mROMEO:\x1b[0m" in raw  # the echoed prompt in bold on a terminal

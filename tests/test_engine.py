@@ -1,0 +1,477 @@
+"""The generation engine (sgpt_cli.engine) on the tiny exported model, and model lookup
+(sgpt_cli.model_lookup).
+
+References are computed independently of the engine's cache: a full pass of the model over the whole
+text for every character (the nanoGPT way), through the same ONNX file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sgpt_cli.engine import BoundCache, CpuCache, Engine, GenerationStats, SamplingParams, StopMatcher
+from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.onnx_model import OnnxModel
+from sgpt_cli.sampling import sample_next_token
+
+from conftest import run_env
+
+
+@pytest.fixture(scope="module")
+def model(tiny_onnx) -> OnnxModel:
+    return OnnxModel(tiny_onnx, device="cpu")
+
+
+@pytest.fixture()
+def engine(model) -> Engine:
+    return Engine(model)
+
+
+def gen(engine: Engine, prompt: str = "ROMEO:", **kw) -> str:
+    return "".join(engine.generate(prompt, SamplingParams(**kw)))
+
+
+def full_pass_logits(model: OnnxModel, ids: list[int]) -> np.ndarray:
+    """Last-position logits of one cache-free pass over ids (at most block_size of them)."""
+    logits, _ = model.forward(np.array([ids], dtype=np.int64))
+    return logits[0, -1]
+
+
+def pick(logits: np.ndarray, rng) -> int:
+    """Greedy when rng is None, else a temperature-1 draw by the engine's rule."""
+    return int(np.argmax(logits)) if rng is None else sample_next_token(logits, rng, temperature=1.0)
+
+
+def full_pass_reference(model: OnnxModel, prompt: str, n: int, seed: int | None = None) -> str:
+    """Each character from one cache-free pass over the whole text so far (within one window)."""
+    rng = None if seed is None else np.random.default_rng(seed)
+    ids = list(model.tokenizer.encode(prompt))
+    for _ in range(n):
+        ids.append(pick(full_pass_logits(model, ids), rng))
+    return model.tokenizer.decode(ids[-n:]) if n else ""
+
+
+def greedy_reference(model: OnnxModel, prompt: str, n: int) -> str:
+    return full_pass_reference(model, prompt, n)
+
+
+# --- correctness of the cache -------------------------------------------------------------
+
+def test_kv_decode_logits_equal_a_full_pass(model):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.tokenizer.vocab_size, model.block_size)
+    expected, _ = model.forward(ids[None])  # (1, T, V)
+    cache = CpuCache(model)
+    got = [cache.run(ids[:5], 0, drop=-1)]
+    for t in range(5, model.block_size):
+        got.append(cache.run(ids[t:t + 1], t))
+    assert cache.length == model.block_size
+    assert np.abs(np.stack(got) - expected[0, 4:]).max() < 1e-4
+
+
+def test_io_binding_cache_equals_the_numpy_cache(model):
+    """BoundCache is the CUDA path; here its OrtValues live on the CPU, which tests everything but
+    the device placement: binding order, feeding presents back, the Slice graph that drops entries."""
+    W = model.block_size
+    ids = np.random.default_rng(1).integers(0, model.tokenizer.vocab_size, 3 * W)
+    plain, bound = CpuCache(model), BoundCache(model, "cpu")
+    for cache in (plain, bound):
+        cache.got = [cache.run(ids[:7], 0, drop=-1)]
+        for t in range(7, len(ids)):
+            cache.got.append(cache.run(ids[t:t + 1], t, drop=max(cache.length - (W - 1), 0)))
+    assert plain.length == bound.length == W
+    assert np.abs(np.stack(plain.got) - np.stack(bound.got)).max() < 1e-5
+    again = bound.run(ids[:3], 0, drop=-1)  # a fresh prefill forgets the old cache
+    assert bound.length == 3 and np.allclose(again, plain.run(ids[:3], 0, drop=-1), atol=1e-5)
+
+
+def test_engine_with_io_binding_generates_the_same_text(model):
+    params = SamplingParams(temperature=1.0, seed=4, max_tokens=3 * model.block_size)
+    a = "".join(Engine(model).generate("ROMEO:", params))
+    bound = Engine(model, cache="bound")
+    assert bound.cache_kind == "bound" and Engine(model).cache_kind == "numpy"  # auto on the CPU: numpy
+    assert "".join(bound.generate("ROMEO:", params)) == a
+    assert "".join(bound.generate("ROMEO:", params)) == a  # a second generation reuses the Slice session
+
+
+def test_greedy_determinism_and_equal_to_full_pass_argmax(engine, model):
+    n = model.block_size - len("ROMEO:")  # the whole window, no rolling yet
+    a = gen(engine, temperature=0, max_tokens=n)
+    b = gen(engine, temperature=0, max_tokens=n)
+    assert a == b and len(a) == n
+    assert a == greedy_reference(model, "ROMEO:", n)
+    sampled = gen(engine, temperature=1.0, seed=9, max_tokens=n)
+    assert sampled == full_pass_reference(model, "ROMEO:", n, seed=9)
+
+
+def test_top_k_one_is_greedy(engine):
+    assert gen(engine, temperature=1.0, top_k=1, seed=3, max_tokens=20) == gen(engine, temperature=0, max_tokens=20)
+
+
+def test_seed_reproducibility(engine):
+    a = gen(engine, temperature=1.0, seed=1, max_tokens=60)
+    assert a == gen(engine, temperature=1.0, seed=1, max_tokens=60)
+    assert a != gen(engine, temperature=1.0, seed=2, max_tokens=60)
+    assert len(a) == 60
+
+
+def test_unseeded_runs_differ(engine):
+    assert gen(engine, temperature=1.0, max_tokens=60) != gen(engine, temperature=1.0, max_tokens=60)
+
+
+def sampled_with_logits(engine, model, prompt, **kw) -> list[tuple[int, np.ndarray]]:
+    """(sampled id, full-pass logits it was drawn from) for each generated character."""
+    text = gen(engine, prompt, **kw)
+    ids = list(model.tokenizer.encode(prompt))
+    out = []
+    for ch in text:
+        out.append((model.tokenizer.stoi[ch], full_pass_logits(model, ids)))
+        ids.append(model.tokenizer.stoi[ch])
+    return out
+
+
+def test_top_k_only_samples_the_k_best(engine, model):
+    pairs = sampled_with_logits(engine, model, "ROMEO:", temperature=3.0, top_k=3, seed=0, max_tokens=24)
+    for nxt, logits in pairs:
+        assert nxt in np.argsort(-logits)[:3]
+
+
+def test_top_p_only_samples_the_nucleus(engine, model):
+    seen_outside_top1 = False
+    for nxt, logits in sampled_with_logits(engine, model, "ROMEO:", temperature=1.5, top_p=0.6, seed=0, max_tokens=24):
+        p = np.exp((logits - logits.max()) / 1.5)  # the nucleus of the tempered distribution
+        p /= p.sum()
+        order = np.argsort(-p)
+        nucleus = order[:int(np.searchsorted(np.cumsum(p[order]), 0.6)) + 1]
+        assert nxt in nucleus
+        seen_outside_top1 |= nxt != order[0]
+    assert seen_outside_top1  # the mask is not simply greedy
+
+
+def longest_run(text: str) -> int:
+    best = run = 1
+    for a, b in zip(text, text[1:]):
+        run = run + 1 if a == b else 1
+        best = max(best, run)
+    return best
+
+
+def test_repetition_penalty_breaks_repeats(engine):
+    plain = gen(engine, temperature=0, max_tokens=60)
+    penalised = gen(engine, temperature=0, max_tokens=60, repetition_penalty=3.0)
+    assert plain != penalised
+    assert longest_run(penalised) < longest_run(plain) or len(set(penalised)) > len(set(plain))
+
+
+# --- stop strings, lengths, stats ----------------------------------------------------------------
+
+def test_stop_string_ends_generation_before_it(engine):
+    text = gen(engine, temperature=1.0, seed=5, max_tokens=120)
+    stop = text[30:33]
+    first = text.find(stop)
+    pieces = list(engine.generate("ROMEO:", SamplingParams(temperature=1.0, seed=5, max_tokens=120, stop=(stop,))))
+    assert "".join(pieces) == text[:first]
+    assert engine.last_stats.stop_reason == "stop"
+    assert engine.last_stats.chars == first
+
+
+def test_partial_stop_match_that_fails_is_yielded(engine):
+    text = gen(engine, temperature=1.0, seed=5, max_tokens=120)
+    c = text[10]
+    follower = next(x for x in engine.model.tokenizer.chars if c + x not in text)
+    pieces = list(engine.generate("ROMEO:", SamplingParams(temperature=1.0, seed=5, max_tokens=120,
+                                                           stop=(c + follower + "zz",))))
+    assert "".join(pieces) == text
+    assert any(len(p) > 1 for p in pieces)  # held-back text came out when the match failed
+    assert engine.last_stats.stop_reason == "max_tokens"
+
+
+def test_stop_matcher_catches_strings_split_across_pieces():
+    m = StopMatcher(("END", "\n\n"))
+    out = [m.push(c) for c in "abEN"]
+    assert out == [("a", False), ("b", False), ("", False), ("", False)]
+    assert m.push("D") == ("", True)
+    m = StopMatcher(("END",))
+    assert [m.push(c) for c in "aEEND"] == [("a", False), ("", False), ("E", False), ("", False), ("", True)]
+    m = StopMatcher(("abc", "b"))
+    assert m.push("a") == ("", False) and m.push("b") == ("a", True)  # the earliest stop wins
+    m = StopMatcher(("xy",))
+    assert m.push("x") == ("", False) and m.flush() == "x"
+
+
+@pytest.mark.parametrize("n", [0, 1, 17])
+def test_max_tokens_gives_exactly_n_characters(engine, n):
+    text = gen(engine, temperature=1.0, seed=0, max_tokens=n)
+    assert len(text) == n
+    stats = engine.last_stats
+    assert isinstance(stats, GenerationStats)
+    assert stats.chars == n and stats.stop_reason == "max_tokens"
+    assert 0 <= stats.ttft_s <= stats.seconds
+
+
+def test_stats_describe_the_run(engine):
+    gen(engine, "ROMEO:", temperature=1.0, seed=0, max_tokens=40)
+    s = engine.last_stats
+    assert s.prompt_chars == 6 and s.chars == 40 and s.chars_per_s > 0
+    assert s.chars_per_s == pytest.approx(s.chars / s.seconds)
+
+
+# --- past the window ---------------------------------------------------------------------
+
+def manual_rolling_reference(model: OnnxModel, prompt: str, n: int, seed: int | None = None) -> str:
+    """Decoding with an explicitly rolled numpy cache: keep block_size - 1 entries, positions grow."""
+    rng = None if seed is None else np.random.default_rng(seed)
+    W = model.block_size
+    ids = model.tokenizer.encode(prompt)[None]
+    logits, past = model.forward(ids)
+    pos, out = ids.shape[1], []
+    for _ in range(n):
+        nxt = pick(logits[0, -1], rng)
+        out.append(model.tokenizer.chars[nxt])
+        past = [np.ascontiguousarray(p[:, :, -(W - 1):]) for p in past]
+        logits, past = model.forward(np.array([[nxt]]), past, np.array([[pos]]))
+        pos += 1
+    return "".join(out)
+
+
+def test_generation_beyond_block_size_rolls_the_window(engine, model):
+    W = model.block_size
+    greedy = gen(engine, "R", temperature=0, max_tokens=3 * W)
+    assert len(greedy) == 3 * W
+    # inside the first window the cache changes nothing: equal to full passes
+    assert greedy[:W - 1] == full_pass_reference(model, "R", W - 1)
+    assert greedy == manual_rolling_reference(model, "R", 3 * W)
+    # sampled text is far more sensitive to wrong positions or a wrong window than greedy text
+    sampled = gen(engine, "R", temperature=1.0, seed=0, max_tokens=3 * W)
+    assert len(sampled) == 3 * W
+    assert sampled[:W - 1] == full_pass_reference(model, "R", W - 1, seed=0)
+    # past it, exactly the rolling-window computation (block_size - 1 cached + 1 new, absolute positions)
+    assert sampled == manual_rolling_reference(model, "R", 3 * W, seed=0)
+
+
+def test_position_rebase_keeps_generating(engine, model):
+    W = model.block_size
+    reference = gen(engine, "R", temperature=1.0, seed=0, max_tokens=4 * W)
+    engine.position_limit = 2 * W
+    rebased = gen(engine, "R", temperature=1.0, seed=0, max_tokens=4 * W)
+    assert len(rebased) == 4 * W
+    assert rebased[:2 * W - 1] == reference[:2 * W - 1]  # identical until the first re-base
+
+
+def refill_reference(model: OnnxModel, prompt: str, n: int, seed: int) -> str:
+    """Full passes over the text since the last re-prefill, which keeps the latest half window
+    whenever block_size characters are cached."""
+    rng, W = np.random.default_rng(seed), model.block_size
+    ids, start = list(model.tokenizer.encode(prompt)), 0
+    for _ in range(n):
+        ids.append(pick(full_pass_logits(model, ids[start:]), rng))
+        if len(ids) - 1 - start >= W:
+            start = len(ids) - W // 2
+    return model.tokenizer.decode(ids[-n:])
+
+
+def test_refill_fallback_for_models_without_positions(engine, model):
+    W = model.block_size
+    reference = gen(engine, "R", temperature=1.0, seed=0, max_tokens=3 * W)
+    engine.rolling = False  # as for a graph without position_ids: re-prefill half a window when full
+    refilled = gen(engine, "R", temperature=1.0, seed=0, max_tokens=3 * W)
+    assert len(refilled) == 3 * W
+    assert refilled[:W - 1] == reference[:W - 1]
+    assert refilled == refill_reference(model, "R", 3 * W, seed=0)
+
+
+def test_prompt_longer_than_block_size_uses_its_tail(engine, model):
+    rng = np.random.default_rng(4)
+    long = "".join(rng.choice(model.tokenizer.chars, 3 * model.block_size))
+    kw = dict(temperature=1.0, seed=2, max_tokens=40)
+    a = gen(engine, long, **kw)
+    assert engine.last_stats.prompt_chars == model.block_size
+    assert a == gen(engine, long[-model.block_size:], **kw)
+    assert list(engine.prompt_ids(long)) == list(model.tokenizer.encode(long[-model.block_size:]))
+
+
+# --- odd prompts -----------------------------------------------------------------------------------
+
+def test_unknown_characters_are_dropped(engine):
+    assert engine.unknown_chars("RO\u2603ME\u00e9O\u2603") == ["\u2603", "\u00e9"]
+    assert engine.unknown_chars("ROMEO") == []
+    kw = dict(temperature=1.0, seed=2, max_tokens=40)  # sampled text depends on the context
+    assert gen(engine, "RO\u2603ME\u00e9O", **kw) == gen(engine, "ROMEO", **kw)
+    assert list(engine.prompt_ids("RO\u2603ME\u00e9O")) == list(engine.tokenizer.encode("ROMEO"))
+
+
+def test_empty_prompt_starts_from_a_line_break(engine):
+    kw = dict(temperature=1.0, seed=2, max_tokens=40)
+    reference = gen(engine, "\n", **kw)
+    assert gen(engine, "", **kw) == reference
+    assert gen(engine, "\u2603\u2603", **kw) == reference
+    assert list(engine.prompt_ids("")) == [engine.tokenizer.stoi["\n"]]
+    assert engine.last_stats.prompt_chars == 1
+
+
+# --- interruption and bad parameters -------------------------------------------------------------------
+
+def test_consumer_stopping_records_interrupted_stats(engine):
+    pieces = engine.generate("ROMEO:", SamplingParams(temperature=1.0, seed=0, max_tokens=100))
+    got = [next(pieces) for _ in range(3)]
+    pieces.close()
+    assert len("".join(got)) == 3
+    assert engine.last_stats.stop_reason == "interrupted" and engine.last_stats.chars == 3
+
+
+class InterruptingSession:
+    """Forwards to the real session; raises `error` on run number `at` (Ctrl-C mid-decode, or a
+    failure inside ONNX Runtime)."""
+
+    def __init__(self, session, at, error=KeyboardInterrupt):
+        self.session, self.at, self.calls, self.error = session, at, 0, error
+
+    def run(self, *args, **kw):
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error
+        return self.session.run(*args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_ctrl_c_ends_generation_quietly_with_stats(tiny_onnx):
+    real = OnnxModel(tiny_onnx, device="cpu")
+    model = OnnxModel(tiny_onnx, session=InterruptingSession(real.session, at=6))
+    engine = Engine(model)
+    text = "".join(engine.generate("ROMEO:", SamplingParams(temperature=0, max_tokens=50)))
+    assert len(text) == 5  # prefill + 4 steps gave 5 characters; the 6th run was interrupted
+    assert text == gen(Engine(real), temperature=0, max_tokens=5)
+    assert engine.last_stats.stop_reason == "interrupted" and engine.last_stats.chars == 5
+
+
+def test_runtime_failure_is_a_one_line_error(tiny_onnx):
+    real = OnnxModel(tiny_onnx, device="cpu")
+    boom = Exception("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad\nlong C++ details")
+    engine = Engine(OnnxModel(tiny_onnx, session=InterruptingSession(real.session, at=3, error=boom)))
+    pieces = []
+    with pytest.raises(SgptError) as err:
+        for piece in engine.generate("ROMEO:", SamplingParams(max_tokens=50, seed=0)):
+            pieces.append(piece)
+    assert "RUNTIME_EXCEPTION" in str(err.value) and "sgpt export" in str(err.value) and "\n" not in str(err.value)
+    assert len(pieces) == 2 and engine.last_stats.chars == 2
+
+
+class HidingSession:
+    """A session whose graph lacks one of the interface's inputs."""
+
+    def __init__(self, session, hide):
+        self.session, self.hide = session, hide
+
+    def get_inputs(self):
+        return [i for i in self.session.get_inputs() if i.name != self.hide]
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_a_graph_without_the_cache_interface_is_refused(tiny_onnx):
+    real = OnnxModel(tiny_onnx, device="cpu")
+    model = OnnxModel(tiny_onnx, session=HidingSession(real.session, "past_key_values.1.value"))
+    with pytest.raises(SgptError, match=r"past_key_values.1.value.*sgpt export"):
+        Engine(model)
+
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(max_tokens=-1), "--max-tokens"),
+    (dict(max_tokens=2.5), "--max-tokens"),
+    (dict(max_tokens=float("inf")), "--max-tokens"),
+    (dict(top_k=float("inf")), "--top-k"),
+    (dict(temperature=-1.0), "--temperature"),
+    (dict(top_k=0), "--top-k"),
+    (dict(top_p=0.0), "--top-p"),
+    (dict(repetition_penalty=0.0), "--repetition-penalty"),
+    (dict(seed=-3), "--seed"),
+    (dict(stop=("",)), "--stop"),
+])
+def test_bad_params_fail_before_generation(engine, kw, flag):
+    with pytest.raises(UsageError) as err:
+        SamplingParams(**kw).validate()
+    assert flag in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UsageError):
+        engine.generate("ROMEO:", SamplingParams(**kw))  # raised at the call, not at the first next()
+
+
+# --- model lookup ---------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def lookup_world(tmp_path, monkeypatch):
+    """Empty candidate files for every source; cwd in tmp; the shipped model redirected into tmp."""
+    from sgpt_cli import model_lookup
+
+    files = {name: tmp_path / name for name in ("explicit.onnx", "env.onnx", "shipped.onnx")}
+    for f in files.values():
+        f.write_bytes(b"")
+    work = tmp_path / "work"
+    (work / "export").mkdir(parents=True)
+    (work / "export" / "model.onnx").write_bytes(b"")
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(model_lookup, "shipped_model_candidates",
+                        lambda: [tmp_path / "missing" / "shakespeare.onnx", files["shipped.onnx"]])
+    return files, work
+
+
+def test_model_lookup_precedence(lookup_world, monkeypatch):
+    from pathlib import Path
+
+    from sgpt_cli.model_lookup import find_model
+
+    files, work = lookup_world
+    monkeypatch.setenv("SGPT_MODEL", str(files["env.onnx"]))
+    assert find_model(files["explicit.onnx"]) == (files["explicit.onnx"], "--model")
+    assert find_model(str(files["explicit.onnx"])) == (files["explicit.onnx"], "--model")
+    assert find_model(None) == (files["env.onnx"], "$SGPT_MODEL")
+    monkeypatch.delenv("SGPT_MODEL")
+    path, source = find_model(None)
+    assert source == "export/model.onnx" and path.resolve() == (work / "export" / "model.onnx").resolve()
+    (work / "export" / "model.onnx").unlink()
+    assert find_model(None) == (files["shipped.onnx"], "shipped")
+    assert isinstance(find_model(None)[0], Path)
+
+
+def test_model_lookup_errors(lookup_world, monkeypatch, tmp_path):
+    from sgpt_cli import model_lookup
+    from sgpt_cli.model_lookup import find_model
+
+    with pytest.raises(SgptError, match="nope.onnx.*--model.*does not exist"):
+        find_model(tmp_path / "nope.onnx")
+    with pytest.raises(SgptError, match="folder"):
+        find_model(tmp_path)
+    monkeypatch.setenv("SGPT_MODEL", str(tmp_path / "gone.onnx"))
+    with pytest.raises(SgptError, match=r"gone.onnx.*\$SGPT_MODEL"):
+        find_model(None)
+    monkeypatch.delenv("SGPT_MODEL")
+    (lookup_world[1] / "export" / "model.onnx").unlink()
+    monkeypatch.setattr(model_lookup, "shipped_model_candidates", lambda: [tmp_path / "none.onnx"])
+    with pytest.raises(SgptError) as err:
+        find_model(None)
+    message = str(err.value)
+    assert "sgpt export" in message and "--model" in message and "\n" not in message
+
+
+def test_shipped_model_candidates_are_the_checkout_then_the_install_prefix():
+    import sgpt_cli
+    from pathlib import Path
+
+    from sgpt_cli.model_lookup import SHIPPED_MODEL_NAME, shipped_model_candidates
+
+    first, second = shipped_model_candidates()
+    assert first == Path(sgpt_cli.__file__).resolve().parents[1] / "models" / SHIPPED_MODEL_NAME
+    assert second == Path(sys.prefix) / "share" / "sgpt" / "models" / SHIPPED_MODEL_NAME
+
+
+def test_model_lookup_and_sampling_load_neither_onnxruntime_nor_torch():
+    code = ("import sys, sgpt_cli.model_lookup, sgpt_cli.sampling; "
+            "print([m for m in ('onnxruntime', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), check=True)
+    assert out.stdout.strip() == "[]"

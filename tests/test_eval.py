@@ -1,0 +1,162 @@
+"""`sgpt eval`: the loss it prints is score_ids' on the right split, in plain text or JSON, and every
+bad model or text is one line on stderr with a non-zero status and no traceback."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SGPT, run_env
+from sgpt_cli.cli import app
+from sgpt_cli.data import split_text
+from sgpt_cli.onnx_model import OnnxModel, score_ids
+
+
+def invoke(*args, **kwargs):
+    return CliRunner().invoke(app, ["eval", *args], **kwargs)
+
+
+def write_bad_models(folder: Path, good: Path) -> dict[str, Path]:
+    """ONNX files sgpt must refuse: no sgpt metadata, a future format, a truncated file, a folder."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    foreign = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # ORT reads it
+    onnx.save(foreign, str(folder / "foreign.onnx"))
+
+    proto = onnx.load(str(good))
+    for entry in proto.metadata_props:
+        if entry.key == "sgpt.format":
+            entry.value = "99"
+    onnx.save(proto, str(folder / "future.onnx"))
+
+    data = good.read_bytes()
+    (folder / "damaged.onnx").write_bytes(data[: len(data) // 2])
+    (folder / "a-folder.onnx").mkdir(exist_ok=True)
+    return {name: folder / f"{name}.onnx" for name in ("foreign", "future", "damaged", "a-folder")}
+
+
+def expected_loss(model_path: Path, text: str) -> tuple[float, int]:
+    model = OnnxModel(model_path, device="cpu")
+    return score_ids(model, model.tokenizer.encode(text, drop_unknown=True))
+
+
+def test_whole_file_loss_is_score_ids_loss(tiny_onnx, text_file):
+    result = invoke("--model", str(tiny_onnx), "--data", str(text_file), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    loss, scored = expected_loss(tiny_onnx, text_file.read_text(encoding="utf-8"))
+    assert report["split"] == "all"
+    assert report["loss"] == pytest.approx(loss, rel=1e-9)
+    assert report["chars_scored"] == scored
+    assert report["perplexity"] == pytest.approx(math.exp(loss))
+    assert report["bits_per_char"] == pytest.approx(loss / math.log(2))
+    assert report["model"] == str(tiny_onnx)
+    assert result.stderr == ""  # no progress bar into a pipe
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_split_is_nanogpts_90_10(tiny_onnx, text_file, split):
+    result = invoke("--model", str(tiny_onnx), "--data", str(text_file), "--split", split, "--json")
+    assert result.exit_code == 0, result.output
+    train, val = split_text(text_file.read_text(encoding="utf-8"))
+    part = val if split == "val" else train
+    report = json.loads(result.stdout)
+    assert report["chars"] == len(part)
+    assert report["loss"] == pytest.approx(expected_loss(tiny_onnx, part)[0], rel=1e-9)
+
+
+def test_default_data_is_the_validation_split_in_one_command(tiny_onnx, text_file, tmp_path):
+    """The README's check: `sgpt eval` in a checkout with data/tinyshakespeare.txt, in a real process."""
+    (tmp_path / "data").mkdir()
+    shutil.copy(text_file, tmp_path / "data" / "tinyshakespeare.txt")
+    proc = subprocess.run([*SGPT, "eval", "--model", str(tiny_onnx)], capture_output=True, text=True,
+                          env=run_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    val = split_text(text_file.read_text(encoding="utf-8"))[1]
+    loss = expected_loss(tiny_onnx, val)[0]
+    lines = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert lines["loss"].startswith(f"{loss:.4f} nats/char")
+    assert lines["perplexity"] == f"{math.exp(loss):.3f}"
+    assert "val split" in lines["data"] and "last 10%" in lines["data"]
+    assert "validation loss, in the model file" in lines["recorded"]  # export stored the trainer's figure
+    assert "\x1b[" not in proc.stdout
+
+
+def test_same_text_is_recognised_by_its_sha256(tiny_onnx, text_file, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text(text_file.read_text(encoding="utf-8")[::-1], encoding="utf-8")
+    same = json.loads(invoke("--model", str(tiny_onnx), "--data", str(text_file), "--json").stdout)
+    differs = invoke("--model", str(tiny_onnx), "--data", str(other), "--split", "val")
+    assert same["same_text"] is True
+    assert differs.exit_code == 0 and "not held out" in differs.stdout
+
+
+def test_unknown_characters_are_skipped_and_counted(tiny_onnx, text_file, tmp_path):
+    text = text_file.read_text(encoding="utf-8")[:5000]
+    odd = tmp_path / "odd.txt"
+    odd.write_text(text + "\u00e9\u00e9\u2603", encoding="utf-8")
+    result = invoke("--model", str(tiny_onnx), "--data", str(odd), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["unknown_chars"] == 3 and report["unknown_kinds"] == ["\u00e9", "\u2603"]
+    assert report["loss"] == pytest.approx(expected_loss(tiny_onnx, text)[0], rel=1e-9)
+    plain = invoke("--model", str(tiny_onnx), "--data", str(odd))
+    assert "skipped     3 characters the model does not know" in plain.stdout
+
+
+def test_missing_default_data_says_how_to_get_it(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--model", str(tiny_onnx))
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "sgpt: error: no text to score: data/tinyshakespeare.txt is missing; `sgpt train` downloads it, "
+        "or pass --data FILE"]
+
+
+BAD_INPUTS = {
+    "missing data": (["--data", "nope.txt"], "does not exist"),
+    "data is a folder": (["--data", "folder"], "is a folder"),
+    "empty data": (["--data", "empty.txt"], "is empty"),
+    "non-utf8 data": (["--data", "latin1.txt"], "not UTF-8"),
+    "no known characters": (["--data", "snow.txt"], "no character of snow.txt"),
+    "one known character": (["--data", "one.txt"], "too short to score"),
+    "bad split": (["--data", "{text}", "--split", "test"], "--split must be val, train or all"),
+    "bad device": (["--data", "{text}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
+    "bad batch": (["--data", "{text}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    "missing model": (["--data", "{text}", "--model", "nope.onnx"], "does not exist"),
+    "model is a folder": (["--data", "{text}", "--model", "{a-folder}"], "is a folder"),
+    "not an sgpt model": (["--data", "{text}", "--model", "{foreign}"], "is not an sgpt model"),
+    "future format": (["--data", "{text}", "--model", "{future}"], "format '99'"),
+    "damaged model": (["--data", "{text}", "--model", "{damaged}"], "ONNX Runtime cannot load"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_is_one_line_on_stderr(name, tiny_onnx, text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me\n".encode("latin-1"))
+    (tmp_path / "snow.txt").write_text("\u2603\u2603\u2603", encoding="utf-8")
+    (tmp_path / "one.txt").write_text("a\u2603", encoding="utf-8")
+    values = {"text": str(text_file), **{k: str(v) for k, v in write_bad_models(tmp_path / "m", tiny_onnx).items()}}
+    args, needle = BAD_INPUTS[name]
+    result = invoke("--model", str(tiny_onnx), *[a.format(**values) for a in args])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sgpt: error: "), result.output
+    assert needle in lines[0]
+    assert result.stdout == ""
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback

@@ -1,0 +1,83 @@
+"""The inference path never imports torch (DEVELOPERS.md), checked in fresh processes: `sgpt complete`
+and `sgpt eval` run to the end, then the process lists what it imported. `sgpt complete` must also
+start without Typer, rich or onnx (its fast path), and the chat modules must import without torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_env
+
+# Runs sgpt's real entry point with the given arguments, then reports on stderr which of the heavy
+# modules were ever imported, whatever the command's exit status.
+WRAPPER = """
+import sys
+sys.argv = ["sgpt"] + sys.argv[1:]
+code = 0
+try:
+    from sgpt_cli.cli import main
+    main()
+except SystemExit as exc:
+    code = exc.code
+heavy = ("torch", "typer", "rich", "onnx", "prompt_toolkit")
+sys.stderr.write("\\nIMPORTED: " + ",".join(m for m in heavy if m in sys.modules) + "\\n")
+sys.exit(code)
+"""
+
+INFERENCE_MODULES = [
+    "sgpt_cli.cli", "sgpt_cli.cli_chat", "sgpt_cli.repl", "sgpt_cli.chat", "sgpt_cli.chat_view",
+    "sgpt_cli.engine", "sgpt_cli.sampling", "sgpt_cli.model_lookup", "sgpt_cli.onnx_model",
+    "sgpt_cli.complete", "sgpt_cli.evaluate", "sgpt_cli.cli_complete", "sgpt_cli.cli_eval",
+]
+
+
+def imported_by(*args: str, stdin: bytes = b"", cwd=None) -> tuple[subprocess.CompletedProcess, set[str]]:
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], input=stdin, capture_output=True,
+                          env=run_env(), cwd=cwd, timeout=300)
+    last = proc.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("IMPORTED:"), proc.stderr.decode()
+    return proc, set(filter(None, last[len("IMPORTED:"):].strip().split(",")))
+
+
+def test_complete_imports_neither_torch_nor_typer(tiny_onnx):
+    proc, heavy = imported_by("complete", "--model", str(tiny_onnx), "-n", "20", "--seed", "1", stdin=b"ROMEO:")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(proc.stdout.decode()) == 20
+    assert heavy == set()  # no torch ever; no typer, rich or onnx on the fast path
+
+
+def test_complete_help_goes_through_typer_without_torch():
+    proc, heavy = imported_by("complete", "--help")
+    assert proc.returncode == 0 and b"--max-tokens" in proc.stdout
+    assert "typer" in heavy and "torch" not in heavy
+
+
+def test_eval_never_imports_torch(tiny_onnx, text_file):
+    proc, heavy = imported_by("eval", "--model", str(tiny_onnx), "--data", str(text_file), "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b'"loss"' in proc.stdout
+    assert "torch" not in heavy and "onnx" not in heavy
+
+
+def test_chat_and_every_inference_module_import_without_torch():
+    present = [m for m in INFERENCE_MODULES if importlib.util.find_spec(m) is not None]
+    assert "sgpt_cli.cli_chat" in present
+    code = ("import importlib, sys\n"
+            f"for name in {present!r}: importlib.import_module(name)\n"
+            "import sgpt_cli.cli as cli\n"
+            "cli.build_app()\n"  # every command's flags, as `sgpt --help` builds them
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("args", [["complete", "--model", "missing.onnx"], ["eval", "--model", "missing.onnx"]])
+def test_errors_import_no_torch_either(args, tmp_path):
+    proc, heavy = imported_by(*args, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "torch" not in heavy

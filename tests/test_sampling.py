@@ -1,0 +1,119 @@
+"""The next-character rule (sgpt_cli.sampling): greedy, seeds, temperature, top-k, top-p,
+repetition penalty and argument checks. numpy only, no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sgpt_cli.errors import UsageError
+from sgpt_cli.sampling import Sampler, sample_next_token
+
+
+def draws(logits, n=4000, seed=0, **kw) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.array([sample_next_token(logits, rng, **kw) for _ in range(n)])
+
+
+def test_greedy_is_argmax_and_uses_no_randomness():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((50, 65)).astype(np.float32)
+    gen = np.random.default_rng(123)
+    before = gen.bit_generator.state
+    picks = [sample_next_token(row, gen, temperature=0.0) for row in logits]
+    assert picks == list(np.argmax(logits, axis=1))
+    assert gen.bit_generator.state == before
+
+
+def test_sampling_does_not_change_the_logits():
+    logits = np.linspace(-2, 2, 10).astype(np.float32)
+    kept = logits.copy()
+    sample_next_token(logits, np.random.default_rng(0), temperature=0.7, top_k=3, top_p=0.9,
+                      repetition_penalty=2.0, history=[1, 9])
+    assert np.array_equal(logits, kept)
+
+
+def test_seed_reproducibility():
+    logits = np.random.default_rng(1).standard_normal(65)
+    assert np.array_equal(draws(logits, 300, seed=7), draws(logits, 300, seed=7))
+    assert not np.array_equal(draws(logits, 300, seed=7), draws(logits, 300, seed=8))
+
+
+def test_draws_follow_softmax_of_logits_over_temperature():
+    logits = np.array([1.0, 0.0, -1.0, 0.5])
+    for temperature in (0.5, 1.0, 2.0):
+        got = np.bincount(draws(logits, 20000, temperature=temperature), minlength=4) / 20000
+        want = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
+        assert np.abs(got - want).max() < 0.015, (temperature, got, want)
+
+
+def test_top_k_samples_only_the_k_best_ids():
+    logits = np.random.default_rng(2).standard_normal(65)
+    best = set(np.argsort(-logits)[:5].tolist())
+    seen = set(draws(logits, 3000, temperature=5.0, top_k=5).tolist())  # hot: all k get drawn
+    assert seen == best
+    assert set(draws(logits, 50, top_k=1).tolist()) == {int(np.argmax(logits))}
+
+
+def test_top_k_larger_than_vocabulary_is_no_mask():
+    logits = np.zeros(4)
+    assert set(draws(logits, 500, top_k=100).tolist()) == {0, 1, 2, 3}
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = np.array([0.05, 0.5, 0.15, 0.3])  # sorted: id 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
+    logits = np.log(probs)
+    assert set(draws(logits, 2000, top_p=0.45).tolist()) == {1}
+    assert set(draws(logits, 2000, top_p=0.7).tolist()) == {1, 3}
+    assert set(draws(logits, 2000, top_p=0.9).tolist()) == {1, 3, 2}
+    assert set(draws(logits, 4000, top_p=1.0).tolist()) == {0, 1, 2, 3}
+    # inside the nucleus the odds keep their ratio: 0.5 : 0.3
+    got = draws(logits, 20000, top_p=0.7)
+    assert abs((got == 1).mean() - 0.5 / 0.8) < 0.015
+
+
+def test_repetition_penalty_moves_seen_ids_down_whatever_their_sign():
+    # positive logits are divided, negative ones multiplied (CTRL / Hugging Face)
+    pos = np.array([2.0, 1.5, 0.0])
+    assert sample_next_token(pos, None, temperature=0, history=[0]) == 0
+    assert sample_next_token(pos, None, temperature=0, repetition_penalty=1.5, history=[0]) == 1  # 2/1.5 < 1.5
+    neg = np.array([-1.0, -1.2, -5.0])
+    assert sample_next_token(neg, None, temperature=0, repetition_penalty=1.5, history=[0, 0]) == 1  # -1.5 < -1.2
+    # a penalty below 1 favours what was seen
+    assert sample_next_token(pos, None, temperature=0, repetition_penalty=0.5, history=[1]) == 1
+    # it changes the sampled distribution, not only greedy picks
+    flat = np.zeros(3) + 1.0
+    got = draws(flat, 6000, repetition_penalty=3.0, history=[2])
+    want = np.exp(1 / 3) / (2 * np.exp(1.0) + np.exp(1 / 3))  # logit 1 -> 1/3 for the seen id: ~0.20
+    assert abs((got == 2).mean() - want) < 0.015
+
+
+def test_sampler_matches_sample_next_token():
+    logits = np.random.default_rng(3).standard_normal((200, 65))
+    history = [3, 3, 10, 64]
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95, repetition_penalty=1.3)
+    ref_rng = np.random.default_rng(5)
+    ref = [sample_next_token(row, ref_rng, history=history, **kw) for row in logits]
+    sampler = Sampler(65, np.random.default_rng(5), **kw)
+    sampler.add(history)
+    assert [sampler(row) for row in logits] == ref
+    sampler.remove([10, 64, 3, 3])
+    assert not sampler.counts.any()
+
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(temperature=-0.1), "--temperature"),
+    (dict(temperature=float("nan")), "--temperature"),
+    (dict(top_k=0), "--top-k"),
+    (dict(top_k=2.5), "--top-k"),
+    (dict(top_p=0.0), "--top-p"),
+    (dict(top_p=1.5), "--top-p"),
+    (dict(repetition_penalty=0.0), "--repetition-penalty"),
+    (dict(repetition_penalty=-1.0), "--repetition-penalty"),
+])
+def test_bad_arguments_raise_one_line_usage_errors(kw, flag):
+    with pytest.raises(UsageError) as err:
+        sample_next_token(np.zeros(3), np.random.default_rng(0), **kw)
+    assert flag in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UsageError):
+        Sampler(3, np.random.default_rng(0), **kw)
