@@ -2,7 +2,7 @@
 
     python benchmarks/bench_decode.py [--chars 1000] [--repeats 5] [--threads 2]
         [--n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --vocab 65] [--onnx PATH]
-        [--no-int8] [--no-baseline] [--no-tiny] [--json PATH]
+        [--device cpu|cuda] [--no-int8] [--no-baseline] [--no-tiny] [--json PATH]
     python benchmarks/bench_decode.py --window-quality --onnx TRAINED.onnx [--text PATH]
 
 Builds models with random weights of the given dimensions (default: ~10M parameters, nanoGPT's
@@ -98,10 +98,12 @@ def build_models(dims: dict, folder: Path, int8: bool) -> tuple[Path, Path | Non
     return fp32, q, model
 
 
-def time_engine(path: Path, chars: int, repeats: int, threads: int) -> tuple[list[float], list[float]]:
+def time_engine(path: Path, chars: int, repeats: int, threads: int,
+                device: str = "cpu") -> tuple[list[float], list[float]]:
     """Engine.generate end to end (prefill included), one figure per repeat: characters per wall
-    second, and CPU milliseconds per character (all threads; less sensitive to other load)."""
-    engine = Engine(OnnxModel(path, session=open_session(str(path), "cpu", threads)))
+    second, and CPU milliseconds per character (all threads; less sensitive to other load). On
+    "cuda" the engine keeps its cache on the GPU (I/O binding), as `sgpt complete --device cuda` does."""
+    engine = Engine(OnnxModel(path, session=open_session(str(path), device, threads)))
     params = SamplingParams(temperature=1.0, max_tokens=chars, seed=0)
     for _ in engine.generate("\n", dataclasses.replace(params, max_tokens=20)):
         pass  # warm-up: first-run allocations
@@ -114,18 +116,19 @@ def time_engine(path: Path, chars: int, repeats: int, threads: int) -> tuple[lis
     return rates, cpu_ms
 
 
-def time_baseline(model, chars: int, repeats: int, threads: int) -> list[float]:
+def time_baseline(model, chars: int, repeats: int, threads: int, device: str = "cpu") -> list[float]:
     """nanoGPT sample.py: crop to block_size, full forward, last row, softmax, multinomial."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
+    model = model.to(device)
     T = model.cfg.block_size
     rates = []
     with torch.no_grad():
         for r in range(repeats):
-            gen = torch.Generator().manual_seed(r)
-            idx = torch.zeros((1, 1), dtype=torch.long)
+            gen = torch.Generator(device=device).manual_seed(r)
+            idx = torch.zeros((1, 1), dtype=torch.long, device=device)
             t0 = time.perf_counter()
             for _ in range(chars):
                 logits, _ = model(idx[:, -T:])
@@ -199,6 +202,8 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=65)
     ap.add_argument("--onnx", type=Path, help="time this exported model instead of random weights")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="ONNX Runtime execution provider (and the baseline's PyTorch device); cuda needs a GPU")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 copy")
     ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch full-recompute loop")
     ap.add_argument("--no-tiny", action="store_true", help="skip the per-step overhead figure")
@@ -211,7 +216,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice on pre-processing
 
-    results: dict = {"chars": args.chars, "threads": args.threads, "cpu_count": os.cpu_count(),
+    results: dict = {"chars": args.chars, "threads": args.threads, "device": args.device, "cpu_count": os.cpu_count(),
                      "load_avg_before": os.getloadavg()[0]}
     if args.window_quality:
         if not args.onnx:
@@ -246,7 +251,8 @@ def bench_speed(args, results: dict) -> None:
             files = {"fp32": fp32, **({"int8": q} if q else {})}
         results["dims"] = dims
         for name, path in files.items():
-            report_engine(results, name, name, *time_engine(path, args.chars, args.repeats, args.threads))
+            report_engine(results, name, f"{name} {args.device}",
+                          *time_engine(path, args.chars, args.repeats, args.threads, args.device))
         if not args.no_tiny:
             tiny_dir = folder / "tiny"
             tiny_dir.mkdir()
@@ -265,7 +271,7 @@ def bench_speed(args, results: dict) -> None:
                 torch.manual_seed(0)
                 model = GPT(ModelConfig(vocab_size=dims["vocab"], block_size=dims["block_size"],
                                         n_layer=dims["n_layer"], n_head=dims["n_head"], n_embd=dims["n_embd"])).eval()
-            rates = time_baseline(model, args.chars, args.baseline_repeats, args.threads)
+            rates = time_baseline(model, args.chars, args.baseline_repeats, args.threads, args.device)
             results["baseline"] = median(rates)
             print(f"baseline      : {median(rates):7.0f} chars/s  (PyTorch eager, the whole window re-run per "
                   f"character; median of {len(rates)}: {', '.join(f'{r:.1f}' for r in rates)})", flush=True)

@@ -3,7 +3,7 @@
 Each command's worker is imported inside the command, so `sgpt complete` never pays for torch.
 `main` also sends `sgpt complete ...` straight to sgpt_cli.complete, which parses the same options
 (one table) with argparse, so a shell pipeline starts without loading Typer; help and usage errors
-still come from Typer. The Typer app is built on first use (`build_app()`, or `app` as an attribute).
+still come from Typer, each usage error as one line. The Typer app is built on first use (`build_app()`, or `app` as an attribute).
 """
 
 from __future__ import annotations
@@ -66,4 +66,33 @@ def main() -> None:
         code = fast_main(argv[1:])
         if code is not None:
             sys.exit(code)
-    build_app()(prog_name="sgpt")
+    sys.exit(run_app(argv))
+
+
+def run_app(argv: list[str]) -> int:
+    """Run the Typer app and return the exit status. Usage errors (a bad flag, a bad value, an unknown
+    command) become one line on stderr with the --help to read, instead of Typer's framed box."""
+    import typer
+
+    try:
+        from typer import TyperException as ClickException  # Typer >= 0.2x vendors click under this base
+    except ImportError:  # older Typer releases depend on click itself
+        from click import ClickException
+
+    from sgpt_cli.cli_common import err
+
+    command = typer.main.get_command(build_app())
+    try:
+        status = command.main(args=argv, prog_name="sgpt", standalone_mode=False)
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `sgpt`: the overview is what was asked for
+            sys.stdout.write(exc.format_message() + "\n")
+            return 0
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err(message + where)
+        return exc.exit_code
+    except typer.Abort:
+        return 130
+    return status if isinstance(status, int) else 0

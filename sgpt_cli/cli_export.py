@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import typer
 
-from sgpt_cli.cli_common import use_color, user_errors
+from sgpt_cli.cli_common import terminate_as_interrupt, use_color, user_errors
 from sgpt_cli.errors import UsageError
 
 
@@ -38,7 +38,7 @@ def export_cmd(
     and configuration in its metadata). It is written under a temporary name and appears only after
     ONNX Runtime has matched PyTorch's logits; a failed check leaves no file.
     """
-    with user_errors():
+    with user_errors(), terminate_as_interrupt():
         opset_n = parse_opset(opset)
         from sgpt_cli.export import DEFAULT_OPSET, export
 

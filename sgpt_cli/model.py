@@ -67,7 +67,12 @@ class CausalSelfAttention(nn.Module):
             P = k.shape[2] - T
             rows = torch.arange(T, device=x.device)[:, None] + P
             cols = torch.arange(k.shape[2], device=x.device)[None, :]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cols <= rows)
+            # written out rather than through SDPA: exported, SDPA scales the whole cached key
+            # tensor and transposes it into a copy every step; here the scale lands on the one new
+            # query and ONNX Runtime folds the transpose into its matmul (FusedMatMul, transB)
+            att = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, P+T)
+            att = att.masked_fill(cols > rows, float("-inf"))
+            y = att.softmax(dim=-1) @ v  # (B, nh, T, hs)
         present = (k, v) if past is not None else None
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
         return self.resid_drop(self.proj(y)), present

@@ -61,6 +61,9 @@ def _download_with_bar(path: Path, console: Console) -> Path:
     return path
 
 
+LOG_EVERY_S = 60.0  # without a terminal, a plain status line this often
+
+
 class TrainDisplay:
     """Renders trainer events: a live status line on a terminal; evaluations, samples and the
     summary as plain lines everywhere (so logs and pipes get them too)."""
@@ -69,6 +72,7 @@ class TrainDisplay:
         self.console = console
         self.live = Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
         self.val = None
+        self.last_line = 0.0
 
     def __call__(self, e) -> None:
         if e.kind == "start":
@@ -84,6 +88,9 @@ class TrainDisplay:
         elif e.kind == "step":
             if self.live:
                 self.live.update(self._table(e))
+            elif e.elapsed - self.last_line >= LOG_EVERY_S:  # a log file (nohup) still shows progress
+                self.last_line = e.elapsed
+                self.console.print(self._table(e, width=200), markup=False)
         elif e.kind == "eval":
             self.val = e.val_loss
             mark = " [green]saved best[/green]" if e.saved else ""
@@ -96,9 +103,9 @@ class TrainDisplay:
         elif e.kind == "end" and self.live:
             self.live.stop()
 
-    def _table(self, e) -> Text:
+    def _table(self, e, width: int | None = None) -> Text:
         """One status line that fits the terminal: the essentials first, extras only where room is left."""
-        width = self.console.width
+        width = width or self.console.width
         val = f"val {self.val:.4f}" if self.val is not None else "val -"
         parts = [f"iter {e.iter}/{e.max_iters}", f"loss {e.loss:.4f}", val, f"{e.tokens_per_s:,.0f} tok/s",
                  f"elapsed {_fmt_time(e.elapsed)}", f"eta {_fmt_time(e.eta)}"]

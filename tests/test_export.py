@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -370,14 +371,13 @@ def test_a_failed_verification_leaves_no_file(tiny_ckpt, tiny_onnx, tmp_path, mo
     assert files_under(tmp_path / "out") == set()
 
 
-def test_ctrl_c_during_export_exits_130_and_leaves_nothing(tiny_ckpt, tmp_path):
-    import signal
-
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_export_exits_130_and_leaves_nothing(signum, tiny_ckpt, tmp_path):
     proc = subprocess.Popen([*SGPT, "export", str(tiny_ckpt), "--out", "out/x.onnx"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(NO_COLOR=1))
     for line in proc.stdout:
         if line.startswith("exporting"):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             break
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130

@@ -418,3 +418,17 @@ def test_a_terminal_gets_a_live_status_line(tmp_path, text_file):
     for needle in ("iter ", "/60", "loss ", "val ", "tok/s", "elapsed ", "eta "):
         assert needle in shown
     assert "done: 60 iterations" in shown and "Traceback" not in shown
+
+
+def test_a_log_file_gets_periodic_status_lines(tmp_path, text_file, monkeypatch):
+    from sgpt_cli import train_view
+
+    monkeypatch.setattr(train_view, "LOG_EVERY_S", 0.0)  # every step, so a short run shows it
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(app, ["train", *FAST_FLAGS, "--max-iters", "10", "--eval-interval", "10",
+                                      "--data", str(text_file), "--out", str(tmp_path / "m.pt")])
+    torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    status = [line for line in result.stdout.splitlines() if line.startswith("iter ") and "tok/s" in line]
+    assert len(status) >= 5 and "eta " in status[-1]
