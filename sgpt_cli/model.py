@@ -50,11 +50,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, past=None):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        nh = self.n_head
+        # the qkv features are [q heads | k heads | v heads]: one view gives all 3*nh heads at once,
+        # and queries and keys are rotated together (half the nodes per layer in the exported graph,
+        # whose decode step is dominated by per-node cost)
+        qkv = self.qkv(x).view(B, T, 3 * nh, self.head_dim).transpose(1, 2)  # (B, 3nh, T, hs)
+        qk, v = qkv.split((2 * nh, nh), dim=1)
+        q, k = apply_rotary(qk, cos, sin).split(nh, dim=1)  # (B, nh, T, hs) each
         if past is None:
             # training / plain forward: no cache, the fused causal kernel
             y = F.scaled_dot_product_attention(
