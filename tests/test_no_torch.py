@@ -81,3 +81,11 @@ def test_errors_import_no_torch_either(args, tmp_path):
     proc, heavy = imported_by(*args, cwd=tmp_path)
     assert proc.returncode != 0
     assert "torch" not in heavy
+
+
+def test_a_chat_session_runs_to_the_end_without_torch(tiny_onnx, tmp_path):
+    proc, heavy = imported_by("chat", "--model", str(tiny_onnx), "--no-history", "--seed", "1", "-n", "20",
+                              stdin=b"ROMEO:\n/show\n/quit\n", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"ROMEO:" in proc.stdout
+    assert "torch" not in heavy and "onnx" not in heavy
