@@ -18,7 +18,7 @@ def eval_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH", show_default=False,
                                         help="The ONNX model file. \\[default: $SGPT_MODEL, else ./export/model.onnx, else the shipped model]"),
     data: Optional[Path] = typer.Option(None, "--data", metavar="PATH", show_default=False,
-                                        help="UTF-8 text to score. \\[default: data/tinyshakespeare.txt, which `sgpt train` downloads]"),
+                                        help="UTF-8 text to score. \\[default: data/tinyshakespeare.txt, downloaded (SHA-256 checked) when missing]"),
     split: Optional[str] = typer.Option(None, "--split", metavar="val|train|all", show_default=False,
                                         help="Which part of the text: nanoGPT's split (val = the last 10% of the characters, train = the first 90%) or all. \\[default: val for the default text, all for --data]"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when usable), cpu or cuda. \\[default: auto]", show_default=False),
@@ -30,7 +30,15 @@ def eval_cmd(
     With no flags it measures the validation loss on tiny-shakespeare as nanoGPT does (the last 10% of the characters, in windows of the model's block size): the figure the README and `sgpt export` report.
     """
     with user_errors():
+        from sgpt_cli.data import DEFAULT_DATA
         from sgpt_cli.evaluate import evaluate
+
+        if data is None and not DEFAULT_DATA.exists():  # the README's claim is checkable in one command
+            from rich.console import Console
+
+            from sgpt_cli.fetch_view import fetch_default_data
+
+            fetch_default_data(DEFAULT_DATA, Console(stderr=True, highlight=False))
 
         with progress_bar() as progress:
             result = evaluate(model, data, split, device, batch=batch_size, progress=progress)

@@ -28,8 +28,8 @@ def resolve_data(data: Path | None, split: str | None) -> tuple[Path, str]:
     if data is None:
         if not DEFAULT_DATA.exists():
             raise SgptError(
-                f"no text to score: {DEFAULT_DATA} is missing; `sgpt train` downloads it, "
-                "or pass --data FILE"
+                f"no text to score: {DEFAULT_DATA} is missing; `sgpt eval` downloads it when run without "
+                "--data, or pass --data FILE"
             )
         return DEFAULT_DATA, split or "val"
     return Path(data), split or "all"

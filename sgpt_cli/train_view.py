@@ -21,8 +21,9 @@ from rich.text import Text
 
 from sgpt_cli import checkpoint
 from sgpt_cli.config import build_train_config
-from sgpt_cli.data import DEFAULT_DATA, ensure_default_data, read_text
+from sgpt_cli.data import DEFAULT_DATA, read_text
 from sgpt_cli.errors import SgptError, check_writable_target
+from sgpt_cli.fetch_view import fetch_default_data
 
 
 class _Console(Console):
@@ -41,24 +42,6 @@ def _fmt_time(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _download_with_bar(path: Path, console: Console) -> Path:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    from sgpt_cli import data as corpus
-
-    console.print(f"[dim]{escape(str(path))} is missing: downloading tiny-shakespeare from "
-                  f"{escape(corpus.TINY_SHAKESPEARE_URL)}[/dim]", soft_wrap=True)
-    if not console.is_terminal:  # a log or a pipe gets the two lines, not a bar's leftovers
-        ensure_default_data(path)
-    else:
-        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task(path.name, total=None)
-            ensure_default_data(path, progress=lambda done, total: progress.update(task, completed=done, total=total))
-    console.print(f"[dim]saved {escape(str(path))} (SHA-256 verified)[/dim]", soft_wrap=True)
-    return path
 
 
 LOG_EVERY_S = 60.0  # without a terminal, a plain status line this often
@@ -200,7 +183,7 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
     if data is None and not data_path.exists():
         if not master:
             raise SgptError(f"{data_path} is missing; download it once before launching torchrun")
-        _download_with_bar(data_path, console)
+        fetch_default_data(data_path, console)
     text, sha = read_text(data_path)
 
     resume_ckpt = None

@@ -212,14 +212,14 @@ def test_a_terminal_sees_a_download_progress_bar(server, tmp_path, monkeypatch):
 
     from rich.console import Console
 
-    from sgpt_cli import train_view
+    from sgpt_cli.fetch_view import fetch_default_data
 
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", f"{server}/ok")
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_SHA256", BODY_SHA)
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=100, color_system=None)
     dest = tmp_path / "tinyshakespeare.txt"
-    train_view._download_with_bar(dest, console)
+    fetch_default_data(dest, console)
     assert dest.read_bytes() == BODY
     shown = screen.getvalue()
     assert "tinyshakespeare.txt" in shown and f"{len(BODY) / 1000:.1f}" in shown  # the bar's byte count

@@ -116,13 +116,52 @@ def test_unknown_characters_are_skipped_and_counted(tiny_onnx, text_file, tmp_pa
     assert "skipped     3 characters the model does not know" in plain.stdout
 
 
-def test_missing_default_data_says_how_to_get_it(tiny_onnx, tmp_path, monkeypatch):
+def test_missing_default_data_is_downloaded_then_scored(tiny_onnx, text_file, tmp_path, monkeypatch):
+    from sgpt_cli import data
+
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(text_file.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/{text_file.name}")
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_SHA256", data.sha256_bytes(text_file.read_bytes()))
+    try:
+        result = invoke("--model", str(tiny_onnx), "--json")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "tinyshakespeare.txt").read_bytes() == text_file.read_bytes()
+    assert "SHA-256 verified" in result.stderr
+    report = json.loads(result.stdout)  # stdout holds the report alone
+    assert report["split"] == "val" and report["loss"] == pytest.approx(expected_loss(tiny_onnx, split_text(
+        text_file.read_text(encoding="utf-8"))[1])[0], rel=1e-6)
+
+
+def test_missing_default_data_without_network_is_a_one_line_error(tiny_onnx, tmp_path, monkeypatch):
+    import socket
+
+    from sgpt_cli import data
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", f"http://127.0.0.1:{port}/input.txt")
     result = invoke("--model", str(tiny_onnx))
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [
-        "sgpt: error: no text to score: data/tinyshakespeare.txt is missing; `sgpt train` downloads it, "
-        "or pass --data FILE"]
+    lines = result.stderr.strip().splitlines()  # the notice that it is downloading, then the error
+    assert len(lines) == 2 and "downloading tiny-shakespeare" in lines[0]
+    assert lines[1].startswith("sgpt: error: could not download") and "--data PATH" in lines[1]
+    assert not (tmp_path / "data" / "tinyshakespeare.txt").exists() and result.stdout == ""
 
 
 BAD_INPUTS = {
