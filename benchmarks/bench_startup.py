@@ -111,15 +111,21 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10, help="timed runs per command [default: 10]")
     ap.add_argument("--tokens", type=int, default=200, help="characters to generate [default: 200]")
     ap.add_argument("--rebuild", action="store_true", help="build the random model again")
+    ap.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build_only:
+        print(f"  {build_random_model(args.build_only) / 1e6:.2f}M parameters")
+        return
 
     model = args.model
     if model is None:
         model = DEFAULT_MODEL
         if args.rebuild or not model.exists():
             print(f"building a random-weight model at {model} ...", flush=True)
-            params = build_random_model(model)
-            print(f"  {params / 1e6:.2f}M parameters, {model.stat().st_size / 1e6:.1f} MB")
+            # in a child: a child's peak RSS starts from its parent's at fork, so this process must
+            # never hold torch and the model, or every timed process would report that peak
+            subprocess.run([sys.executable, __file__, "--build-only", str(model)], check=True)
+            print(f"  {model.stat().st_size / 1e6:.1f} MB")
     if not model.exists():
         sys.exit(f"model {model} does not exist")
 
