@@ -50,7 +50,8 @@ def export_cmd(
 
 
 def parse_opset(text: Optional[str]) -> Optional[int]:
-    """Typer would answer `--opset x` with a boxed, many-line usage error; we say it in one line."""
+    """`--opset x` gets a message that says what a valid opset is, wherever the app is invoked from
+    (cli.run_app turns Typer's own usage errors into one line, but only for the `sgpt` entry point)."""
     if text is None:
         return None
     try:
