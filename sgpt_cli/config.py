@@ -72,6 +72,9 @@ class TrainConfig:
     beta1: float = 0.9  # AdamW default
     beta2: float = 0.99  # nanoGPT's choice for small batches: a shorter memory of gradient scale
     grad_clip: float = 1.0  # guards against the odd spike at a high learning rate; 0 disables
+    optimizer: str = "adamw"  # adamw, or muon for the blocks' matrices (AdamW for the rest)
+    muon_lr_scale: float = 3.0  # Muon's rate as a multiple of AdamW's (its updates are RMS-matched)
+    muon_momentum: float = 0.95  # Keller Jordan's default for Muon's Nesterov momentum
     # run control
     time_budget: float = 0.0  # seconds of wall clock; 0 = no limit. The schedule fits the budget
     eval_interval: int = 250  # steps between evaluations (and checkpoints)
@@ -103,6 +106,9 @@ class TrainConfig:
             (self.weight_decay >= 0, "--weight-decay must not be negative"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)"),
             (self.grad_clip >= 0, "--grad-clip must not be negative"),
+            (self.optimizer in ("adamw", "muon"), f"--optimizer must be adamw or muon (got {self.optimizer!r})"),
+            (self.muon_lr_scale > 0, "--muon-lr-scale must be positive"),
+            (0 <= self.muon_momentum < 1, "--muon-momentum must be in [0, 1)"),
             (self.time_budget >= 0, f"--time-budget must not be negative (got {self.time_budget})"),
             (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {self.eval_interval})"),
             (self.eval_iters >= 1, f"--eval-iters must be at least 1 (got {self.eval_iters})"),

@@ -160,17 +160,6 @@ class GPT(nn.Module):
             for _ in range(self.cfg.n_layer)
         ]
 
-    def configure_optimizer(self, weight_decay, learning_rate, betas, fused: bool):
-        """AdamW with decay on matrices only (not norms); fused kernel on CUDA."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None):

@@ -33,6 +33,7 @@ from sgpt_cli.config import TrainConfig, model_config_from_dict
 from sgpt_cli.data import split_text
 from sgpt_cli.errors import SgptError, UsageError
 from sgpt_cli.model import GPT
+from sgpt_cli.optim import build_optimizer
 from sgpt_cli.tokenizer import CharTokenizer
 
 
@@ -260,7 +261,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), fused=use_cuda)
+    optimizer = build_optimizer(model, cfg, fused=use_cuda)
     if resume is not None:
         if model_config_from_dict(resume["model_config"]) != mcfg:
             raise SgptError("the checkpoint's model shape does not match its training config; start a new run")
@@ -389,7 +390,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
             # every rank uses rank 0's clock, so a time budget gives all ranks the same rate
             lr = lr_at(cfg, it, schedule_progress(cfg, it, train_seconds))
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             t0 = time.perf_counter()
             in_step = True
             x, y = train_batches.sample(gen)
