@@ -48,6 +48,45 @@ class ChainedOptimizer:
             o.load_state_dict(s)
 
 
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D matrices: Nesterov momentum, orthogonalised by Newton-Schulz, AdamW-sized steps.
+
+    torch.optim.Muon runs Newton-Schulz in bfloat16, which costs 20x float32 on CPUs without
+    bf16 units (4.3 s vs 0.19 s a step for a 6 x 192 model on one thread here); this one keeps the
+    parameter's own dtype on the CPU and uses bfloat16 on CUDA. The update is scaled by
+    0.2 * sqrt(max(rows, cols)), so one learning rate means about what it means for AdamW.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95, ns_steps: int = 5):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = orthogonalise(p.grad.lerp(buf, group["momentum"]), group["ns_steps"])
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * 0.2 * max(p.shape) ** 0.5)
+
+
+def orthogonalise(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """The nearest semi-orthogonal matrix to g, roughly (Keller Jordan's quintic Newton-Schulz)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() if g.is_cuda else g.clone()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T  # iterate on the wide side: the Gram matrix x @ x.T is the small one
+    x = x / (x.norm() + 1e-7)  # spectral norm <= 1, where the iteration converges
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
 def _adamw(groups: list[dict], cfg, fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
@@ -65,11 +104,8 @@ def build_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> Chained
     hidden = [p for n, p in named if p.dim() == 2 and n.startswith("blocks.")]
     hidden_ids = {id(p) for p in hidden}
     embeddings = [p for p in matrices if id(p) not in hidden_ids]  # wte, tied to lm_head
-    muon = torch.optim.Muon(
-        [{"params": hidden, "lr_scale": cfg.muon_lr_scale}],
-        lr=cfg.learning_rate * cfg.muon_lr_scale, weight_decay=cfg.weight_decay,
-        momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw",  # AdamW-sized updates: one lr scale
-    )
+    muon = Muon([{"params": hidden, "lr_scale": cfg.muon_lr_scale}], lr=cfg.learning_rate * cfg.muon_lr_scale,
+                weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
     adamw = _adamw([
         {"params": embeddings, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
         {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
@@ -77,4 +113,4 @@ def build_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> Chained
     return ChainedOptimizer(muon, adamw)
 
 
-__all__ = ["OPTIMIZERS", "ChainedOptimizer", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "ChainedOptimizer", "Muon", "build_optimizer", "orthogonalise"]
