@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
-from sgpt_cli.errors import SgptError, UsageError, atomic_write_text, check_writable_target
+from sgpt_cli.errors import SgptError, UsageError, atomic_write_text, check_writable_target, shown
 
 SPEECH_END = "\n\n"  # speeches in the corpus are separated by one blank line
 CONTEXT_BLOCKS = 2  # the engine is given at most this many windows of the script's tail
@@ -368,14 +368,21 @@ class ChatSession:
         return name, format_value(getattr(self.settings, name))
 
     def save(self, path: str | Path) -> Path:
-        """/save: the script as plain UTF-8, written atomically (a temporary file renamed)."""
-        target = Path(os.path.expanduser(str(path)))
-        check_writable_target(target, "/save")
+        """/save: the script as plain UTF-8, written atomically (sgpt_cli.errors.atomic_path). A name
+        ending in '/' means a folder, so it is refused rather than written as a file of that name;
+        missing folders are not created (a typo must not build a tree from the root); an empty
+        script is not written over anything."""
+        raw = os.path.expanduser(str(path))
+        if raw.endswith(("/", os.sep)):
+            raise UsageError(f"/save {shown(raw)} names a folder; give a file name, e.g. /save {shown(raw)}scene.txt")
+        if not self.script:
+            raise UsageError("nothing to save yet: the script is empty; type something first")
         try:
-            atomic_write_text(target, self.script)
-        except OSError as exc:
-            raise SgptError(f"cannot write {target}: {exc.strerror or exc}") from None
-        return target
+            target = check_writable_target(Path(raw), "/save", create_parents=False)
+            atomic_write_text(target, self.script, "/save", create_parents=False)
+        except OSError as exc:  # a full disk, a folder that vanished meanwhile
+            raise SgptError(f"cannot write {shown(raw)}: {exc.strerror or exc}") from None
+        return Path(raw)
 
     def show_rows(self, summary: dict | None = None) -> list[tuple[str, str]]:
         """/show: (label, value) rows: the settings, then the model (from onnx_model.model_summary)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sgpt_cli.errors import SgptError, atomic_path
+from sgpt_cli.errors import SgptError, atomic_path, probe
 
 FORMAT = "sgpt-checkpoint"
 VERSION = 1
@@ -44,7 +44,7 @@ def save(path: Path, payload: dict) -> None:
 
 def load(path: Path, map_location="cpu") -> dict:
     path = Path(path)
-    if not path.exists():
+    if probe(path, "checkpoint") is None:
         raise SgptError(f"checkpoint {path} does not exist; train one with `sgpt train --out {path}`")
     if path.is_dir():
         raise SgptError(f"checkpoint path {path} is a folder; give a .pt file from `sgpt train`")

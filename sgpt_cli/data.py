@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from sgpt_cli.errors import SgptError, atomic_path
+from sgpt_cli.errors import SgptError, atomic_path, probe
 
 DEFAULT_DATA = Path("data/tinyshakespeare.txt")
 # the address char-rnn and nanoGPT download tiny-shakespeare from
@@ -79,7 +79,7 @@ def ensure_default_data(path: Path, url: str | None = None, sha256: str | None =
 def read_text(path: Path, min_chars: int = 2) -> tuple[str, str]:
     """(text, sha256 of the bytes). Strict UTF-8: a wrong encoding is an error, not mojibake."""
     path = Path(path)
-    if not path.exists():
+    if probe(path, "data file") is None:
         raise SgptError(f"data file {path} does not exist; pass --data PATH to a UTF-8 text file")
     if path.is_dir():
         raise SgptError(f"data path {path} is a folder; pass --data PATH to a UTF-8 text file")

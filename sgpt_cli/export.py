@@ -347,6 +347,26 @@ def fold_weight_transposes(proto) -> int:
     return len(folded)
 
 
+@contextlib.contextmanager
+def _temporaries_beside(dst: Path) -> Iterator[None]:
+    """ONNX Runtime's quantizer copies the whole model into tempfile's folder ($TMPDIR/ort.quant.*),
+    which kill -9 leaves behind for good. Point tempfile at a folder named after our own temporary
+    (`.NAME.PID.RANDOM.tmp.quant`), which sgpt_cli.errors removes on the next export to the same
+    --out when its process is gone."""
+    import shutil
+    import tempfile
+
+    folder = dst.with_name(dst.name + ".quant")
+    folder.mkdir()
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def quantize_int8(fp32_proto, dst: Path) -> dict:
     """Weight-only dynamic int8 (per output channel, activations quantized at run time); raises unless
     every weight matrix became int8."""
@@ -359,7 +379,7 @@ def quantize_int8(fp32_proto, dst: Path) -> dict:
     fp32_proto = copy.deepcopy(fp32_proto)  # the caller's float32 model stays as exported
     fold_weight_transposes(fp32_proto)
     try:
-        with _quiet():
+        with _quiet(), _temporaries_beside(dst):
             # reduce_range (7-bit weights): x86 CPUs without VNNI multiply uint8 x int8 pairs into int16
             # (VPMADDUBSW), which saturates on full-range weights and flips signs of logits; the file must
             # be right on every CPU it may meet, and the lost bit costs < 0.001 nats/char here

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import sgpt_cli
-from sgpt_cli.errors import SgptError
+from sgpt_cli.errors import SgptError, probe
 
 SHIPPED_MODEL_NAME = "shakespeare.onnx"
 EXPORT_DEFAULT = Path("export") / "model.onnx"  # where `sgpt export` writes when given no --out
@@ -28,7 +28,7 @@ def shipped_model_candidates() -> list[Path]:
 
 
 def _given(path: Path, how: str) -> Path:
-    if not path.exists():
+    if probe(path, f"model file ({how})") is None:
         raise SgptError(f"model file {path} ({how}) does not exist; give an .onnx file from `sgpt export`")
     if path.is_dir():
         raise SgptError(f"model path {path} ({how}) is a folder; give an .onnx file from `sgpt export`")

@@ -14,6 +14,7 @@ rich and prompt_toolkit are imported here, and this module is imported only when
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -29,7 +30,7 @@ from sgpt_cli.chat_session import (
     SPEAKER_AND_TEXT, help_rows, history_path, is_command, is_speaker_line, parse_command,
 )
 from sgpt_cli.cli_common import use_color
-from sgpt_cli.errors import SgptError
+from sgpt_cli.errors import SgptError, shown
 
 # rich styles for what is printed; the prompt-toolkit styles below match them
 REPLY = "cyan"
@@ -198,17 +199,22 @@ def _history(enabled: bool):
         path = history_path()
     except RuntimeError as exc:  # no home folder to be found, and no $SGPT_HOME
         return InMemoryHistory(), f"history is kept for this session only: {exc}; set $SGPT_HOME"
+    blocker = next((p for p in reversed([path.parent, *path.parent.parents]) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir would only say "File exists"
+        what = "$SGPT_HOME " if blocker == path.parent and os.environ.get("SGPT_HOME") else ""
+        return InMemoryHistory(), (f"history is kept for this session only: {what}{blocker} is a file, not a "
+                                   "folder; point $SGPT_HOME at a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab"):
             pass
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return InMemoryHistory(), history_notice(path, exc)
     return SafeFileHistory(str(path)), None
 
 
-def history_notice(path: Path, exc: OSError) -> str:
-    return f"history is kept for this session only: cannot write {path} ({exc.strerror or exc})"
+def history_notice(path: Path, exc: Exception) -> str:
+    return f"history is kept for this session only: cannot write {shown(path)} ({getattr(exc, 'strerror', None) or exc})"
 
 
 def _prompt_parts():

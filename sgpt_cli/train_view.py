@@ -22,7 +22,7 @@ from rich.text import Text
 from sgpt_cli import checkpoint
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import DEFAULT_DATA, read_text
-from sgpt_cli.errors import SgptError, check_writable_target
+from sgpt_cli.errors import SgptError, check_writable_target, probe
 from sgpt_cli.fetch_view import fetch_default_data
 
 
@@ -110,6 +110,7 @@ class TrainDisplay:
 
 def _check_out(out: Path) -> None:
     """Refuse an --out that can never be written, without creating anything yet."""
+    probe(out, "--out")  # a name the OS refuses (too long, a NUL byte) is one line, not a traceback
     if out.is_dir():
         raise SgptError(f"--out {out} is a folder; give a file name such as {out / 'model.pt'}")
     ancestor = out.parent
