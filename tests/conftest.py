@@ -12,20 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+PLAY = Path(__file__).resolve().parent / "data" / "play.txt"  # made by tests/data/make_play.py
 
 
 def short_text(n_chars: int = 40_000) -> str:
-    """The start of tiny-shakespeare when it lies beside the repo, else a synthetic play script."""
-    if SHARED_TEXT.exists():
-        return SHARED_TEXT.read_text(encoding="utf-8")[:n_chars]
-    lines = []
-    speakers = ["ROMEO", "JULIET", "FIRST CITIZEN", "MENENIUS"]
-    words = "the king doth love my lord and thou art not so fair a thing as night upon the sea".split()
-    for i in range(n_chars // 60):
-        body = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(9))
-        lines.append(f"{speakers[i % 4]}:\n{body.capitalize()}.\n")
-    return "\n".join(lines)[:n_chars]
+    """The tests' own play script (every character of tiny-shakespeare's alphabet; never the corpus,
+    and never anything outside this checkout: the suite runs in a clone with nothing beside it)."""
+    return PLAY.read_text(encoding="utf-8")[:n_chars]
 
 
 @pytest.fixture(autouse=True)
