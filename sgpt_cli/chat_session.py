@@ -22,11 +22,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 from sgpt_cli.errors import SgptError, UsageError, atomic_write_text, check_writable_target, shown
+from sgpt_cli.settings import CHAT_SETTINGS, NAME, by_name, check_values
 
 SPEECH_END = "\n\n"  # speeches in the corpus are separated by one blank line
 CONTEXT_BLOCKS = 2  # the engine is given at most this many windows of the script's tail
@@ -59,42 +60,19 @@ def history_path(environ=os.environ) -> Path:
 
 # --- settings ----------------------------------------------------------------------------------
 
-@dataclass
-class ChatSettings:
-    temperature: float = 0.8  # the engine's default: lively but coherent
-    top_k: int | None = None  # off, as in the engine
-    top_p: float | None = None  # off, as in the engine
-    repetition_penalty: float = 1.0  # off, as in the engine
-    max_tokens: int = 300  # one speech or a few: a reply reads at a glance
-    seed: int | None = None  # random; a seed makes the whole session repeatable
-    one_speech: bool = True  # a reply ends at the end of a speech (a blank line)
-    verbose: bool = False  # a stats line after each reply
-
-    def validate(self) -> None:
-        """UsageError (worded for flags, as the engine words it) for values no sampler can use."""
-        _sampling_params_class()(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                                 repetition_penalty=self.repetition_penalty, max_tokens=self.max_tokens,
-                                 seed=self.seed).validate()
+def _validate(self) -> None:
+    """UsageError (one line, naming the setting as /set does) for values outside the declared ranges."""
+    check_values(CHAT_SETTINGS, {n: getattr(self, n) for n in SETTING_NAMES}, NAME)
 
 
-SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
-_CLEARABLE = {"top_k", "top_p", "seed"}  # `/set top_k none`
-_WHOLE = {"top_k", "max_tokens", "seed"}
-_ON = {"on", "true", "yes", "1"}
-_OFF = {"off", "false", "no", "0"}
+# The settings /set changes: fields, defaults and limits come from sgpt_cli.settings.CHAT_SETTINGS.
+ChatSettings = make_dataclass(
+    "ChatSettings", [(s.name, s.annotation(), field(default=s.default)) for s in CHAT_SETTINGS],
+    namespace={"validate": _validate, "__module__": __name__,
+               "__doc__": "What /set changes (sgpt_cli.settings.CHAT_SETTINGS)."})
 
-
-def _sampling_params_class():
-    from sgpt_cli.engine import SamplingParams  # numpy: only once a reply or a check needs it
-
-    return SamplingParams
-
-
-def _as_setting_error(exc: UsageError, name: str) -> UsageError:
-    """The engine words its checks for flags (--top-k ...); /set speaks of top_k."""
-    flag = "--" + name.replace("_", "-")
-    msg = str(exc)
-    return UsageError(name + msg[len(flag):] if msg.startswith(flag) else msg)
+SETTINGS = by_name(CHAT_SETTINGS)
+SETTING_NAMES = tuple(SETTINGS)
 
 
 def setting_name(name: str) -> str:
@@ -107,41 +85,24 @@ def setting_name(name: str) -> str:
     return name
 
 
-def parse_setting(settings: ChatSettings, name: str, raw: str) -> ChatSettings:
+def parse_setting(settings, name: str, raw: str):
     """A copy of `settings` with `name` set from the text `raw`; UsageError (one line) if bad."""
-    name = setting_name(name)
-    value_text = raw.strip()
-    if not value_text:
-        example = "none" if name in _CLEARABLE else format_value(getattr(ChatSettings(), name))
-        raise UsageError(f"/set {name} needs a value, e.g. /set {name} {example}")
-    low = value_text.lower()
-    if name in _CLEARABLE and low in ("none", "off", "random"):
-        value = None
-    elif name in ("verbose", "one_speech"):
-        if low not in _ON | _OFF:
-            raise UsageError(f"{name} is on or off (got {value_text!r})")
-        value = low in _ON
-    else:
-        kind = int if name in _WHOLE else float
-        try:
-            value = kind(value_text)
-        except ValueError:
-            what = ("a whole number" if kind is int else "a number") + (" or none" if name in _CLEARABLE else "")
-            raise UsageError(f"{name} must be {what} (got {value_text!r})") from None
-    new = replace(settings, **{name: value})
-    try:
-        new.validate()
-    except UsageError as exc:
-        raise _as_setting_error(exc, name) from None
-    return new
+    setting = SETTINGS[setting_name(name)]
+    if not raw.strip():
+        example = setting.none or setting.show(setting.default)
+        raise UsageError(f"/set {setting.name} needs a value, e.g. /set {setting.name} {example}")
+    return replace(settings, **{setting.name: setting.parse(raw, NAME)})
 
 
-def format_value(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
+def format_value(name: str, value) -> str:
+    """A setting's value as /set and /show write it."""
+    return SETTINGS[name].show(value)
+
+
+def set_completions(name: str) -> tuple[str, ...]:
+    """What Tab offers after `/set NAME `."""
+    setting = SETTINGS.get(name.strip().lower().replace("-", "_"))
+    return setting.completions() if setting else ()
 
 
 # --- slash commands ------------------------------------------------------------------------------
@@ -271,7 +232,7 @@ class ChatSession:
     The script holds only characters the model knows, so what /save writes is what the model read.
     """
 
-    def __init__(self, vocab=None, block_size: int = 256, settings: ChatSettings | None = None):
+    def __init__(self, vocab=None, block_size: int = 256, settings=None):
         self.vocab = set(vocab) if vocab is not None else None
         self.block_size = int(block_size)
         self.settings = settings or ChatSettings()
@@ -322,9 +283,11 @@ class ChatSession:
     def sampling_params(self, reply_number: int | None = None):
         """The engine's parameters for the next reply. A seeded session gives each reply its own
         seed (seed + replies so far), so /regen is a new try and the whole session repeats."""
+        from sgpt_cli.settings import SamplingParams
+
         s = self.settings
         n = self.replies if reply_number is None else reply_number
-        return _sampling_params_class()(
+        return SamplingParams(
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
             repetition_penalty=s.repetition_penalty, max_tokens=s.max_tokens,
             seed=None if s.seed is None else s.seed + n,
@@ -365,7 +328,7 @@ class ChatSession:
         self.settings = parse_setting(self.settings, name, raw)
         if name == "seed":
             self.replies = 0  # `/set seed 7` then a prompt gives what `--seed 7` gives
-        return name, format_value(getattr(self.settings, name))
+        return name, format_value(name, getattr(self.settings, name))
 
     def save(self, path: str | Path) -> Path:
         """/save: the script as plain UTF-8, written atomically (sgpt_cli.errors.atomic_path). A name
@@ -386,8 +349,7 @@ class ChatSession:
 
     def show_rows(self, summary: dict | None = None) -> list[tuple[str, str]]:
         """/show: (label, value) rows: the settings, then the model (from onnx_model.model_summary)."""
-        rows = [(name, format_value(getattr(self.settings, name))) for name in SETTING_NAMES]
-        rows[SETTING_NAMES.index("seed")] = ("seed", "random" if self.settings.seed is None else str(self.settings.seed))
+        rows = [(name, format_value(name, getattr(self.settings, name))) for name in SETTING_NAMES]
         if summary:
             size = summary.get("size_bytes")
             loss = summary.get("val_loss")

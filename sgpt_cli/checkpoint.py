@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sgpt_cli.errors import SgptError, atomic_path, probe
+from sgpt_cli.errors import SgptError, atomic_path, first_line, probe
 
 FORMAT = "sgpt-checkpoint"
 VERSION = 1
@@ -60,8 +60,7 @@ def load(path: Path, map_location="cpu") -> dict:
             f"refused to load {path}: it holds objects that could run code (not a plain sgpt checkpoint)"
         ) from None
     except Exception as exc:  # zip errors, truncation, garbage: torch raises many kinds
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise SgptError(f"{path} is not a readable sgpt checkpoint ({first})") from None
+        raise SgptError(f"{path} is not a readable sgpt checkpoint ({first_line(exc, 120)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SgptError(f"{path} is not an sgpt checkpoint; give a .pt file written by `sgpt train`")
     if ckpt.get("version") != VERSION:

@@ -27,7 +27,8 @@ def build_app():
         name="sgpt",
         help="shakespeareGPT: train a character-level GPT, export it to ONNX, and talk to it.",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
+        rich_markup_mode=None,  # plain click help: no `<bool>` after on/off flags, rich not loaded for --help
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )

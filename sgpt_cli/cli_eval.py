@@ -6,49 +6,56 @@ A progress bar is drawn on stderr when stderr is a terminal, never into a pipe o
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Optional
 
-import typer
+from sgpt_cli.cli_common import typer_command
+from sgpt_cli.settings import DATA, DEVICE, JSON, MODEL, Setting
 
-from sgpt_cli.cli_common import user_errors
+OPTIONS = (
+    MODEL,
+    DATA.but(help="UTF-8 text to score."),
+    Setting("split", ("--split",), str, None,
+            "Which part of the text: nanoGPT's split (val = the last 10% of the characters, train = the "
+            "first 90%) or all.", shown="val for the default text, all for --data",
+            choices=("val", "train", "all"), metavar="val|train|all"),
+    DEVICE,
+    Setting("batch_size", ("--batch-size",), int, 16, "Windows of block-size characters per forward pass.",
+            low=1, metavar="N"),
+    JSON,
+)
+
+DOC = """Score a text with an ONNX model: mean cross-entropy (nats per character) and perplexity.
+
+With no flags it measures the validation loss on tiny-shakespeare as nanoGPT does (the last 10% of
+the characters, in windows of the model's block size): the figure the README and `sgpt export` report.
+"""
 
 
-def eval_cmd(
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH", show_default=False,
-                                        help="The ONNX model file. \\[default: $SGPT_MODEL, else ./export/model.onnx, else the shipped model]"),
-    data: Optional[Path] = typer.Option(None, "--data", metavar="PATH", show_default=False,
-                                        help="UTF-8 text to score. \\[default: data/tinyshakespeare.txt, downloaded (SHA-256 checked) when missing]"),
-    split: Optional[str] = typer.Option(None, "--split", metavar="val|train|all", show_default=False,
-                                        help="Which part of the text: nanoGPT's split (val = the last 10% of the characters, train = the first 90%) or all. \\[default: val for the default text, all for --data]"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when usable), cpu or cuda. \\[default: auto]", show_default=False),
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows of block-size characters per forward pass. \\[default: 16]", show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the report. \\[default: off]", show_default=False),
-) -> None:
-    """Score a text with an ONNX model: mean cross-entropy (nats per character) and perplexity.
+def _run(model, data, split, device, batch_size, as_json) -> int:
+    from sgpt_cli.data import DEFAULT_DATA
+    from sgpt_cli.evaluate import evaluate
+    from sgpt_cli.model_lookup import find_model
 
-    With no flags it measures the validation loss on tiny-shakespeare as nanoGPT does (the last 10% of the characters, in windows of the model's block size): the figure the README and `sgpt export` report.
-    """
-    with user_errors():
-        from sgpt_cli.data import DEFAULT_DATA
-        from sgpt_cli.evaluate import evaluate
+    model_path, _ = find_model(model)  # a missing model is said before any download
+    if data is None and not DEFAULT_DATA.exists():  # the README's claim is checkable in one command
+        from rich.console import Console
 
-        if data is None and not DEFAULT_DATA.exists():  # the README's claim is checkable in one command
-            from rich.console import Console
+        from sgpt_cli.fetch_view import fetch_default_data
 
-            from sgpt_cli.fetch_view import fetch_default_data
+        fetch_default_data(DEFAULT_DATA, Console(stderr=True, highlight=False))
 
-            fetch_default_data(DEFAULT_DATA, Console(stderr=True, highlight=False))
+    with progress_bar() as progress:
+        result = evaluate(model_path, data, split, device, batch=batch_size, progress=progress)
+    if as_json:
+        import json
 
-        with progress_bar() as progress:
-            result = evaluate(model, data, split, device, batch=batch_size, progress=progress)
-        if as_json:
-            import json
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(render(result))
+    sys.stdout.flush()
+    return 0
 
-            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
-        else:
-            sys.stdout.write(render(result))
-        sys.stdout.flush()
+
+eval_cmd = typer_command("eval", DOC, OPTIONS, _run)
 
 
 def render(r: dict) -> str:

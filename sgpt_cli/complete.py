@@ -1,7 +1,7 @@
 """`sgpt complete`: a prompt from stdin and/or an argument in, the model's continuation out.
 
-What it holds: the command's options (one table, `OPTIONS`, read by the Typer command in
-cli_complete.py and by `fast_main`'s argparse parser), reading the prompt, and the worker that
+What it holds: the command's options (`OPTIONS`, built from the declarations in sgpt_cli.settings;
+the Typer command in cli_complete.py and `fast_main`'s argparse parser are both made from it), reading the prompt, and the worker that
 streams the continuation to a text stream. `fast_main` lets `sgpt complete ...` start without
 importing Typer: when argparse cannot parse the arguments cleanly (--help, a mistake) it hands them
 back to Typer, so help and usage errors always come from one place.
@@ -20,66 +20,24 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from sgpt_cli.cli_common import report, use_color
-from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.errors import SgptError
+from sgpt_cli.settings import DEVICE, FLAG, JSON, MODEL, SAMPLING, Setting, argparse_parser, check_values
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class Option:
-    """One flag of `sgpt complete`; `name` is the worker's keyword."""
-
-    name: str
-    flags: tuple[str, ...]
-    kind: type  # int, float, str; bool means an on/off flag
-    default: object
-    help: str
-    shown_default: str | None = None  # how --help states a default that is not a plain value
-    repeat: bool = False
-    metavar: str | None = None
-
-    @property
-    def help_with_default(self) -> str:
-        shown = self.shown_default
-        if shown is None:
-            shown = ("on" if self.default else "off") if self.kind is bool else str(self.default)
-        return f"{self.help} [default: {shown}]"
-
-
-# Defaults match sgpt_cli.engine.SamplingParams (tests/test_complete.py checks); they are written out
-# here because the engine imports numpy, and building the Typer app (any command's --help) reads this.
-OPTIONS: tuple[Option, ...] = (
-    Option("max_tokens", ("--max-tokens", "-n"), int, 500, "Characters to generate.", metavar="N"),
-    Option("temperature", ("--temperature", "-t"), float, 0.8,
-           "Sampling temperature: lower is safer, higher is wilder; 0 always takes the likeliest character."),
-    Option("top_k", ("--top-k",), int, None, "Sample only among the K likeliest characters.",
-           shown_default="off", metavar="K"),
-    Option("top_p", ("--top-p",), float, None,
-           "Nucleus sampling: only the likeliest characters whose probabilities add up to P.",
-           shown_default="off", metavar="P"),
-    Option("repetition_penalty", ("--repetition-penalty",), float, 1.0,
-           "Make characters already in the context less likely (CTRL, as Hugging Face applies it); 1 is off."),
-    Option("seed", ("--seed",), int, None, "Random seed: the same seed, prompt and flags give the same text.",
-           shown_default="random"),
-    Option("stop", ("--stop",), str, (), "Stop before this string would be written; repeat for several.",
-           shown_default="none", repeat=True, metavar="TEXT"),
-    Option("model", ("--model", "-m"), str, None, "The ONNX model file.",
-           shown_default="$SGPT_MODEL, else ./export/model.onnx, else the shipped model", metavar="PATH"),
-    Option("device", ("--device",), str, "auto", "auto (CUDA when usable), cpu or cuda."),
-    Option("echo", ("--echo",), bool, False, "Write the prompt before the continuation."),
-    Option("as_json", ("--json",), bool, False,
-           "Print one JSON object (text, tokens, timings, model) when done, instead of streaming."),
-    Option("verbose", ("--verbose", "-v"), bool, False,
-           "Say on stderr which model file is used, and how fast it ran."),
+# The command's flags: the sampling settings, the shared model/device options, and its own three.
+OPTIONS: tuple[Setting, ...] = SAMPLING + (
+    MODEL,
+    DEVICE,
+    Setting("echo", ("--echo",), bool, False, "Write the prompt before the continuation."),
+    JSON.but(help="Print one JSON object (text, tokens, timings, model) when done, instead of streaming."),
+    Setting("verbose", ("--verbose", "-v"), bool, False, "Say on stderr which model file is used, and how fast it ran."),
 )
-PROMPT_HELP = "Text to continue, after whatever comes on stdin. [default: stdin alone, else a line break]"
+PROMPT_HELP = "Text to continue, after whatever comes on stdin (default: stdin alone, else a line break)."
 
 
-# --- the fast path: argparse over the same table ---------------------------------------------------
+# --- the fast path: argparse over the same declaration -------------------------------------------
 
 class _NotForUs(Exception):
     """argparse could not parse the arguments cleanly: Typer will, and will explain any mistake."""
@@ -91,20 +49,12 @@ class _QuietParser(argparse.ArgumentParser):
 
 
 def fast_parser() -> argparse.ArgumentParser:
-    parser = _QuietParser(prog="sgpt complete", add_help=False, allow_abbrev=False)
-    parser.add_argument("prompt", nargs="?", default=None)
-    for opt in OPTIONS:
-        if opt.kind is bool:
-            parser.add_argument(*opt.flags, dest=opt.name, action="store_true", default=opt.default)
-        elif opt.repeat:
-            parser.add_argument(*opt.flags, dest=opt.name, type=opt.kind, action="append", default=None)
-        else:
-            parser.add_argument(*opt.flags, dest=opt.name, type=opt.kind, default=opt.default)
-    return parser
+    return argparse_parser(OPTIONS, "sgpt complete", positional=("prompt",), parser_class=_QuietParser)
 
 
 def fast_parse(argv: list[str]) -> dict | None:
-    """The options as `run` takes them, or None when Typer should handle these arguments."""
+    """The options as parsed (raw, as Typer would hand them over), or None when Typer should
+    handle these arguments."""
     if any(a in ("-h", "--help") for a in argv):
         return None
     try:
@@ -152,6 +102,7 @@ def run(values: dict) -> int:
     if sys.stdout is None:  # started with stdout closed (>&-): no reader, as after `| head` ends
         return 0
     try:
+        values = check_values(OPTIONS, values, FLAG, from_command_line=True)
         if hasattr(sys.stdout, "reconfigure"):  # a model's odd character never crashes a narrow locale
             sys.stdout.reconfigure(errors="replace")
         stdin = sys.stdin.buffer if sys.stdin is not None else None
@@ -160,17 +111,7 @@ def run(values: dict) -> int:
         sys.stdout.flush()
         return 0
     except (SgptError, KeyboardInterrupt, BrokenPipeError) as exc:
-        return report(exc, error_code=2)
-
-
-def sampling_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
-    from sgpt_cli.engine import SamplingParams
-
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty, max_tokens=max_tokens, seed=seed,
-                            stop=tuple(stop or ()))
-    params.validate()
-    return params
+        return report(exc)
 
 
 def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, temperature: float = 0.8,
@@ -179,9 +120,11 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
              echo: bool = False, as_json: bool = False, verbose: bool = False, color: bool | None = None) -> dict:
     """Stream the continuation of `prompt` to `out` (or one JSON object with --json); return the
     result as the JSON object holds it. Warnings and --verbose lines go to `errs`."""
-    if device not in DEVICES:
-        raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
-    params = sampling_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    from sgpt_cli.settings import SamplingParams
+
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                            max_tokens=max_tokens, seed=seed, stop=stop).checked()
+    DEVICE.check(device)
     from sgpt_cli.engine import Engine
     from sgpt_cli.model_lookup import find_model
     from sgpt_cli.onnx_model import OnnxModel

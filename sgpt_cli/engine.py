@@ -1,8 +1,9 @@
 """Text generation with an exported model: prefill the prompt once, then one character per step
 from the key/value cache, streamed as a generator of text pieces.
 
-What it holds: `SamplingParams` (the knobs of `sgpt complete` / `sgpt chat`), `GenerationStats`
-(what a run cost), `Engine.generate` (the decode loop, stop strings, Ctrl-C) and the two caches it
+What it holds: `GenerationStats`
+(what a run cost; the sampling knobs, `SamplingParams`, are
+declared in sgpt_cli.settings), `Engine.generate` (the decode loop, stop strings, Ctrl-C) and the two caches it
 decodes with: `CpuCache` (numpy arrays through `session.run`) and `BoundCache` (OrtValues through
 ONNX Runtime I/O binding: on CUDA the cache stays on the GPU between steps).
 
@@ -29,33 +30,11 @@ from typing import Iterator
 
 import numpy as np
 
-from sgpt_cli.errors import SgptError, UsageError
-from sgpt_cli.sampling import Sampler, is_whole, validate_sampling
+from sgpt_cli.errors import SgptError, first_line
+from sgpt_cli.sampling import Sampler
+from sgpt_cli.settings import SamplingParams  # noqa: F401  (declared with the settings; re-exported)
 
 POSITION_LIMIT = 1 << 14  # float32 angle error at this position: ~1e-3 rad, far below what matters
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 0.8  # nanoGPT's sample.py default: lively but coherent Shakespeare
-    top_k: int | None = None  # no cut: a 65-character vocabulary has no long tail of junk
-    top_p: float | None = None  # off by default, like top_k
-    repetition_penalty: float = 1.0  # 1 = none; characters repeat legitimately (letters, spaces)
-    max_tokens: int = 500  # a screenful of verse
-    seed: int | None = None  # None: fresh randomness each run
-    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
-
-    def validate(self) -> None:
-        validate_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
-        if not is_whole(self.max_tokens) or self.max_tokens < 0:
-            raise UsageError(f"--max-tokens must be a whole number of 0 or more (got {self.max_tokens})")
-        if self.seed is not None and (not is_whole(self.seed) or self.seed < 0):
-            raise UsageError(f"--seed must be a whole number of 0 or more (got {self.seed})")
-        if isinstance(self.stop, str):
-            raise UsageError("stop strings must be given as a list of strings, not one string")
-        for s in self.stop:
-            if not isinstance(s, str) or not s:
-                raise UsageError("--stop strings must not be empty")
 
 
 @dataclass
@@ -70,8 +49,7 @@ class GenerationStats:
 
 def _runtime_failed(model, exc: Exception) -> SgptError:
     """ONNX Runtime's own exception types (they derive from Exception) as one line for the user."""
-    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    return SgptError(f"ONNX Runtime failed while generating with {model.path} ({text}); "
+    return SgptError(f"ONNX Runtime failed while generating with {model.path} ({first_line(exc)}); "
                      "re-export the model with `sgpt export`")
 
 
@@ -294,7 +272,7 @@ class Engine:
         """Text pieces as they are produced; `last_stats` is set when the iteration ends, however it
         ends. Bad params raise UsageError here, before the first piece. Ctrl-C (KeyboardInterrupt)
         during generation ends the iteration quietly with stop_reason "interrupted"."""
-        params.validate()
+        params = params.checked()
         self.last_stats = None
         return self._generate(self.prompt_ids(prompt), params)
 

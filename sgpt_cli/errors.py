@@ -43,6 +43,13 @@ class UsageError(SgptError):
     exit_code = 2
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type's name if it has none), at most `limit`
+    characters: what a one-line error quotes from a library's multi-line report."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 SHOWN_NAME = 80  # characters of a refused file name worth repeating in a one-line message
 TEMP_NAME_KEEP = 100  # characters of the target's name kept in a temporary's name (255-byte limit)
 _TEMP = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp(?:\..+)?$")

@@ -34,7 +34,7 @@ import torch
 
 from sgpt_cli import checkpoint
 from sgpt_cli.config import model_config_from_dict
-from sgpt_cli.errors import SgptError, UsageError, atomic_path, check_writable_target
+from sgpt_cli.errors import SgptError, UsageError, atomic_path, check_writable_target, first_line
 from sgpt_cli.model import GPT
 from sgpt_cli.tokenizer import CharTokenizer
 
@@ -93,14 +93,9 @@ def load_model(ckpt_path: Path) -> tuple[GPT, dict]:
         model = GPT(mcfg)
         model.load_state_dict(ckpt["model"])
     except (TypeError, KeyError, ValueError, AttributeError, RuntimeError, SgptError) as exc:
-        raise SgptError(f"{ckpt_path} does not hold a model this sgpt can build ({_first_line(exc, 100)}); "
+        raise SgptError(f"{ckpt_path} does not hold a model this sgpt can build ({first_line(exc, 100)}); "
                         "retrain it with `sgpt train`") from None
     return model.eval(), ckpt
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -161,7 +156,7 @@ def torch_export(model: GPT, opset: int):
             )
             proto = program.model_proto if program is not None else None
     except Exception as exc:  # the exporter raises many kinds, none of them the user's to read in full
-        raise SgptError(f"the PyTorch ONNX exporter failed ({_first_line(exc)}); try --opset {DEFAULT_OPSET}, "
+        raise SgptError(f"the PyTorch ONNX exporter failed ({first_line(exc)}); try --opset {DEFAULT_OPSET}, "
                         "or check the torch and onnxscript versions") from None
     if proto is None:
         raise SgptError("the PyTorch ONNX exporter returned nothing; check the torch and onnxscript versions")
@@ -262,7 +257,7 @@ def save_checked(proto, path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise SgptError(f"the exported graph fails onnx.checker ({_first_line(exc)}); try --opset {DEFAULT_OPSET}") from None
+        raise SgptError(f"the exported graph fails onnx.checker ({first_line(exc)}); try --opset {DEFAULT_OPSET}") from None
 
 
 def verify(model: GPT, path: Path, tolerance: float = TOLERANCE, relative: bool = False) -> dict:
@@ -388,7 +383,7 @@ def quantize_int8(fp32_proto, dst: Path) -> dict:
     except (SgptError, OSError):
         raise
     except Exception as exc:
-        raise SgptError(f"ONNX Runtime's quantizer failed ({_first_line(exc)}); export without --quantize") from None
+        raise SgptError(f"ONNX Runtime's quantizer failed ({first_line(exc)}); export without --quantize") from None
     proto = onnx.load(str(dst))
     left = weight_matmuls(proto)
     done = sum(n.op_type in QUANTIZED_MATMULS for n in proto.graph.node)
@@ -438,7 +433,7 @@ def export(ckpt_path: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT, *, ops
                     fp32.unlink(missing_ok=True)
             report["bytes"] = tmp.stat().st_size
     except OSError as exc:  # a full disk, a folder that vanished, a name the file system refuses
-        raise SgptError(f"cannot write {out}: {exc.strerror or _first_line(exc)}") from None
+        raise SgptError(f"cannot write {out}: {exc.strerror or first_line(exc)}") from None
     report["seconds"] = time.perf_counter() - t0
     return report
 

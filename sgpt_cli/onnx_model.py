@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.errors import SgptError, UsageError, first_line
 from sgpt_cli.tokenizer import CharTokenizer
 
 SUPPORTED_FORMATS = {"1"}
@@ -64,9 +64,8 @@ def open_session(path_or_bytes, device: str = "auto", threads: int | None = None
     try:
         sess = ort.InferenceSession(path_or_bytes, sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for damaged files
-        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         where = path_or_bytes if isinstance(path_or_bytes, (str, Path)) else "the model"
-        raise SgptError(f"ONNX Runtime cannot load {where}: {text}") from None
+        raise SgptError(f"ONNX Runtime cannot load {where}: {first_line(exc)}") from None
     if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise SgptError(
             "--device cuda was asked for, but ONNX Runtime's CUDA provider is not usable here "

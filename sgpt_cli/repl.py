@@ -27,7 +27,7 @@ from rich.text import Text
 
 from sgpt_cli.chat_session import (
     COMMANDS, HELP_CONVENTION, SETTING_NAMES, ChatSession, ChatSettings, InputJoiner, block_is_open,
-    SPEAKER_AND_TEXT, help_rows, history_path, is_command, is_speaker_line, parse_command,
+    SPEAKER_AND_TEXT, help_rows, history_path, is_command, is_speaker_line, parse_command, set_completions,
 )
 from sgpt_cli.cli_common import use_color
 from sgpt_cli.errors import SgptError, shown
@@ -265,9 +265,7 @@ def _prompt_parts():
                     if name.startswith(words[1].lower()):
                         yield Completion(name + " ", -len(words[1]), display=name)
             elif words[0].lower() == "/set" and len(words) == 3:
-                values = {"verbose": ("on", "off"), "one_speech": ("on", "off"),
-                          "top_k": ("none",), "top_p": ("none",), "seed": ("none",)}.get(words[1].lower(), ())
-                for value in values:
+                for value in set_completions(words[1]):
                     if value.startswith(words[2].lower()):
                         yield Completion(value, -len(words[2]))
 

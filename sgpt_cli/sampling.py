@@ -17,30 +17,25 @@ from typing import Sequence
 
 import numpy as np
 
-from sgpt_cli.errors import UsageError
-
-
-def is_whole(value) -> bool:
-    """An integer value (5 or 5.0, not True, 2.5, inf or nan)."""
-    if isinstance(value, bool):
-        return False
-    try:
-        return int(value) == value
-    except (TypeError, ValueError, OverflowError):
-        return False
+from sgpt_cli.settings import SAMPLING, check_values
 
 
 def validate_sampling(temperature: float, top_k: int | None, top_p: float | None,
                       repetition_penalty: float) -> None:
-    """One-line UsageErrors for values no sampler can use."""
-    if not np.isfinite(temperature) or temperature < 0:
-        raise UsageError(f"--temperature must be 0 (greedy) or more (got {temperature})")
-    if top_k is not None and (not is_whole(top_k) or top_k < 1):
-        raise UsageError(f"--top-k must be a whole number of at least 1 (got {top_k})")
-    if top_p is not None and not (0.0 < top_p <= 1.0):
-        raise UsageError(f"--top-p must be in (0, 1] (got {top_p})")
-    if not np.isfinite(repetition_penalty) or repetition_penalty <= 0:
-        raise UsageError(f"--repetition-penalty must be more than 0; 1 means none (got {repetition_penalty})")
+    """One-line UsageErrors for values outside the ranges declared in sgpt_cli.settings.SAMPLING."""
+    check_values(SAMPLING, {"temperature": temperature, "top_k": top_k, "top_p": top_p,
+                            "repetition_penalty": repetition_penalty})
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """Scores a draw can use, whatever a damaged model emits: NaN is never chosen, +inf is a
+    certainty (the +inf ids share it), and a row with no usable score becomes uniform."""
+    if np.isfinite(x).all():
+        return x
+    if np.isposinf(x).any():
+        return np.where(np.isposinf(x), 0.0, -np.inf)
+    x = np.where(np.isnan(x), -np.inf, x)
+    return x if np.isfinite(x).any() else np.zeros_like(x)
 
 
 def _choose(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int | None,
@@ -52,16 +47,19 @@ def _choose(logits: np.ndarray, rng: np.random.Generator, temperature: float, to
         # CTRL (Keskar et al. 2019) as Hugging Face applies it: a seen character's logit moves
         # towards "less likely" whatever its sign
         x[penalised] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+    x = _finite(x)
     if temperature == 0:
         return int(np.argmax(x))  # greedy: the first of equal maxima, no randomness used
-    x /= temperature
+    # shift before scaling: every score is then <= 0 and finite, and dividing by a temperature the
+    # declaration allows (>= 0.001) cannot overflow float64 (|x| <= 2 * 3.4e38 for float32 logits)
+    x = (x - x.max()) / temperature
     V = x.shape[0]
     if top_k is not None and top_k < V:
         keep = np.argpartition(-x, top_k - 1)[:top_k]  # exactly k ids, even with ties
         masked = np.full(V, -np.inf)
         masked[keep] = x[keep]
         x = masked
-    p = np.exp(x - x.max())  # unnormalised; the draw scales by the total
+    p = np.exp(x - x.max())  # unnormalised (the best is 1); the draw scales by the total
     if top_p is not None and top_p < 1.0:
         p /= p.sum()
         order = np.argsort(-p, kind="stable")

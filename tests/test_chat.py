@@ -77,12 +77,15 @@ def test_set_checks_values_and_keeps_the_old_one_when_bad():
     session = ChatSession(VOCAB, 32)
     assert session.set("temperature", "0.5") == ("temperature", "0.5")
     assert session.set("top-k", "5") == ("top_k", "5")
-    assert session.set("top_k", "none") == ("top_k", "none")
+    assert session.set("top_k", "none") == ("top_k", "off")
     assert session.settings.top_k is None
     assert session.set("verbose", "on") == ("verbose", "on") and session.settings.verbose
     for name, bad, words in [("temperature", "-1", "temperature must be"), ("top_k", "0", "top_k must be"),
                              ("top_p", "1.5", "top_p must be"), ("max_tokens", "lots", "max_tokens must be"),
-                             ("seed", "-3", "seed must be"), ("verbose", "maybe", "verbose is on or off"),
+                             ("seed", "-3", "seed must be"), ("verbose", "maybe", "verbose must be on or off"),
+                             ("temperature", "1e-310", r"temperature must be 0 \(greedy\) or a number from 0.001 to 100"),
+                             ("temperature", "inf", r"\(got inf\)"),
+                             ("repetition_penalty", "1e-310", "repetition_penalty must be a number from 0.01 to 100"),
                              ("temperature", "", "needs a value"), ("temprature", "1", "did you mean temperature")]:
         before = session.settings
         with pytest.raises(UsageError, match=words) as info:
@@ -351,15 +354,17 @@ def test_piped_chat_reports_refused_lines_and_exits_1(tiny_onnx):
     err = proc.stderr.decode()
     assert proc.returncode == 1
     assert "unknown command /bogus; /help lists the commands" in err
-    assert "top_p must be in (0, 1] (got 7.0)" in err
+    assert "top_p must be a number above 0 and at most 1, or off (got 7.0)" in err
     assert "temperature" in proc.stdout.decode()  # the rest still ran
     assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("args, status, words", [
     (["--model", "missing.onnx"], 1, "model file missing.onnx (--model) does not exist"),
-    (["--temperature", "-1"], 2, "--temperature must be 0 (greedy) or more"),
-    (["--top-k", "0"], 2, "--top-k must be a whole number of at least 1"),
+    (["--temperature", "-1"], 2, "--temperature must be 0 (greedy) or a number from 0.001 to 100 (got -1.0)"),
+    (["--top-k", "0"], 2, "--top-k must be a whole number of 1 or more"),
+    (["-t", "1e-310"], 2, "--temperature must be 0 (greedy) or a number from 0.001 to 100 (got 1e-310)"),
+    (["--model", ""], 2, "--model must be the path of an .onnx file (got '')"),
     (["--device", "tpu"], 2, "--device must be auto, cpu or cuda"),
 ])
 def test_chat_user_errors_are_one_line(tiny_onnx, args, status, words):

@@ -190,21 +190,30 @@ def test_ctrl_c_exits_130_without_a_traceback(model):
     assert stderr.decode().strip() == "sgpt: interrupted"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--model", "missing.onnx"], "does not exist"),
-    (["--model", "{foreign}"], "is not an sgpt model"),
-    (["--model", "{damaged}"], "ONNX Runtime cannot load"),
-    (["--model", "{future}"], "format '99'"),
-    (["--model", "{model}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
-    (["--model", "{model}", "-n", "-1"], "max"),
-    (["--model", "{model}", "-t", "-0.5"], "temperature"),
-    (["--model", "{model}", "--top-p", "1.5"], "top"),
+@pytest.mark.parametrize("args, needle, status", [
+    (["--model", "missing.onnx"], "does not exist", 1),
+    (["--model", "{foreign}"], "is not an sgpt model", 1),
+    (["--model", "{damaged}"], "ONNX Runtime cannot load", 1),
+    (["--model", "{future}"], "format '99'", 1),
+    (["--model", ""], "--model must be the path of an .onnx file (got '')", 2),
+    (["--model", "{model}", "--device", "tpu"], "--device must be auto, cpu or cuda", 2),
+    (["--model", "{model}", "-n", "-1"], "--max-tokens must be a whole number of 0 or more (got -1)", 2),
+    (["--model", "{model}", "-t", "-0.5"], "--temperature must be 0 (greedy) or a number from 0.001 to 100", 2),
+    (["--model", "{model}", "-t", "1e-310"], "--temperature must be 0 (greedy) or a number from 0.001 to 100 (got 1e-310)", 2),
+    (["--model", "{model}", "-t", "inf"], "(got inf)", 2),
+    (["--model", "{model}", "-t", "nan"], "(got nan)", 2),
+    (["--model", "{model}", "--repetition-penalty", "1e-310"], "--repetition-penalty must be a number from 0.01 to 100", 2),
+    (["--model", "{model}", "--top-p", "1.5"], "--top-p must be a number above 0 and at most 1 (got 1.5)", 2),
+    (["--model", "{model}", "--top-k", "0"], "--top-k must be a whole number of 1 or more", 2),
+    (["--model", "{model}", "--seed", "-1"], "--seed must be a whole number from 0 to", 2),
+    (["--model", "{model}", "--stop", ""], "--stop must be", 2),
 ])
-def test_user_errors_are_one_line_and_exit_2(model, tmp_path, args, needle):
+def test_user_errors_are_one_line(model, tmp_path, args, needle, status):
+    """Bad files and failures exit 1, bad flag values 2 (the README's table), each in one line."""
     bad = {k: str(v) for k, v in write_bad_models(tmp_path, Path(model)).items()}
     proc = sgpt("complete", *[a.format(model=model, **bad) for a in args], stdin=b"ROMEO:")
     lines = proc.stderr.decode().strip().splitlines()
-    assert proc.returncode == 2
+    assert proc.returncode == status, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("sgpt: error: ") and needle in lines[0], lines
     assert proc.stdout == b""
 
@@ -227,13 +236,13 @@ def test_worker_streams_what_it_returns(model):
 
 # --- one table of options, two parsers ------------------------------------------------------------
 
-def test_option_defaults_are_the_engines():
+def test_options_are_the_declared_sampling_settings():
     from sgpt_cli.engine import SamplingParams
+    from sgpt_cli.settings import SAMPLING
 
+    assert OPTIONS[:len(SAMPLING)] == SAMPLING  # the very objects: nothing written twice
     engine_defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
-    for opt in OPTIONS:
-        if opt.name in engine_defaults:
-            assert opt.default == engine_defaults[opt.name], opt.name
+    assert engine_defaults == {s.name: s.default for s in SAMPLING}
 
 
 def test_typer_signature_is_the_options_table():
@@ -248,7 +257,8 @@ def test_help_states_every_default():
     assert result.exit_code == 0
     for opt in OPTIONS:
         assert opt.flags[0] in result.stdout
-    assert result.stdout.count("[default:") == len(OPTIONS) + 1  # and the prompt's
+    assert result.stdout.count("[default:") == len(OPTIONS)
+    assert "<bool>" not in result.stdout  # on/off flags take no value, and help says so
 
 
 ARGVS = [

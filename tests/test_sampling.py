@@ -110,6 +110,10 @@ def test_sampler_matches_sample_next_token():
     (dict(top_p=1.5), "--top-p"),
     (dict(repetition_penalty=0.0), "--repetition-penalty"),
     (dict(repetition_penalty=-1.0), "--repetition-penalty"),
+    (dict(temperature=1e-310), "--temperature"),
+    (dict(temperature=float("inf")), "--temperature"),
+    (dict(repetition_penalty=1e-310), "--repetition-penalty"),
+    (dict(repetition_penalty=1e300), "--repetition-penalty"),
 ])
 def test_bad_arguments_raise_one_line_usage_errors(kw, flag):
     with pytest.raises(UsageError) as err:
@@ -117,3 +121,32 @@ def test_bad_arguments_raise_one_line_usage_errors(kw, flag):
     assert flag in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UsageError):
         Sampler(3, np.random.default_rng(0), **kw)
+
+
+EXTREMES = [0.001, 0.01, 1.0, 100.0]  # the ends of the declared temperature range, and between
+
+
+@pytest.mark.parametrize("temperature", EXTREMES)
+@pytest.mark.parametrize("penalty", [0.01, 1.0, 100.0])
+def test_no_accepted_value_overflows_even_on_extreme_logits(temperature, penalty):
+    """Every value the declaration accepts samples without a numpy warning, and picks a likely
+    character, never the last id by accident (1e-310 once did: inf - inf = nan, so id V-1)."""
+    big = float(np.finfo(np.float32).max)
+    logits = np.array([-big, big, 0.5 * big, -1.0, 3.0], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is harmless
+        for history in ([], [1], [0, 1, 2, 3, 4]):
+            for top_k, top_p in ((None, None), (2, None), (None, 1e-9), (1, 1.0)):
+                pick = sample_next_token(logits, np.random.default_rng(0), temperature=temperature, top_k=top_k,
+                                         top_p=top_p, repetition_penalty=penalty, history=history)
+                assert pick != 4 or history, (temperature, penalty, history)  # 3.0 never beats 1.7e38 unpenalised
+                if not history:
+                    assert pick == 1  # the huge logit wins at any accepted temperature
+
+
+def test_damaged_logits_do_not_pin_the_last_character():
+    rng = np.random.default_rng(0)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is harmless
+        assert sample_next_token(np.array([np.nan, 1.0, 0.0, np.nan]), rng, temperature=0.001) == 1
+        assert sample_next_token(np.array([0.0, np.inf, 2.0, 1.0]), rng, temperature=0.5) == 1
+        uniform = {sample_next_token(np.full(4, np.nan), rng, temperature=1.0) for _ in range(200)}
+    assert uniform == {0, 1, 2, 3}

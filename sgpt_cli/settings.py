@@ -1,0 +1,330 @@
+"""Every user-facing setting declared once: name, flags, type, default, help and valid range.
+
+What it holds: `Setting` (one knob: how it is spelled as a flag and as a /set name, what it holds,
+its limits, and how its values are checked and read from text), the sampling settings `SAMPLING`
+(temperature, top_k, top_p, repetition_penalty, max_tokens, seed, stop), chat's own settings, the
+options several commands share (`MODEL`, `DEVICE`, `DATA`), `SamplingParams` (the engine's
+parameters, a dataclass built from `SAMPLING`) and `sampling_params_from`, which checks a dict of
+per-row settings (a JSONL request, say). `argparse_parser` builds a parser from a list of settings
+(`sgpt complete`'s Typer-free fast path); `sgpt_cli.cli_common.typer_command` builds a Typer
+command from the same list; chat's `/set` parses, completes and shows from it.
+
+What it does not do: import numpy, Typer or rich (it is read at start-up of every command), or sample.
+
+Why these ranges: sampling runs in float64 on float32 logits, so a temperature of at least 0.001 and
+a repetition penalty between 0.01 and 100 keep every scaled logit finite (|logit| < 3.4e38 times
+1000 is far below float64's 1.8e308); 1e-310 would overflow to inf and pick the last character for
+ever. Seeds are what NumPy and PyTorch accept (0 to 2**64 - 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+from dataclasses import dataclass, field, make_dataclass, replace
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+from sgpt_cli.errors import UsageError
+
+FLAG, NAME = "flag", "name"  # how a message names a setting: --top-k (command line) or top_k (/set, rows)
+_ON = ("on", "true", "yes", "1")
+_OFF = ("off", "false", "no", "0")
+
+
+def decode_escapes(text: str) -> str:
+    r"""`\n`, `\t` and `\\` in a flag's text become a line break, a tab and a backslash (a shell's
+    '\n\n' reaches us as four characters); any other backslash stays as it is."""
+    out, i = [], 0
+    while i < len(text):
+        pair = text[i:i + 2]
+        if pair in ("\\n", "\\t", "\\\\"):
+            out.append({"\\n": "\n", "\\t": "\t", "\\\\": "\\"}[pair])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _number(x) -> str:
+    if isinstance(x, int):
+        return str(x)
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else repr(float(x))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One knob. `name` is the keyword (and the /set name); `flags` its command-line spellings."""
+
+    name: str
+    flags: tuple[str, ...]
+    kind: type  # int, float, str, Path, or bool (an on/off flag)
+    default: object
+    help: str
+    shown: str | None = None  # how help states a default that is not a plain value
+    low: float | None = None  # the smallest valid value
+    high: float | None = None  # the largest valid value
+    above: bool = False  # low itself is not valid (top_p > 0)
+    zero: str | None = None  # 0 is also valid, and means this (temperature 0: "greedy")
+    none: str | None = None  # None is valid and shown as this word ("off", "random")
+    choices: tuple[str, ...] = ()
+    repeat: bool = False  # a flag given several times; the value is a tuple
+    escapes: bool = False  # text given on a command line reads \n, \t and \\ as escapes
+    metavar: str | None = None
+    valid: str | None = None  # what a valid value is, where the rule for its type says too little
+
+    def but(self, **changes) -> "Setting":
+        """The same setting with another default or help text (chat's max_tokens, say)."""
+        return replace(self, **changes)
+
+    # --- how it is spelled ---------------------------------------------------------------------
+
+    @property
+    def flag(self) -> str:
+        return self.flags[0].split("/")[0]
+
+    def label(self, style: str = FLAG) -> str:
+        return self.flag if style == FLAG else self.name
+
+    def annotation(self):
+        """The Python type Typer reads to build the option."""
+        if self.kind is bool:
+            return bool
+        if self.repeat:
+            return Optional[List[self.kind]]
+        return Optional[self.kind] if self.default is None else self.kind
+
+    def show(self, value) -> str:
+        """A value as /show, --help and messages write it."""
+        if value is None:
+            return self.none or "none"
+        if self.kind is bool:
+            return "on" if value else "off"
+        if self.repeat:
+            return ", ".join(repr(v) for v in value) if value else "none"
+        return str(value)
+
+    def help_text(self) -> str:
+        shown = self.shown if self.shown is not None else self.show(self.default)
+        rule = f" Valid: {self.rule()}." if self.low is not None or self.high is not None else ""
+        return f"{self.help}{rule} [default: {shown}]"
+
+    def rule(self, style: str = FLAG) -> str:
+        """What a valid value is, in words: 'a whole number of 1 or more', ..."""
+        if self.valid:
+            return self.valid
+        if self.kind is bool:
+            return "on or off"
+        if self.choices:
+            return ", ".join(self.choices[:-1]) + " or " + self.choices[-1]
+        if self.kind not in (int, float):
+            return "a non-empty text"
+        what = "a whole number" if self.kind is int else "a number"
+        lo = None if self.low is None else _number(self.low)
+        hi = None if self.high is None else _number(self.high)
+        if lo is not None and hi is not None:
+            span = f"above {lo} and at most {hi}" if self.above else f"from {lo} to {hi}"
+        elif lo is not None:
+            span = f"above {lo}" if self.above else f"of {lo} or more"
+        elif hi is not None:
+            span = f"of {hi} or less"
+        else:
+            span = ""
+        text = f"{what} {span}".strip()
+        if self.zero:
+            text = f"0 ({self.zero}) or {text}"
+        if self.none and style == NAME:
+            text += f", or {self.none}"
+        return text
+
+    # --- checking and reading values ------------------------------------------------------------
+
+    def _bad(self, value, style: str) -> UsageError:
+        return UsageError(f"{self.label(style)} must be {self.rule(style)} (got {value!r})")
+
+    def check(self, value, style: str = FLAG):
+        """`value` as the setting holds it (5.0 -> 5 for whole numbers, a list -> a tuple), or a
+        one-line UsageError that names the setting as `style` says."""
+        if value is None and (self.none is not None or self.default is None):
+            return None
+        if self.repeat:
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise UsageError(f"{self.label(style)} must be a list of strings (got {value!r})")
+            return tuple(self._check_one(v, style) for v in value)
+        return self._check_one(value, style)
+
+    def _check_one(self, value, style: str):
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise self._bad(value, style)
+            return value
+        if self.kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise self._bad(value, style)
+            if not math.isfinite(value) or (self.kind is int and int(value) != value):
+                raise self._bad(value, style)
+            value = int(value) if self.kind is int else float(value)
+            if self.zero and value == 0:
+                return value
+            if self.low is not None and (value < self.low or (self.above and value == self.low)):
+                raise self._bad(value, style)
+            if self.high is not None and value > self.high:
+                raise self._bad(value, style)
+            return value
+        if self.kind is Path and isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str) or value == "":
+            raise self._bad(value, style)
+        if self.choices and value not in self.choices:
+            raise self._bad(value, style)
+        return Path(value) if self.kind is Path else value
+
+    def parse(self, text: str, style: str = NAME):
+        """A value from text (/set's argument, or a flag's text): checked, UsageError if bad."""
+        raw = text.strip() if self.kind is not str else text
+        low = raw.strip().lower()
+        if self.none is not None and low in ("none", "off", self.none):
+            return None
+        if self.kind is bool:
+            if low not in _ON + _OFF:
+                raise self._bad(raw, style)
+            return low in _ON
+        if self.kind in (int, float):
+            try:
+                value = int(raw) if self.kind is int else float(raw)
+            except ValueError:
+                raise self._bad(raw, style) from None
+            return self.check(value, style)
+        value = decode_escapes(raw) if self.escapes else raw
+        return self.check((value,) if self.repeat else value, style)
+
+    def completions(self) -> tuple[str, ...]:
+        """The words /set offers after this setting's name."""
+        if self.kind is bool:
+            return ("on", "off")
+        return tuple(self.choices) + ((self.none,) if self.none else ())
+
+
+def by_name(settings: Iterable[Setting]) -> dict[str, Setting]:
+    return {s.name: s for s in settings}
+
+
+def check_values(settings: Sequence[Setting], values: dict, style: str = FLAG, *,
+                 from_command_line: bool = False) -> dict:
+    """Every value in `values` that a setting declares, checked (and, for text from a command line,
+    escapes read); other keys pass through untouched. UsageError for the first bad one."""
+    out = dict(values)
+    for s in settings:
+        if s.name not in out:
+            continue
+        value = out[s.name]
+        if from_command_line and s.escapes and value is not None:
+            value = [decode_escapes(v) for v in value] if s.repeat else decode_escapes(value)
+        if s.repeat and value is None:
+            value = ()
+        out[s.name] = s.check(value, style)
+    return out
+
+
+# --- the sampling settings: one declaration for complete, chat, the engine and JSONL rows ----------
+
+SAMPLING: tuple[Setting, ...] = (
+    Setting("temperature", ("--temperature", "-t"), float, 0.8,  # nanoGPT's sample.py: lively, coherent
+            "Sampling temperature: lower is safer, higher is wilder; 0 always takes the likeliest character.",
+            low=0.001, high=100.0, zero="greedy", metavar="T"),
+    Setting("top_k", ("--top-k",), int, None,  # no cut: a 65-character vocabulary has no junk tail
+            "Sample only among the K likeliest characters.", low=1, none="off", metavar="K"),
+    Setting("top_p", ("--top-p",), float, None,  # off by default, like top_k
+            "Nucleus sampling: only the likeliest characters whose probabilities add up to P.",
+            low=0.0, high=1.0, above=True, none="off", metavar="P"),
+    Setting("repetition_penalty", ("--repetition-penalty",), float, 1.0,  # 1 = none: letters repeat
+            "Make characters already in the context less likely (CTRL, as Hugging Face applies it); 1 is off.",
+            low=0.01, high=100.0, metavar="R"),
+    Setting("max_tokens", ("--max-tokens", "-n"), int, 500,  # a screenful of verse
+            "Characters to generate.", low=0, metavar="N"),
+    Setting("seed", ("--seed",), int, None,  # None: fresh randomness each run
+            "Random seed: the same seed, prompt and flags give the same text.",
+            low=0, high=2**64 - 1, none="random", metavar="N"),
+    Setting("stop", ("--stop",), str, (),  # generation ends before the first of these strings
+            "Stop before this string would be written; repeat for several. \\n, \\t and \\\\ are a "
+            "line break, a tab and a backslash.", shown="none", repeat=True, escapes=True, metavar="TEXT"),
+)
+SAMPLING_NAMES = tuple(s.name for s in SAMPLING)
+
+
+def _validate(self) -> None:
+    """UsageError (one line, naming the flag) for values no sampler can use."""
+    check_values(SAMPLING, {n: getattr(self, n) for n in SAMPLING_NAMES})
+
+
+def _checked(self) -> "SamplingParams":
+    """A copy with every value normalised (5.0 -> 5, a list of stops -> a tuple); UsageError if bad."""
+    return type(self)(**check_values(SAMPLING, {n: getattr(self, n) for n in SAMPLING_NAMES}))
+
+
+SamplingParams = make_dataclass(
+    "SamplingParams",
+    [(s.name, s.annotation(), field(default=s.default)) for s in SAMPLING],
+    namespace={"validate": _validate, "checked": _checked, "__module__": __name__,
+               "__doc__": "The engine's sampling parameters; fields, defaults and limits: sgpt_cli.settings.SAMPLING."},
+)
+
+
+def sampling_params_from(values: dict, style: str = NAME, defaults: dict | None = None) -> "SamplingParams":
+    """SamplingParams from a dict of settings (one JSONL request row, say): unknown keys and bad
+    values are a one-line UsageError naming the key; missing ones take `defaults`, then SAMPLING's."""
+    unknown = [k for k in values if k not in SAMPLING_NAMES]
+    if unknown:
+        raise UsageError(f"unknown setting {unknown[0]!r}; settings: {', '.join(SAMPLING_NAMES)}")
+    merged = {s.name: s.default for s in SAMPLING}
+    merged.update(defaults or {})
+    merged.update(values)
+    return SamplingParams(**check_values(SAMPLING, merged, style))
+
+
+# --- chat's settings: the sampling ones (but stop), with chat's defaults, and two of its own ------
+
+CHAT_SETTINGS: tuple[Setting, ...] = tuple(
+    s.but(default=300, help="Characters per reply, at most.") if s.name == "max_tokens"  # a reply reads at a glance
+    else s.but(help="Random seed: the same seed and inputs give the same session.") if s.name == "seed"
+    else s for s in SAMPLING if s.name != "stop"
+) + (
+    Setting("one_speech", ("--one-speech/--no-one-speech",), bool, True,  # as llama.cpp's reverse prompt
+            "End each reply at the end of a speech (a blank line), or let it run to --max-tokens."),
+    Setting("verbose", ("--verbose", "-v"), bool, False,
+            "After each reply, a line with its length, time to first character and speed."),
+)
+
+# --- options several commands share ------------------------------------------------------------
+
+MODEL = Setting("model", ("--model", "-m"), str, None, "The ONNX model file.",
+                shown="$SGPT_MODEL, else ./export/model.onnx, else the shipped model", metavar="PATH",
+                valid="the path of an .onnx file")
+DEVICE = Setting("device", ("--device",), str, "auto", "auto (CUDA when usable), cpu or cuda.",
+                 choices=("auto", "cpu", "cuda"), metavar="auto|cpu|cuda")
+DATA = Setting("data", ("--data",), Path, None, "UTF-8 text.",
+               shown="data/tinyshakespeare.txt, downloaded (SHA-256 checked) when missing", metavar="PATH",
+               valid="the path of a text file")
+JSON = Setting("as_json", ("--json",), bool, False, "Print one JSON object instead of the report.")
+
+
+def argparse_parser(settings: Sequence[Setting], prog: str, positional: Sequence[str] = (),
+                    parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """An argparse parser for `settings` (plus optional positionals): the Typer-free fast path.
+    Values come out raw; `check_values(..., from_command_line=True)` checks them."""
+    parser = parser_class(prog=prog, add_help=False, allow_abbrev=False)
+    for name in positional:
+        parser.add_argument(name, nargs="?", default=None)
+    for s in settings:
+        if s.kind is bool:
+            on, _, off = s.flags[0].partition("/")
+            parser.add_argument(on, *s.flags[1:], dest=s.name, action="store_true", default=s.default)
+            if off:
+                parser.add_argument(off, dest=s.name, action="store_false")
+        elif s.repeat:
+            parser.add_argument(*s.flags, dest=s.name, type=s.kind, action="append", default=None)
+        else:
+            parser.add_argument(*s.flags, dest=s.name, type=s.kind, default=s.default)
+    return parser
