@@ -37,7 +37,7 @@ def _run(model, data, split, device, batch_size, as_json) -> int:
 
     model_path, _ = find_model(model)  # a missing model is said before any download
     if data is None and not DEFAULT_DATA.exists():  # the README's claim is checkable in one command
-        from rich.console import Console
+        from sgpt_cli.console import Console
 
         from sgpt_cli.fetch_view import fetch_default_data
 
@@ -85,7 +85,7 @@ class progress_bar:
         self.bar = None
         if not sys.stderr.isatty():
             return None
-        from rich.console import Console
+        from sgpt_cli.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -70,7 +70,7 @@ def stage_display() -> Iterator[tuple]:
 
         yield plain, None
         return
-    from rich.console import Console
+    from sgpt_cli.console import Console
 
     # the exporter silences descriptors 1 and 2 while it works; the spinner draws on its own copy
     tty = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding=sys.stdout.encoding or "utf-8", errors="replace")

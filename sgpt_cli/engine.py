@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from sgpt_cli.errors import SgptError, first_line
+from sgpt_cli.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
 from sgpt_cli.sampling import Sampler
 from sgpt_cli.settings import SamplingParams  # noqa: F401  (declared with the settings; re-exported)
 
@@ -54,10 +55,9 @@ def _runtime_failed(model, exc: Exception) -> SgptError:
 
 
 def check_interface(model) -> None:
-    """The inputs and outputs the decode loop feeds and reads (../shared/docs/onnx-interface.md)."""
-    names = [f"{i}.{kv}" for i in range(model.n_layer) for kv in ("key", "value")]
-    need_in = ["input_ids"] + [f"past_key_values.{n}" for n in names]
-    need_out = ["logits"] + [f"present.{n}" for n in names]
+    """The inputs and outputs the decode loop feeds and reads (sgpt_cli.interface)."""
+    need_in = [INPUT_IDS] + past_names(model.n_layer)
+    need_out = [LOGITS] + present_names(model.n_layer)
     missing = [n for n in need_in if n not in model.input_names] + [n for n in need_out if n not in model.output_names]
     if missing:
         raise SgptError(f"{model.path} does not follow the sgpt ONNX interface (no {missing[0]!r}); "
@@ -71,8 +71,8 @@ class CpuCache:
     def __init__(self, model):
         self.model = model
         self.session = model.session
-        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(model.n_layer) for kv in ("key", "value")]
-        self.out_names = ["logits"] + [f"present.{i}.{kv}" for i in range(model.n_layer) for kv in ("key", "value")]
+        self.past_names = past_names(model.n_layer)
+        self.out_names = [LOGITS] + present_names(model.n_layer)
         self.feed: dict[str, np.ndarray] = {}
         self.one_position = np.zeros((1, 1), dtype=np.int64)
         self.length = 0
@@ -90,13 +90,13 @@ class CpuCache:
             for name in self.past_names:
                 feed[name] = np.ascontiguousarray(feed[name][:, :, drop:])  # ONNX Runtime takes contiguous arrays
             self.length -= drop
-        feed["input_ids"] = ids.reshape(1, T)
+        feed[INPUT_IDS] = ids.reshape(1, T)
         if self.model.has_position_ids:
             if T == 1:
                 self.one_position[0, 0] = start  # the decode step: reuse one (1, 1) array
-                feed["position_ids"] = self.one_position
+                feed[POSITION_IDS] = self.one_position
             else:
-                feed["position_ids"] = np.arange(start, start + T, dtype=np.int64).reshape(1, T)
+                feed[POSITION_IDS] = np.arange(start, start + T, dtype=np.int64).reshape(1, T)
         try:
             outs = self.session.run(self.out_names, feed)
         except Exception as exc:  # onnxruntime's exception types
@@ -119,8 +119,8 @@ class BoundCache:
         self.session = model.session
         self.device = device
         n = model.n_layer
-        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
-        self.present_names = [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+        self.past_names = past_names(n)
+        self.present_names = present_names(n)
         self.values: list = []  # OrtValues on the device, (1, n_head, P, head_dim), [k0, v0, k1, ...]
         self.length = 0
         self.trim = trim if trim is not None else trim_session(model, device)
@@ -147,9 +147,9 @@ class BoundCache:
         elif drop:
             self._drop(drop)
         b = self.session.io_binding()
-        b.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64).reshape(1, T))
+        b.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(ids, dtype=np.int64).reshape(1, T))
         if self.model.has_position_ids:
-            b.bind_cpu_input("position_ids", np.arange(start, start + T, dtype=np.int64).reshape(1, T))
+            b.bind_cpu_input(POSITION_IDS, np.arange(start, start + T, dtype=np.int64).reshape(1, T))
         if self.values:
             for name, v in zip(self.past_names, self.values):
                 b.bind_ortvalue_input(name, v)
@@ -157,7 +157,7 @@ class BoundCache:
             empty = np.zeros((1, self.model.n_head, 0, self.model.head_dim), dtype=self.model.cache_dtype)
             for name in self.past_names:
                 b.bind_cpu_input(name, empty)
-        b.bind_output("logits", "cpu")  # one (1, T, V) row block back to the host for sampling
+        b.bind_output(LOGITS, "cpu")  # one (1, T, V) row block back to the host for sampling
         for name in self.present_names:
             b.bind_output(name, self.device)
         try:
@@ -174,8 +174,9 @@ def trim_session(model, device: str):
     """An InferenceSession on `device` that drops the oldest cached entries of every layer."""
     import onnxruntime as ort
 
-    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    return ort.InferenceSession(_slice_graph(2 * model.n_layer, model.cache_dtype), providers=[provider])
+    from sgpt_cli.onnx_model import providers_for
+
+    return ort.InferenceSession(_slice_graph(2 * model.n_layer, model.cache_dtype), providers=providers_for(device)[:1])
 
 
 def _slice_graph(n: int, dtype) -> bytes:

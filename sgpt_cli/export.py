@@ -35,6 +35,7 @@ import torch
 from sgpt_cli import checkpoint
 from sgpt_cli.config import model_config_from_dict
 from sgpt_cli.errors import SgptError, UsageError, atomic_path, check_writable_target, first_line
+from sgpt_cli.interface import AXES, PAST, PRESENT, io_names
 from sgpt_cli.model import GPT
 from sgpt_cli.tokenizer import CharTokenizer
 
@@ -67,12 +68,6 @@ class ExportWrapper(torch.nn.Module):
         logits, present = self.model(input_ids, past=past, position_ids=position_ids)
         flat = [t for kv in present for t in kv]
         return (logits, *flat)
-
-
-def io_names(n_layer: int) -> tuple[list[str], list[str]]:
-    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    return ["input_ids", "position_ids", *past], ["logits", *present]
 
 
 def check_options(opset: int, quantize: str | None) -> None:
@@ -174,10 +169,8 @@ def opset_of(proto) -> int | None:
 
 def _name_axes(proto) -> None:
     """The axis names the interface promises, whatever the exporter called them."""
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch", 1: "sequence"}}
     for vi in list(proto.graph.input) + list(proto.graph.output):
-        names = axes.get(vi.name) or ({0: "batch", 2: "past_sequence"} if vi.name.startswith("past_") else {0: "batch"})
+        names = AXES.get(vi.name) or AXES[PAST if vi.name.startswith(PAST + ".") else PRESENT]
         for axis, name in names.items():
             vi.type.tensor_type.shape.dim[axis].dim_param = name
 

@@ -1,7 +1,7 @@
 """An exported sgpt model in ONNX Runtime: open it, check its metadata, run forward passes, score text.
 
 Torch-free by design (onnxruntime + numpy only): `chat`, `complete`, `eval` and the export
-verification all go through here. It knows the file interface (../shared/docs/onnx-interface.md),
+verification all go through here. It knows the file interface (sgpt_cli.interface, docs/onnx-interface.md),
 nothing about sampling or terminals.
 """
 
@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from sgpt_cli.errors import SgptError, UsageError, first_line
+from sgpt_cli.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
 from sgpt_cli.tokenizer import CharTokenizer
 
 SUPPORTED_FORMATS = {"1"}
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")
 
 
@@ -32,7 +34,7 @@ def _ort():
 def cuda_usable() -> bool:
     """onnxruntime-gpu lists its CUDA provider even on machines without a GPU, so also ask the
     NVIDIA driver (libcuda) for a device: cheap where there is none, and no failed provider load."""
-    if "CUDAExecutionProvider" not in _ort().get_available_providers():
+    if CUDA_PROVIDER not in _ort().get_available_providers():
         return False
     import ctypes
 
@@ -42,6 +44,11 @@ def cuda_usable() -> bool:
         return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
     except (OSError, AttributeError):
         return False
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime's execution providers for "cuda" (with the CPU as fallback) or "cpu"."""
+    return [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
 
 
 def session_options(threads: int | None = None):
@@ -60,13 +67,13 @@ def open_session(path_or_bytes, device: str = "auto", threads: int | None = None
         raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
     ort = _ort()
     want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"])
+    providers = providers_for("cuda" if want_cuda else "cpu")
     try:
         sess = ort.InferenceSession(path_or_bytes, sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for damaged files
         where = path_or_bytes if isinstance(path_or_bytes, (str, Path)) else "the model"
         raise SgptError(f"ONNX Runtime cannot load {where}: {first_line(exc)}") from None
-    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+    if device == "cuda" and sess.get_providers()[0] != CUDA_PROVIDER:
         raise SgptError(
             "--device cuda was asked for, but ONNX Runtime's CUDA provider is not usable here "
             "(no GPU, or CUDA/cuDNN libraries missing); use --device cpu or auto"
@@ -96,11 +103,11 @@ class OnnxModel:
         self.head_dim = self.n_embd // self.n_head
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
-        self.has_position_ids = "position_ids" in self.input_names
-        past_type = next(i.type for i in session.get_inputs() if i.name == "past_key_values.0.key")
+        self.has_position_ids = POSITION_IDS in self.input_names
+        past_type = next(i.type for i in session.get_inputs() if i.name == past_names(1)[0])
         self.cache_dtype = np.float16 if "float16" in past_type else np.float32
         self.provider = session.get_providers()[0]
-        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
 
     @property
     def val_loss(self) -> float | None:
@@ -117,15 +124,13 @@ class OnnxModel:
 
     def feeds(self, ids: np.ndarray, past: list[np.ndarray], position_ids: np.ndarray | None = None) -> dict:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feed = {"input_ids": ids}
-        for i in range(self.n_layer):
-            feed[f"past_key_values.{i}.key"] = past[2 * i]
-            feed[f"past_key_values.{i}.value"] = past[2 * i + 1]
+        feed = {INPUT_IDS: ids}
+        feed.update(zip(past_names(self.n_layer), past))
         if self.has_position_ids:
             if position_ids is None:
                 P = past[0].shape[2]
                 position_ids = np.broadcast_to(np.arange(P, P + ids.shape[1], dtype=np.int64), ids.shape)
-            feed["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+            feed[POSITION_IDS] = np.ascontiguousarray(position_ids, dtype=np.int64)
         return feed
 
     def forward(self, ids: np.ndarray, past: list[np.ndarray] | None = None,
@@ -135,10 +140,7 @@ class OnnxModel:
             past = self.empty_past(ids.shape[0])
         outs = self.session.run(None, self.feeds(ids, past, position_ids))
         named = dict(zip(self.output_names, outs))
-        present = []
-        for i in range(self.n_layer):
-            present += [named[f"present.{i}.key"], named[f"present.{i}.value"]]
-        return named["logits"], present
+        return named[LOGITS], [named[n] for n in present_names(self.n_layer)]
 
 
 def check_metadata(meta: dict, path: Path) -> None:

@@ -30,6 +30,7 @@ from sgpt_cli.chat_session import (
     SPEAKER_AND_TEXT, help_rows, history_path, is_command, is_speaker_line, parse_command, set_completions,
 )
 from sgpt_cli.cli_common import use_color
+from sgpt_cli.console import Console as _Console
 from sgpt_cli.errors import SgptError, shown
 
 # rich styles for what is printed; the prompt-toolkit styles below match them
@@ -42,15 +43,6 @@ CONTINUATION = "... "
 PLACEHOLDER = "a speaker (ROMEO:), a line of verse, Enter to go on, or /help"
 CTRL_C_HINT = "(Ctrl-C clears the line; Ctrl-D or /quit leaves)"
 STOP_WORDS = {"stop": "end of speech", "max_tokens": "max_tokens reached", "interrupted": "stopped by Ctrl-C"}
-
-
-class _Console(Console):
-    """A closed pipe (`sgpt chat | head`) ends the session the way every sgpt command ends it
-    (cli_common: a quiet exit), not with rich's own SystemExit(1)."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
 
 
 def make_console(stream: TextIO, color: bool | None = None) -> Console:

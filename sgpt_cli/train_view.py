@@ -21,18 +21,10 @@ from rich.text import Text
 
 from sgpt_cli import checkpoint
 from sgpt_cli.config import build_train_config
+from sgpt_cli.console import Console as _Console
 from sgpt_cli.data import DEFAULT_DATA, read_text
 from sgpt_cli.errors import SgptError, check_writable_target, probe
 from sgpt_cli.fetch_view import fetch_default_data
-
-
-class _Console(Console):
-    """rich's Console, but a closed pipe (`sgpt train | head`) ends the run the way every sgpt
-    command ends it (cli_common: a quiet exit), not with rich's own SystemExit(1)."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
 
 
 def _fmt_time(seconds: float | None) -> str:

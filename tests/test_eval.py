@@ -164,6 +164,19 @@ def test_missing_default_data_without_network_is_a_one_line_error(tiny_onnx, tmp
     assert not (tmp_path / "data" / "tinyshakespeare.txt").exists() and result.stdout == ""
 
 
+def test_a_missing_model_is_said_before_any_download(tmp_path, monkeypatch):
+    """`sgpt eval --model missing.onnx` where data/ is empty: the model error, not a download."""
+    from sgpt_cli import data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/never-fetched.txt")
+    result = invoke("--model", "missing.onnx")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "sgpt: error: model file missing.onnx (--model) does not exist; give an .onnx file from `sgpt export`"]
+    assert not (tmp_path / "data").exists()
+
+
 BAD_INPUTS = {
     "missing data": (["--data", "nope.txt"], "does not exist"),
     "data is a folder": (["--data", "folder"], "is a folder"),
@@ -173,7 +186,7 @@ BAD_INPUTS = {
     "one known character": (["--data", "one.txt"], "too short to score"),
     "bad split": (["--data", "{text}", "--split", "test"], "--split must be val, train or all"),
     "bad device": (["--data", "{text}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
-    "bad batch": (["--data", "{text}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    "bad batch": (["--data", "{text}", "--batch-size", "0"], "--batch-size must be a whole number of 1 or more"),
     "missing model": (["--data", "{text}", "--model", "nope.onnx"], "does not exist"),
     "model is a folder": (["--data", "{text}", "--model", "{a-folder}"], "is a folder"),
     "not an sgpt model": (["--data", "{text}", "--model", "{foreign}"], "is not an sgpt model"),
