@@ -97,11 +97,12 @@ def typer_option(setting):
 
 
 def typer_command(name: str, doc: str, settings: Sequence, worker: Callable[..., int | None], *,
-                  check: bool = True) -> Callable:
+                  check: bool = True, errors: Callable = None) -> Callable:
     """A function Typer turns into the command `name`: its parameters are `settings` (sgpt_cli.settings
     declarations; those without flags are positional arguments, in order), its help is `doc`.
     The command checks the values against the declarations (check=False: the worker does) and calls
-    `worker(**values)` inside `user_errors`; the worker returns the exit status."""
+    `worker(**values)` inside `errors` (a context manager; `user_errors` unless given); the worker
+    returns the exit status."""
     import inspect
 
     import typer
@@ -109,7 +110,7 @@ def typer_command(name: str, doc: str, settings: Sequence, worker: Callable[...,
     from sgpt_cli.settings import FLAG, check_values
 
     def command(**values) -> None:
-        with user_errors():
+        with (errors or user_errors)():
             if check:
                 values = check_values(settings, values, FLAG, from_command_line=True)
             code = worker(**values)

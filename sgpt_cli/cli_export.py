@@ -11,53 +11,42 @@ import contextlib
 import os
 import shlex
 import sys
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
-import typer
-
-from sgpt_cli.cli_common import terminate_as_interrupt, use_color, user_errors
-from sgpt_cli.errors import UsageError
+from sgpt_cli.cli_common import terminate_as_interrupt, typer_command, use_color
+from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, OPSET, QUANTIZE
 
 
-def export_cmd(
-    checkpoint: Path = typer.Argument(Path("models/model.pt"), metavar="CHECKPOINT", show_default=False,
-                                      help="Checkpoint written by `sgpt train`. \\[default: models/model.pt]"),
-    out: Path = typer.Option(Path("export/model.onnx"), "--out", "-o", metavar="PATH", show_default=False,
-                             help="The ONNX file to write (one file, weights inside). \\[default: export/model.onnx]"),
-    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", metavar="int8", show_default=False,
-                                           help="Store the weight matrices as int8 (ONNX Runtime dynamic quantization): about 4x smaller; refused if the validation loss rises by more than 0.02 nats/char. \\[default: float32]"),
-    opset: Optional[str] = typer.Option(None, "--opset", metavar="N", show_default=False,
-                                        help="ONNX opset, 18 to 25. \\[default: 18]"),
-    data: Optional[Path] = typer.Option(None, "--data", metavar="PATH", show_default=False,
-                                        help="With --quantize: the checkpoint's training text (SHA-256 checked), whose validation split measures the loss. \\[default: data/tinyshakespeare.txt]"),
-) -> None:
-    """Turn a checkpoint into one self-contained ONNX file and verify it against PyTorch.
+OPTIONS = (
+    CHECKPOINT,
+    EXPORT_OUT,
+    QUANTIZE,
+    OPSET,
+    DATA.but(help="With --quantize: the checkpoint's training text (SHA-256 checked), whose validation split "
+                  "measures the loss.", shown="data/tinyshakespeare.txt"),
+)
 
-    The file follows the sgpt ONNX interface (KV cache, dynamic batch and sequence axes, vocabulary
-    and configuration in its metadata). It is written under a temporary name and appears only after
-    ONNX Runtime has matched PyTorch's logits; a failed check leaves no file.
-    """
-    with user_errors(), terminate_as_interrupt():
-        opset_n = parse_opset(opset)
-        from sgpt_cli.export import DEFAULT_OPSET, export
+DOC = """Turn a checkpoint into one self-contained ONNX file and verify it against PyTorch.
+
+The file follows the sgpt ONNX interface (docs/onnx-interface.md: KV cache, dynamic batch and
+sequence axes, vocabulary and configuration in its metadata). It is written under a temporary name
+and appears only after ONNX Runtime has matched PyTorch's logits; a failed check leaves no file.
+"""
+
+
+def _run(checkpoint, out, quantize, opset, data) -> int:
+    with terminate_as_interrupt():
+        from sgpt_cli.export import export
 
         with stage_display() as (status, progress):
-            report = export(checkpoint, out, opset=DEFAULT_OPSET if opset_n is None else opset_n,
-                            quantize=quantize, data=data, status=status, progress=progress)
+            report = export(checkpoint, out, opset=opset, quantize=quantize, data=data, status=status,
+                            progress=progress)
         sys.stdout.write(render(report))
         sys.stdout.flush()
+    return 0
 
 
-def parse_opset(text: Optional[str]) -> Optional[int]:
-    """`--opset x` gets a message that says what a valid opset is, wherever the app is invoked from
-    (cli.run_app turns Typer's own usage errors into one line, but only for the `sgpt` entry point)."""
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise UsageError(f"--opset takes a whole number, e.g. --opset 18 (got {text!r})") from None
+export_cmd = typer_command("export", DOC, OPTIONS, _run)
 
 
 @contextlib.contextmanager

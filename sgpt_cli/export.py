@@ -34,18 +34,16 @@ import torch
 
 from sgpt_cli import checkpoint
 from sgpt_cli.config import model_config_from_dict
-from sgpt_cli.errors import SgptError, UsageError, atomic_path, check_writable_target, first_line
+from sgpt_cli.errors import SgptError, atomic_path, check_writable_target, first_line
 from sgpt_cli.interface import AXES, PAST, PRESENT, io_names
+from sgpt_cli.settings import CHECKPOINT, EXPORT_OUT, OPSET, QUANTIZE
 from sgpt_cli.model import GPT
 from sgpt_cli.tokenizer import CharTokenizer
 
 FORMAT = "1"
-DEFAULT_CHECKPOINT = Path("models/model.pt")
-DEFAULT_OUT = Path("export/model.onnx")
-DEFAULT_OPSET = 18  # the opset torch's ONNX function library is written in: no version conversion
-MIN_OPSET = 18  # below, onnxscript's version converter fails on LayerNormalization and Split
-MAX_OPSET = 25  # from 26 the exporter emits an Attention op that neither onnx nor ONNX Runtime accepts
-QUANTIZATIONS = ("int8",)
+DEFAULT_CHECKPOINT = CHECKPOINT.default
+DEFAULT_OUT = EXPORT_OUT.default
+DEFAULT_OPSET = OPSET.default  # why 18, and the valid range: sgpt_cli.settings.OPSET
 TOLERANCE = 1e-4  # fp32 max |ONNX - PyTorch| on logits
 # int8: activations are quantized per tensor at run time, so logits move by a few percent of the
 # largest (measured: tiny 2%, 2.7M trained 2%, 10M random 4%); a broken graph (wrong cache, positions or a
@@ -71,11 +69,9 @@ class ExportWrapper(torch.nn.Module):
 
 
 def check_options(opset: int, quantize: str | None) -> None:
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise UsageError(f"--quantize takes {' or '.join(QUANTIZATIONS)} (got {quantize!r}); leave it out for float32")
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UsageError(f"--opset must be a whole number from {MIN_OPSET} to {MAX_OPSET} (got {opset!r}); "
-                         f"the default is {DEFAULT_OPSET}")
+    """The declared ranges (sgpt_cli.settings), for callers that skip the command line."""
+    OPSET.check(opset)
+    QUANTIZE.check(quantize)
 
 
 def load_model(ckpt_path: Path) -> tuple[GPT, dict]:

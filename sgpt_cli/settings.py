@@ -91,7 +91,7 @@ class Setting:
     def annotation(self):
         """The Python type Typer reads to build the option."""
         if self.kind is bool:
-            return bool
+            return Optional[bool] if self.default is None else bool
         if self.repeat:
             return Optional[List[self.kind]]
         return Optional[self.kind] if self.default is None else self.kind
@@ -118,7 +118,7 @@ class Setting:
         if self.kind is bool:
             return "on or off"
         if self.choices:
-            return ", ".join(self.choices[:-1]) + " or " + self.choices[-1]
+            return " or ".join(filter(None, (", ".join(self.choices[:-1]), self.choices[-1])))
         if self.kind not in (int, float):
             return "a non-empty text"
         what = "a whole number" if self.kind is int else "a number"
@@ -308,6 +308,21 @@ DATA = Setting("data", ("--data",), Path, None, "UTF-8 text.",
                shown="data/tinyshakespeare.txt, downloaded (SHA-256 checked) when missing", metavar="PATH",
                valid="the path of a text file")
 JSON = Setting("as_json", ("--json",), bool, False, "Print one JSON object instead of the report.")
+
+# --- export's settings (read by sgpt_cli.export's checks too, which must not differ) ------------
+
+CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
+                     "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")
+EXPORT_OUT = Setting("out", ("--out", "-o"), Path, Path("export/model.onnx"),  # where chat/complete/eval look
+                     "The ONNX file to write (one file, weights inside).", metavar="PATH")
+QUANTIZE = Setting("quantize", ("--quantize", "-q"), str, None,  # None: float32
+                   "Store the weight matrices as int8 (ONNX Runtime dynamic quantization): about 4x smaller; "
+                   "refused if the validation loss rises by more than 0.02 nats/char.", shown="float32",
+                   choices=("int8",), metavar="int8")
+# 18: the opset torch's ONNX function library is written in (no version conversion); below it
+# onnxscript's version converter fails on LayerNormalization and Split; from 26 the exporter emits
+# an Attention op that neither onnx nor ONNX Runtime accepts
+OPSET = Setting("opset", ("--opset",), int, 18, "ONNX opset.", low=18, high=25, metavar="N")
 
 
 def argparse_parser(settings: Sequence[Setting], prog: str, positional: Sequence[str] = (),

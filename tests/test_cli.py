@@ -19,7 +19,7 @@ def sgpt(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, needle", [
     (["train", "--n-layer", "abc"], "--n-layer"),
     (["train", "--bogus"], "--bogus"),
-    (["export", "--opset", "x"], "--opset"),
+    (["export", "--opset", "x"], "--opset"),  # Typer's own parse error, made one line by cli.run_app
     (["chat", "--temperature"], "--temperature"),
     (["complete", "--top-k", "x"], "--top-k"),
     (["eval", "a", "b"], "unexpected extra argument"),

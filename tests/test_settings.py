@@ -4,7 +4,6 @@ rows are built from the same declaration, and its ranges are enforced everywhere
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import pytest
 import typer
