@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from sgpt_cli.errors import UsageError
 
 
+# the longest context window sgpt trains, exports or opens: a window's attention costs T^2 per head, and
+# at 65536 one window is already ~17 GB of float32 scores per head; a larger claim is a damaged file
+MAX_BLOCK_SIZE = 1 << 16
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The transformer's shape: everything needed to rebuild the network from a state dict."""
@@ -31,7 +36,8 @@ class ModelConfig:
     def validate(self) -> None:
         checks = [
             (self.vocab_size >= 1, "the vocabulary must hold at least one character"),
-            (self.block_size >= 1, f"--block-size must be at least 1 (got {self.block_size})"),
+            (1 <= self.block_size <= MAX_BLOCK_SIZE,
+             f"--block-size must be from 1 to {MAX_BLOCK_SIZE} (got {self.block_size})"),
             (self.n_layer >= 1, f"--n-layer must be at least 1 (got {self.n_layer})"),
             (self.n_head >= 1, f"--n-head must be at least 1 (got {self.n_head})"),
             (self.n_embd >= 1, f"--n-embd must be at least 1 (got {self.n_embd})"),

@@ -282,7 +282,7 @@ class Engine:
         ttft = None
         yielded = 0
         reason = "interrupted"
-        chars = self.tokenizer.chars
+        chars = self.tokenizer.shown  # control characters made visible: no escape reaches a terminal
         W = self.window
         rng = np.random.default_rng(params.seed)
         sampler = Sampler(len(chars), rng, params.temperature, params.top_k, params.top_p,

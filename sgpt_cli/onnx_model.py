@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
-from sgpt_cli.errors import SgptError, UsageError, first_line
-from sgpt_cli.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from sgpt_cli.config import MAX_BLOCK_SIZE
+from sgpt_cli.errors import SgptError, UsageError, first_line, probe, shown
+from sgpt_cli.interface import INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
 from sgpt_cli.tokenizer import CharTokenizer
 
 SUPPORTED_FORMATS = {"1"}
@@ -87,14 +89,12 @@ class OnnxModel:
     def __init__(self, path: Path | str, device: str = "auto", threads: int | None = None, session=None):
         self.path = Path(path)
         if session is None:
-            if not self.path.exists():
-                raise SgptError(f"model file {self.path} does not exist; export one with `sgpt export` or pass --model")
-            if self.path.is_dir():
-                raise SgptError(f"model path {self.path} is a folder; give an .onnx file")
+            check_file(self.path)
             session = open_session(str(self.path), device, threads)
         self.session = session
         self.meta = dict(session.get_modelmeta().custom_metadata_map)
         check_metadata(self.meta, self.path)
+        check_graph(self.meta, session, self.path)
         self.tokenizer = CharTokenizer.from_json(self.meta["sgpt.vocab"])
         self.block_size = int(self.meta["sgpt.block_size"])
         self.n_layer = int(self.meta["sgpt.n_layer"])
@@ -143,6 +143,77 @@ class OnnxModel:
         return named[LOGITS], [named[n] for n in present_names(self.n_layer)]
 
 
+def check_file(path: Path) -> None:
+    """Before ONNX Runtime opens it: a regular file, well-formed, reading no data from outside its
+    own folder (sgpt_cli.onnx_file)."""
+    from sgpt_cli.onnx_file import MalformedModel, external_data_escapes
+
+    st = probe(path, "model file")
+    if st is None:
+        raise SgptError(f"model file {shown(path)} does not exist; export one with `sgpt export` or pass --model")
+    if stat.S_ISDIR(st.st_mode):
+        raise SgptError(f"model path {shown(path)} is a folder; give an .onnx file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device would never end
+        raise SgptError(f"model path {shown(path)} is not a regular file; give an .onnx file")
+    try:
+        escaping = external_data_escapes(path)
+    except MalformedModel as exc:
+        raise SgptError(f"{shown(path)} is not a well-formed ONNX file ({exc}); give an .onnx file from "
+                        "`sgpt export`") from None
+    except (OSError, ValueError) as exc:
+        raise SgptError(f"cannot read model file {shown(path)}: {getattr(exc, 'strerror', None) or exc}") from None
+    if escaping:
+        raise SgptError(f"refused {shown(path)}: its tensors would read data from outside its folder "
+                        f"({shown(escaping[0])}); sgpt models keep their weights inside the file")
+
+
+def _static(dim) -> int | None:
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
+
+
+def check_graph(meta: dict, session, path: Path) -> None:
+    """The metadata against the graph, so that no edited number reaches numpy or ONNX Runtime as a
+    shape: block_size in 1..MAX_BLOCK_SIZE, n_layer = the past inputs, n_head and head_dim = the
+    past inputs' static axes, the vocabulary = the logits' width."""
+    block, n_layer, n_head, n_embd = (int(meta[k]) for k in REQUIRED_KEYS[2:])
+    b, nl, nh, ne = (shown(v) for v in (block, n_layer, n_head, n_embd))  # an edited 400-digit number: cut
+
+    def refuse(what: str) -> None:
+        raise SgptError(f"{shown(path)} has sgpt metadata that does not fit its graph ({what}); re-export it "
+                        "with `sgpt export`")
+
+    if not 1 <= block <= MAX_BLOCK_SIZE:
+        refuse(f"sgpt.block_size {b} is not from 1 to {MAX_BLOCK_SIZE}")
+    if n_layer < 1 or n_head < 1 or n_embd < 1:
+        refuse(f"n_layer {nl}, n_head {nh}, n_embd {ne}: each must be at least 1")
+    if n_embd % n_head:
+        refuse(f"sgpt.n_embd {ne} is not divisible by sgpt.n_head {nh}")
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    layers = sum(1 for name in inputs if name.startswith(PAST + ".") and name.endswith("." + KV[0]))
+    if layers != n_layer:
+        refuse(f"sgpt.n_layer {nl}, but the graph has {layers} layers of past keys")
+    for name in past_names(n_layer):
+        past = inputs.get(name)
+        if past is None:
+            refuse(f"no input {name}")
+        shape = list(past.shape or [])
+        if len(shape) != 4:
+            refuse(f"{name} has {len(shape)} axes, not 4")
+        heads, width = _static(shape[1]), _static(shape[3])
+        if heads is not None and heads != n_head:
+            refuse(f"sgpt.n_head {nh}, but the cache has {heads} heads")
+        if width is not None and width != n_embd // n_head:
+            refuse(f"head size {n_embd // n_head} from sgpt.n_embd/sgpt.n_head, but the cache's is {width}")
+    logits = outputs.get(LOGITS)
+    if logits is None:
+        refuse(f"no output {LOGITS}")
+    width = _static((list(logits.shape or []) or [None])[-1])
+    vocab = CharTokenizer.from_json(meta["sgpt.vocab"]).vocab_size
+    if width is not None and width != vocab:
+        refuse(f"{vocab} characters in sgpt.vocab, but the logits are {width} wide")
+
+
 def check_metadata(meta: dict, path: Path) -> None:
     if "sgpt.format" not in meta:
         raise SgptError(f"{path} is not an sgpt model (no sgpt metadata); export one with `sgpt export`")
@@ -157,7 +228,7 @@ def check_metadata(meta: dict, path: Path) -> None:
     try:
         for k in REQUIRED_KEYS[2:]:
             int(meta[k])
-    except ValueError:
+    except (ValueError, OverflowError):
         raise SgptError(f"{path} has damaged sgpt metadata; re-export it with `sgpt export`") from None
 
 
@@ -182,7 +253,14 @@ def score_ids(model: OnnxModel, ids: np.ndarray, batch: int = 16, progress=None)
     for b in range(0, n_windows, batch):
         chunk = starts[b:b + batch]
         windows = np.stack([ids[s:s + T + 1] for s in chunk])  # (b, T+1)
-        logits, _ = model.forward(windows[:, :-1])
+        try:
+            logits, _ = model.forward(windows[:, :-1])
+        except Exception as exc:  # ONNX Runtime's own exception types, as generation reports them
+            raise SgptError(f"ONNX Runtime failed while scoring with {shown(model.path)} ({first_line(exc)}); "
+                            "re-export the model with `sgpt export`") from None
+        if logits.shape[-1] != model.tokenizer.vocab_size:  # a dynamic logits axis escapes check_graph
+            raise SgptError(f"{shown(model.path)} writes logits {logits.shape[-1]} wide for a vocabulary of "
+                            f"{model.tokenizer.vocab_size}; re-export it with `sgpt export`")
         logp = log_softmax(logits.astype(np.float64))
         picked = np.take_along_axis(logp, windows[:, 1:, None], axis=-1)
         total -= float(picked.sum())

@@ -2,6 +2,11 @@
 
 Saved as a JSON array of characters in id order (never pickle), both in checkpoints and in the ONNX
 metadata (`sgpt.vocab`). No torch here: the inference path uses it.
+
+What a model writes is shown through `shown`, not `chars`: a vocabulary may hold control characters
+(ESC, BEL, a carriage return: a text with them, or an edited file), and no model output may reach a
+terminal as a control sequence. Line breaks and tabs are text; every other C0 control becomes its
+visible Unicode control picture (ESC -> U+241B), DEL U+2421, and C1 controls U+FFFD.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ class CharTokenizer:
             raise SgptError("the vocabulary is damaged: it repeats a character")
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.shown = [printable(c) for c in self.chars]  # what generation writes for each id
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -59,4 +65,22 @@ class CharTokenizer:
         return np.asarray(ids, dtype=np.int64)
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        """The text of `ids` as it may be shown on a terminal (control characters made visible)."""
+        return "".join(self.shown[int(i)] for i in ids)
+
+
+TEXT_CONTROLS = frozenset("\n\t")  # controls that are text: a model writes lines and indents
+
+
+def printable(char: str) -> str:
+    """`char`, or a visible stand-in when a terminal would obey it as a control."""
+    code = ord(char)
+    if char in TEXT_CONTROLS:
+        return char
+    if code < 0x20:
+        return chr(0x2400 + code)  # the Unicode control pictures: U+241B SYMBOL FOR ESCAPE, ...
+    if code == 0x7F:
+        return "\u2421"  # SYMBOL FOR DELETE
+    if 0x80 <= code < 0xA0:
+        return "\ufffd"  # C1 controls (CSI is 0x9B) have no pictures
+    return char

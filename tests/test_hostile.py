@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SGPT, run_env
@@ -264,3 +265,215 @@ def test_the_quantizers_temporaries_live_beside_the_output_under_our_name(tiny_o
     exporter.quantize_int8(onnx.load(str(tiny_onnx)), dst)
     assert seen == [str(dst) + ".quant"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]
+
+
+# --- 2, 3, 4. hostile model files ----------------------------------------------------------------------
+
+def edited_model(tiny_onnx: Path, dest: Path, edit=None, **meta) -> Path:
+    """A copy of the tiny model with metadata entries replaced (key sgpt_x for sgpt.x) and `edit`
+    applied to its ModelProto."""
+    import onnx
+
+    proto = onnx.load(str(tiny_onnx))
+    for entry in proto.metadata_props:
+        key = entry.key.replace(".", "_")
+        if key in meta:
+            entry.value = str(meta[key])
+    if edit is not None:
+        edit(proto)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def sgpt(*args, stdin: bytes | None = b"", cwd=None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(SGPT + list(args), input=stdin, capture_output=True, env=run_env(), cwd=cwd,
+                          timeout=300, **kwargs)
+
+
+def external(location: str):
+    def edit(proto):
+        from onnx import TensorProto
+
+        tensor = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", "64")):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return edit
+
+
+def external_in_a_constant(location: str):
+    def edit(proto):
+        from onnx import TensorProto, helper
+
+        value = helper.make_tensor("c", TensorProto.FLOAT, [16], [0.0] * 16)
+        value.ClearField("float_data")
+        value.data_location = TensorProto.EXTERNAL
+        entry = value.external_data.add()
+        entry.key, entry.value = "location", location
+        proto.graph.node.insert(0, helper.make_node("Constant", [], ["hostile_constant"], value=value))
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    external("/etc/passwd"), external("../../x"), external("sub/../../x"), external_in_a_constant("/etc/passwd"),
+], ids=["absolute", "dotdot", "dotdot-inside", "constant-node"])
+def test_a_model_reading_data_from_outside_its_folder_is_refused(tiny_onnx, tmp_path, edit):
+    from sgpt_cli.onnx_model import OnnxModel
+
+    path = edited_model(tiny_onnx, tmp_path / "m" / "hostile.onnx", edit)
+    with pytest.raises(SgptError, match="read data from outside its folder") as exc:
+        OnnxModel(path, device="cpu")
+    one_line(str(exc.value))
+    proc = sgpt("complete", "--model", str(path), "-n", "20", "ROMEO:")
+    assert proc.returncode == 2 and proc.stdout == b"" and b"outside its folder" in proc.stderr
+
+
+def test_a_symlink_in_the_folder_pointing_out_is_refused(tiny_onnx, tmp_path):
+    from sgpt_cli.onnx_model import OnnxModel
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "weights.bin").symlink_to("/etc/passwd")
+    path = edited_model(tiny_onnx, tmp_path / "m" / "hostile.onnx", external("weights.bin"))
+    with pytest.raises(SgptError, match="outside its folder"):
+        OnnxModel(path, device="cpu")
+
+
+def test_external_data_inside_the_folder_still_loads(tiny_onnx, tmp_path):
+    import onnx
+
+    from sgpt_cli.onnx_model import OnnxModel
+
+    proto = onnx.load(str(tiny_onnx))
+    onnx.save_model(proto, str(tmp_path / "split.onnx"), save_as_external_data=True, location="split.data")
+    from sgpt_cli.onnx_file import external_locations
+
+    assert set(external_locations(tmp_path / "split.onnx")) == {"split.data"}
+    model = OnnxModel(tmp_path / "split.onnx", device="cpu")
+    assert model.forward(np.zeros((1, 3), dtype=np.int64))[0].shape[-1] == model.tokenizer.vocab_size
+
+
+def test_the_protobuf_walk_finds_what_onnx_finds(tiny_onnx, tmp_path):
+    """The hand-written reader against the onnx library, on a model with tensors in every place."""
+    from sgpt_cli.onnx_file import external_locations
+
+    assert external_locations(tiny_onnx) == []
+    path = edited_model(tiny_onnx, tmp_path / "two.onnx",
+                        lambda p: (external("a.bin")(p), external_in_a_constant("b/c.bin")(p)))
+    assert sorted(external_locations(path)) == ["a.bin", "b/c.bin"]
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(tiny_onnx.read_bytes()[:5000])
+    from sgpt_cli.onnx_model import OnnxModel
+
+    with pytest.raises(SgptError, match="not a well-formed ONNX file"):
+        OnnxModel(truncated, device="cpu")
+
+
+def test_a_fifo_as_model_is_refused_without_blocking(tmp_path):
+    from sgpt_cli.onnx_model import OnnxModel
+
+    os.mkfifo(tmp_path / "m.onnx")
+    with pytest.raises(SgptError, match="not a regular file"):
+        OnnxModel(tmp_path / "m.onnx", device="cpu")
+
+
+BAD_METADATA = {
+    "block_size 0": ({"sgpt_block_size": 0}, "sgpt.block_size 0 is not from 1 to 65536"),
+    "block_size -5": ({"sgpt_block_size": -5}, "sgpt.block_size -5"),
+    "block_size 1e12": ({"sgpt_block_size": 10**12}, "sgpt.block_size 1000000000000"),
+    "n_head 0": ({"sgpt_n_head": 0}, "each must be at least 1"),
+    "n_head 4": ({"sgpt_n_head": 4}, "sgpt.n_head 4, but the cache has 2 heads"),
+    "n_embd 64": ({"sgpt_n_embd": 64}, "head size 32"),
+    "n_layer 0": ({"sgpt_n_layer": 0}, "each must be at least 1"),
+    "n_layer -1": ({"sgpt_n_layer": -1}, "each must be at least 1"),
+    "n_layer 3": ({"sgpt_n_layer": 3}, "sgpt.n_layer 3, but the graph has 2 layers"),
+    "n_layer 1": ({"sgpt_n_layer": 1}, "sgpt.n_layer 1, but the graph has 2 layers"),
+    "short vocabulary": ({"sgpt_vocab": "VOCAB20"}, "20 characters in sgpt.vocab, but the logits are"),
+    "huge number": ({"sgpt_n_layer": "9" * 400}, "sgpt.n_layer 999"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_METADATA)
+def test_metadata_that_does_not_fit_the_graph_is_refused(name, tiny_onnx, tmp_path):
+    import json
+
+    from sgpt_cli.onnx_model import OnnxModel
+
+    meta, words = BAD_METADATA[name]
+    if meta.get("sgpt_vocab") == "VOCAB20":
+        meta = {"sgpt_vocab": json.dumps(OnnxModel(tiny_onnx, device="cpu").tokenizer.chars[:20])}
+    path = edited_model(tiny_onnx, tmp_path / "bad.onnx", **meta)
+    with pytest.raises(SgptError, match="re-export") as exc:
+        OnnxModel(path, device="cpu")
+    assert words in str(exc.value)
+    one_line(str(exc.value))
+    assert len(str(exc.value)) < 400
+
+
+@pytest.mark.parametrize("name", ["short vocabulary", "block_size 0", "n_layer 3"])
+def test_eval_and_complete_refuse_edited_metadata_in_one_line(name, tiny_onnx, tmp_path, text_file):
+    import json
+
+    from sgpt_cli.onnx_model import OnnxModel
+
+    meta, words = BAD_METADATA[name]
+    if meta.get("sgpt_vocab") == "VOCAB20":
+        meta = {"sgpt_vocab": json.dumps(OnnxModel(tiny_onnx, device="cpu").tokenizer.chars[:20])}
+    path = edited_model(tiny_onnx, tmp_path / "bad.onnx", **meta)
+    for proc in (sgpt("eval", "--model", str(path), "--data", str(text_file)),
+                 sgpt("complete", "--model", str(path), "-n", "50", "ROMEO:")):
+        err = proc.stderr.decode()
+        assert proc.returncode != 0 and "Traceback" not in err and words in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_wraps_onnx_runtime_errors(tiny_onnx, monkeypatch):
+    from sgpt_cli.onnx_model import OnnxModel, score_ids
+
+    model = OnnxModel(tiny_onnx, device="cpu")
+
+    class Failing:
+        def run(self, *a, **k):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : boom\nsecond line")
+
+    model.session = Failing()
+    with pytest.raises(SgptError, match="ONNX Runtime failed while scoring .*boom") as exc:
+        score_ids(model, np.arange(10) % model.tokenizer.vocab_size)
+    one_line(str(exc.value))
+
+
+def escape_vocab(tiny_onnx: Path, dest: Path) -> Path:
+    """The tiny model with its space and 'e' turned into ESC and BEL, its 'a' into CSI (0x9b)."""
+    import json
+
+    from sgpt_cli.onnx_model import OnnxModel
+
+    chars = OnnxModel(tiny_onnx, device="cpu").tokenizer.chars
+    swap = {" ": "\x1b", "e": "\x07", "a": "\x9b"}
+    return edited_model(tiny_onnx, dest, sgpt_vocab=json.dumps([swap.get(c, c) for c in chars]))
+
+
+def test_no_control_sequence_reaches_the_terminal_from_complete_or_chat(tiny_onnx, tmp_path):
+    path = escape_vocab(tiny_onnx, tmp_path / "esc.onnx")
+    outs = [sgpt("complete", "--model", str(path), "-n", "200", "--seed", "1", "ROMEO:"),
+            sgpt("complete", "--model", str(path), "-n", "200", "--seed", "1", "--json", "ROMEO:"),
+            sgpt("chat", "--model", str(path), "--seed", "1", "--max-tokens", "200", "--no-one-speech",
+                 stdin=b"ROMEO:\n\n\n")]
+    for proc in outs:
+        assert proc.returncode == 0, proc.stderr
+        data = (proc.stdout + proc.stderr).decode("utf-8")
+        assert not any(c in data for c in "\x1b\x07\x9b\r"), data[:200]
+    text = outs[0].stdout.decode()
+    assert "\u241b" in text and "\u2407" in text  # ESC and BEL shown as their control pictures
+    assert "\n" in outs[2].stdout.decode()
+
+
+def test_printable_keeps_text_and_pictures_controls():
+    from sgpt_cli.tokenizer import CharTokenizer, printable
+
+    assert [printable(c) for c in "a\n\t é"] == list("a\n\t é")
+    assert [printable(c) for c in "\x1b\x07\r\x00\x7f\x9b"] == ["\u241b", "\u2407", "\u240d", "\u2400", "\u2421", "\ufffd"]
+    tok = CharTokenizer(["\x1b", "a"])
+    assert tok.decode([0, 1]) == "\u241ba" and tok.encode("\x1ba").tolist() == [0, 1]
