@@ -477,3 +477,57 @@ def test_printable_keeps_text_and_pictures_controls():
     assert [printable(c) for c in "\x1b\x07\r\x00\x7f\x9b"] == ["\u241b", "\u2407", "\u240d", "\u2400", "\u2421", "\ufffd"]
     tok = CharTokenizer(["\x1b", "a"])
     assert tok.decode([0, 1]) == "\u241ba" and tok.encode("\x1ba").tolist() == [0, 1]
+
+
+# --- 5 and 14. checkpoints that claim too much, or hold NaN ------------------------------------------
+
+def edited_checkpoint(tiny_ckpt: Path, dest: Path, config=None, weights=None) -> Path:
+    import torch
+
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["model_config"] = {**ckpt["model_config"], **(config or {})}
+    for key, edit in (weights or {}).items():
+        edit(ckpt["model"][key])
+    torch.save(ckpt, dest)
+    return dest
+
+
+def test_a_checkpoint_claiming_a_huge_model_is_refused_without_allocating_it(tiny_ckpt, tmp_path):
+    """A small file whose model_config claims n_embd 4096 (3.4 GB of weights) is refused from the
+    shapes alone: the export process stays far below the size it claims."""
+    path = edited_checkpoint(tiny_ckpt, tmp_path / "claims.pt", {"n_embd": 4096})
+    assert path.stat().st_size < 1_000_000
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "sys.stderr.write(r.stderr); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
+    proc = subprocess.run([sys.executable, "-c", measure, *SGPT, "export", str(path), "--out", str(tmp_path / "x.onnx")],
+                          env=run_env(), capture_output=True, text=True, timeout=300)
+    peak_kb, status = map(int, proc.stdout.split())
+    assert status == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "the config implies" in line and "Traceback" not in proc.stderr
+    assert peak_kb < 1_000_000  # torch alone is ~400 MB; the claimed 2 x 4096 model is 1.6 GB
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_huge_config_check_allocates_nothing(tiny_ckpt, tmp_path):
+    import resource
+
+    from sgpt_cli import export as exporter
+
+    path = edited_checkpoint(tiny_ckpt, tmp_path / "claims.pt", {"n_embd": 4096})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(SgptError, match="the config implies .* of shape"):
+        exporter.load_model(path)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 500_000  # the claimed model is 4e8 parameters, 1.6 GB in float32
+
+
+def test_a_checkpoint_with_nan_weights_says_the_weights_are_not_finite(tiny_ckpt, tmp_path):
+    import torch
+
+    path = edited_checkpoint(tiny_ckpt, tmp_path / "nan.pt", weights={"wte.weight": lambda t: t.__setitem__((0, 0), float("nan"))})
+    proc = sgpt("export", str(path), "--out", str(tmp_path / "x.onnx"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "weights that are not finite (NaN or infinity in wte.weight)" in err and "--opset" not in err
+    del torch
