@@ -60,14 +60,29 @@ def __getattr__(name: str):
 
 
 def main() -> None:
+    from sgpt_cli.cli_common import STDOUT_COMMANDS, err, guard_streams, report
+    from sgpt_cli.errors import SgptError
+
+    closed = guard_streams()
     argv = sys.argv[1:]
+    if "stdout" in closed and argv[:1] and argv[0] in STDOUT_COMMANDS and not {"-h", "--help"} & set(argv):
+        err(f"stdout is closed (>&-): `sgpt {argv[0]}` writes its result there; give it a file or a pipe")
+        sys.exit(1)
+    try:
+        code = dispatch(argv)
+    except SgptError as exc:  # raised outside a command's own handler: --help into a full stdout
+        code = report(exc)
+    sys.exit(code)
+
+
+def dispatch(argv: list[str]) -> int:
     if argv[:1] == ["complete"]:
         from sgpt_cli.complete import fast_main
 
         code = fast_main(argv[1:])
         if code is not None:
-            sys.exit(code)
-    sys.exit(run_app(argv))
+            return code
+    return run_app(argv)
 
 
 def run_app(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ Exit statuses, the same for every command:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -24,9 +25,109 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def err(message: str) -> None:
-    """One line on stderr, prefixed so it is clearly sgpt's."""
-    sys.stderr.write(f"sgpt: error: {message}\n")
-    sys.stderr.flush()
+    """One line on stderr, prefixed so it is clearly sgpt's; nothing when stderr cannot take it."""
+    try:
+        sys.stderr.write(f"sgpt: error: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # 2>/dev/full, 2>&-: nowhere to say it
+        silence(2)
+
+
+# --- unusable standard streams ----------------------------------------------------------------------
+
+# commands whose result is what they write on stdout: with stdout closed they have nothing to do
+STDOUT_COMMANDS = ("complete", "eval", "chat")
+
+
+def silence(fd: int) -> None:
+    """Point descriptor `fd` at /dev/null: what is still buffered for it goes nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def reopen_closed_streams() -> set[str]:
+    """Descriptors 0-2 closed at start (`<&-`, `>&-`, `2>&-`) are opened on /dev/null and named in the
+    result: our reads see an empty input and our writes vanish instead of failing, and no file sgpt
+    opens later can take descriptor 1 or 2 (a checkpoint must never become stdout)."""
+    closed = set()
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        except OSError:
+            continue
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", errors="replace", closefd=False))
+        closed.add(name)
+    return closed
+
+
+class OutputFailed(SgptError):
+    """stdout or stderr refused a write that was not a closed pipe: a full disk, /dev/full, EIO."""
+
+    def __init__(self, name: str, exc: OSError):
+        super().__init__(f"cannot write to {name}: {exc.strerror or exc}")
+        self.fd = 1 if name == "stdout" else 2
+
+
+class _GuardedStream(io.TextIOWrapper):
+    """A standard stream whose write failures (other than a closed pipe) are handled: on stdout they
+    become OutputFailed, an SgptError, so every command says it in one line instead of a traceback;
+    on stderr (warnings, progress) they are dropped and the command goes on, its output intact."""
+
+    stream_name = "stdout"
+
+    def _failed(self, exc: OSError, result):
+        if self.stream_name == "stderr":
+            silence(2)  # diagnostics with nowhere to go are not worth the command's output
+            return result
+        raise OutputFailed(self.stream_name, exc) from None
+
+    def write(self, text):
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            return self._failed(exc, len(text))
+
+    def flush(self):
+        try:
+            return super().flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            return self._failed(exc, None)
+
+
+def guard_streams() -> set[str]:
+    """At start of every command: reopen closed descriptors on /dev/null (`reopen_closed_streams`)
+    and make stdout's and stderr's write failures one-line errors. Returns the closed streams."""
+    closed = reopen_closed_streams()
+    for name in ("stdout", "stderr"):
+        old = getattr(sys, name)
+        if isinstance(old, _GuardedStream) or not isinstance(old, io.TextIOWrapper):
+            continue
+        old.flush()
+        new = _GuardedStream(old.buffer, encoding=old.encoding, errors=old.errors,
+                             line_buffering=old.line_buffering, write_through=old.write_through)
+        new.stream_name = name
+        _REPLACED.append(old)  # the old wrapper must stay alive: collecting it would close the buffer
+        setattr(sys, name, new)
+    return closed
+
+
+_REPLACED: list = []
 
 
 def use_color(stream=sys.stdout) -> bool:
@@ -47,6 +148,8 @@ def user_errors() -> Iterator[None]:
 def report(exc: BaseException) -> int:
     """Say what went wrong in one line (nothing for a closed pipe) and return the exit status."""
     if isinstance(exc, SgptError):
+        if isinstance(exc, OutputFailed):
+            silence(exc.fd)  # what is still buffered for it must not fail again at exit
         err(str(exc))
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):

@@ -135,8 +135,9 @@ def _quiet() -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     saved: list[tuple[int, int]] = []
     devnull = None
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError, ValueError):  # a stdout that cannot be written is not the export's failure
+        sys.stdout.flush()
+        sys.stderr.flush()
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):

@@ -531,3 +531,57 @@ def test_a_checkpoint_with_nan_weights_says_the_weights_are_not_finite(tiny_ckpt
     assert proc.returncode == 1 and "Traceback" not in err
     assert "weights that are not finite (NaN or infinity in wte.weight)" in err and "--opset" not in err
     del torch
+
+
+# --- 8. unusable stdout, stderr, stdin ----------------------------------------------------------------
+
+def shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`command` in bash, with $SGPT the sgpt of this checkout (redirections like >&- need a shell)."""
+    sgpt_cmd = " ".join(f"'{a}'" for a in SGPT)
+    return subprocess.run(["bash", "-c", command.replace("$SGPT", sgpt_cmd)], capture_output=True, text=True,
+                          env=run_env(), cwd=cwd, timeout=300)
+
+
+FULL = Path("/dev/full")
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [
+    "printf 'ROMEO:' | $SGPT complete --model MODEL -n 20 > /dev/full",
+    "$SGPT eval --model MODEL --data TEXT > /dev/full",
+    "printf 'ROMEO:\\n' | $SGPT chat --model MODEL --max-tokens 10 > /dev/full",
+    "$SGPT export CKPT --out out.onnx > /dev/full",
+    "$SGPT --help > /dev/full",
+], ids=["complete", "eval", "chat", "export", "help"])
+def test_a_full_stdout_is_one_line_and_exit_1(command, tmp_path, tiny_onnx, tiny_ckpt, text_file):
+    proc = shell(command.replace("MODEL", str(tiny_onnx)).replace("TEXT", str(text_file))
+                 .replace("CKPT", str(tiny_ckpt)), tmp_path)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "sgpt: error: cannot write to stdout: No space left on device"
+    if "export" in command:  # the export's output is the file: it is written all the same
+        assert (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("command, status, words", [
+    ("$SGPT chat --model MODEL <&-", 0, None),
+    ("$SGPT chat --model MODEL >&-", 1, "stdout is closed (>&-): `sgpt chat` writes its result there"),
+    ("$SGPT eval --model MODEL --data TEXT >&-", 1, "stdout is closed"),
+    ("$SGPT complete --model MODEL -n 5 ROMEO: >&-", 1, "stdout is closed"),
+    ("$SGPT export CKPT --out out.onnx >&-", 0, None),
+], ids=["chat-stdin", "chat-stdout", "eval-stdout", "complete-stdout", "export-stdout"])
+def test_closed_streams_degrade_quietly(command, status, words, tmp_path, tiny_onnx, tiny_ckpt, text_file):
+    proc = shell(command.replace("MODEL", str(tiny_onnx)).replace("TEXT", str(text_file))
+                 .replace("CKPT", str(tiny_ckpt)), tmp_path)
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+    assert proc.returncode == status, proc.stderr
+    if words:
+        assert words in proc.stderr.strip().splitlines()[-1]
+    if "export" in command:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]  # no descriptor-1 mix-up
+
+
+@pytest.mark.parametrize("redirect", ["2>&-"] + (["2>/dev/full"] if FULL.exists() else []))
+def test_complete_with_no_stderr_still_writes_its_output(redirect, tmp_path, tiny_onnx):
+    proc = shell(f"$SGPT complete --model {tiny_onnx} -n 20 --seed 1 'ROMEO: 中' {redirect}", tmp_path)
+    assert proc.returncode == 0 and len(proc.stdout) == 20
