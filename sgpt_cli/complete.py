@@ -9,7 +9,9 @@ back to Typer, so help and usage errors always come from one place.
 The prompt is all of stdin (when it is not a terminal), then the argument, joined as simonw's `llm`
 joins them. With neither, the model starts from a line break, as nanoGPT's sample.py does: a fresh
 speech is what a character model trained on plays writes best, and an error would make the bare
-`sgpt complete` useless.
+`sgpt complete` useless. stdin is streamed, never read whole: what is kept is the tail the model
+reads (two windows of known characters), the characters it does not know, and at most PROMPT_KEEP
+characters for --json; `--echo` writes each chunk through as it arrives.
 
 What it does not: sample or run ONNX (sgpt_cli.engine does), import Typer, rich or torch. numpy and
 ONNX Runtime load only once the arguments are known to be good.
@@ -18,9 +20,11 @@ ONNX Runtime load only once the arguments are known to be good.
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 import time
-from typing import BinaryIO, TextIO
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator, TextIO
 
 from sgpt_cli.cli_common import report, use_color
 from sgpt_cli.errors import SgptError
@@ -71,6 +75,10 @@ def fast_main(argv: list[str]) -> int | None:
 
 # --- reading the prompt ------------------------------------------------------------------------
 
+PROMPT_CHUNK = 1 << 16  # bytes of stdin read at a time: the prompt streams, it is never read whole
+PROMPT_KEEP = 1 << 20  # characters of the prompt kept for --json's "prompt" (its tail, if longer)
+
+
 def decode_stdin(raw: bytes) -> str:
     """UTF-8 with replacement (U+FFFD, later dropped as unknown), never an exception; no BOM."""
     text = raw.decode("utf-8", errors="replace")
@@ -87,12 +95,97 @@ def join_prompt(stdin_text: str, argument: str | None) -> str:
     return stdin_text + ("" if stdin_text[-1].isspace() else " ") + argument
 
 
+class StreamedPrompt:
+    """The prompt as it arrives: stdin (when it is not a terminal) in chunks, then the argument,
+    joined as `join_prompt` joins them. `pieces()` yields it once, a chunk at a time."""
+
+    def __init__(self, stdin: BinaryIO | None, argument: str | None):
+        self.stdin = stdin if stdin is not None and not stdin.isatty() else None
+        self.argument = argument
+
+    def pieces(self) -> Iterator[str]:
+        last = ""
+        if self.stdin is not None:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            first = True
+            read = getattr(self.stdin, "read1", self.stdin.read)
+            while True:
+                chunk = read(PROMPT_CHUNK)
+                text = decoder.decode(chunk or b"", final=not chunk)
+                if first and text:
+                    text, first = (text[1:] if text.startswith("\ufeff") else text), False
+                if text:
+                    last = text[-1]
+                    yield text
+                if not chunk:
+                    break
+        if self.argument:
+            if last and not last.isspace():
+                yield " "
+            yield self.argument
+
+
+@dataclass
+class PromptRead:
+    """What complete keeps of a streamed prompt: never more than a window and PROMPT_KEEP."""
+
+    fed: str  # the known characters' tail, at most two windows: all the engine reads
+    kept: str  # the prompt itself, or its last PROMPT_KEEP characters
+    chars: int  # the prompt's length
+    unknown: list[str]  # characters the model does not know, each once, in order of appearance
+    any_known: bool
+    last: str  # the prompt's last character ("" when empty)
+
+
+def read_for_model(pieces: Iterable[str], stoi: dict, window: int, echo: TextIO | None = None,
+                   bold: bool = False) -> PromptRead:
+    """Consume the prompt's pieces, echoing each to `echo` as it comes, keeping only the tail the
+    model reads (Windows line ends made plain when the model has no '\r'), the characters it does
+    not know, and PROMPT_KEEP characters for --json."""
+    plain_crlf = "\r" not in stoi
+    fed, kept, chars, last, pending = "", "", 0, "", ""
+    unknown: dict[str, None] = {}
+    any_known = started = False
+    for piece in pieces:
+        if not piece:
+            continue
+        if echo is not None:
+            if bold and not started:
+                echo.write("\x1b[1m")
+            started = True
+            echo.write(piece)
+            echo.flush()
+        chars += len(piece)
+        last = piece[-1]
+        kept = (kept + piece)[-PROMPT_KEEP:]
+        text = pending + piece
+        pending = ""
+        if plain_crlf:
+            if text.endswith("\r"):  # its line break may come in the next piece
+                text, pending = text[:-1], "\r"
+            text = text.replace("\r\n", "\n")
+        fed, any_known = _known_tail(text, stoi, unknown, fed, window, any_known)
+    if pending:
+        fed, any_known = _known_tail(pending, stoi, unknown, fed, window, any_known)
+    if echo is not None and bold and started:
+        echo.write("\x1b[0m")
+        echo.flush()
+    return PromptRead(fed, kept, chars, list(unknown), any_known, last)
+
+
+def _known_tail(text: str, stoi: dict, unknown: dict, fed: str, window: int, any_known: bool) -> tuple[str, bool]:
+    new = set(text).difference(stoi)  # set operations: a 50 MB prompt costs no Python loop per character
+    if new:
+        for c in sorted(new.difference(unknown), key=text.index):
+            unknown[c] = None
+        text = text.translate({ord(c): None for c in new})
+    return (fed + text)[-2 * window:], any_known or bool(text)
+
+
 def read_prompt(stdin: BinaryIO | None, argument: str | None) -> str:
-    """All of stdin when it is not a terminal, followed by the argument."""
-    stdin_text = ""
-    if stdin is not None and not stdin.isatty():
-        stdin_text = decode_stdin(stdin.read())
-    return join_prompt(stdin_text, argument)
+    """All of stdin when it is not a terminal, followed by the argument (whole: for tests and small
+    inputs; the command streams it with `StreamedPrompt`)."""
+    return "".join(StreamedPrompt(stdin, argument).pieces())
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -106,7 +199,7 @@ def run(values: dict) -> int:
         if hasattr(sys.stdout, "reconfigure"):  # a model's odd character never crashes a narrow locale
             sys.stdout.reconfigure(errors="replace")
         stdin = sys.stdin.buffer if sys.stdin is not None else None
-        prompt = read_prompt(stdin, values.pop("prompt", None))
+        prompt = StreamedPrompt(stdin, values.pop("prompt", None))  # read once the model is loaded
         complete(prompt, out=sys.stdout, errs=sys.stderr, **values)
         sys.stdout.flush()
         return 0
@@ -137,15 +230,15 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
         errs.write(f"sgpt: model {path} ({source}), on {engine.model.device}, loaded in {load_s:.2f} s\n")
         errs.flush()
 
-    fed = model_prompt(prompt, engine, errs)
     on_terminal = out.isatty()
     if color is None:
         color = use_color(out)
+    source = prompt if isinstance(prompt, StreamedPrompt) else StreamedPrompt(None, prompt)
+    read = read_for_model(source.pieces(), engine.model.tokenizer.stoi, engine.model.block_size,
+                          echo=out if echo and not as_json else None, bold=color)
+    warn_unknown(read, errs)
     pieces: list[str] = []
-    if echo and not as_json:
-        out.write(f"\x1b[1m{prompt}\x1b[0m" if color and prompt else prompt)
-        out.flush()
-    for piece in engine.generate(fed, params):
+    for piece in engine.generate(read.fed, params):
         pieces.append(piece)
         if not as_json:
             out.write(piece)
@@ -154,7 +247,7 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     stats = engine.last_stats
     result = {
         "model": str(path),
-        "prompt": prompt,
+        "prompt": read.kept,
         "text": text,
         "tokens": len(text),
         "prompt_tokens": stats.prompt_chars if stats else None,
@@ -174,7 +267,7 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
         import json
 
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
-    elif on_terminal and not ((prompt if echo else "") + text or "\n").endswith("\n"):
+    elif on_terminal and not ((read.last if echo else "") + text or "\n").endswith("\n"):
         out.write("\n")  # leave the shell's prompt on a line of its own; pipes get the exact text
     out.flush()
     if verbose and stats is not None:
@@ -183,17 +276,11 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     return result
 
 
-def model_prompt(prompt: str, engine, errs: TextIO) -> str:
-    """The text the model is fed: line endings it cannot read made plain, and the characters it
-    does not know announced once (the engine drops them, and starts from a line break when none is
-    left)."""
-    if "\r" not in engine.model.tokenizer.stoi:
-        prompt = prompt.replace("\r\n", "\n")  # a Windows text file is no reason for a warning
-    unknown = engine.unknown_chars(prompt)
-    if unknown:
-        shown = "".join(unknown[:20]) + ("..." if len(unknown) > 20 else "")
-        any_known = any(c in engine.model.tokenizer.stoi for c in prompt)
-        then = "" if any_known else "; none is left, so it starts from a line break"
+def warn_unknown(read: PromptRead, errs: TextIO) -> None:
+    """The characters the model does not know, announced once (the engine never sees them, and
+    starts from a line break when none is left)."""
+    if read.unknown:
+        shown = "".join(read.unknown[:20]) + ("..." if len(read.unknown) > 20 else "")
+        then = "" if read.any_known else "; none is left, so it starts from a line break"
         errs.write(f"sgpt: warning: dropped characters the model does not know: {shown!r}{then}\n")
         errs.flush()
-    return prompt

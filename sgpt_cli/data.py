@@ -20,6 +20,10 @@ DEFAULT_DATA = Path("data/tinyshakespeare.txt")
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
+# the largest corpus read: training holds the text and its ids (8 bytes a character) in memory, so
+# 256 MB is ~2.3 GB of RAM; anything larger (or endless: --data /dev/zero) is refused at this size
+MAX_CORPUS_BYTES = 256 << 20
+READ_CHUNK = 1 << 20  # bytes read at a time, so an endless file is stopped at the limit
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -83,10 +87,7 @@ def read_text(path: Path, min_chars: int = 2) -> tuple[str, str]:
         raise SgptError(f"data file {path} does not exist; pass --data PATH to a UTF-8 text file")
     if path.is_dir():
         raise SgptError(f"data path {path} is a folder; pass --data PATH to a UTF-8 text file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SgptError(f"cannot read data file {path}: {exc.strerror}") from None
+    raw = _read_bounded(path)
     if not raw:
         raise SgptError(f"data file {path} is empty; give a UTF-8 text file with some text in it")
     try:
@@ -101,6 +102,22 @@ def read_text(path: Path, min_chars: int = 2) -> tuple[str, str]:
     if len(text) < min_chars:
         raise SgptError(f"data file {path} is too short ({len(text)} characters; need {min_chars})")
     return text, sha256_bytes(raw)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refused once they pass MAX_CORPUS_BYTES (a device or FIFO may never end)."""
+    data = bytearray()
+    try:
+        with open(path, "rb") as f:
+            while len(data) <= MAX_CORPUS_BYTES:
+                chunk = f.read(min(READ_CHUNK, MAX_CORPUS_BYTES + 1 - len(data)))
+                if not chunk:
+                    return bytes(data)
+                data += chunk
+    except OSError as exc:
+        raise SgptError(f"cannot read data file {path}: {exc.strerror}") from None
+    raise SgptError(f"data file {path} is larger than sgpt's limit of {MAX_CORPUS_BYTES >> 20} MB (it is read "
+                    "into memory, with 8 bytes of ids a character); give a smaller text")
 
 
 def split_text(text: str) -> tuple[str, str]:

@@ -585,3 +585,72 @@ def test_closed_streams_degrade_quietly(command, status, words, tmp_path, tiny_o
 def test_complete_with_no_stderr_still_writes_its_output(redirect, tmp_path, tiny_onnx):
     proc = shell(f"$SGPT complete --model {tiny_onnx} -n 20 --seed 1 'ROMEO: 中' {redirect}", tmp_path)
     assert proc.returncode == 0 and len(proc.stdout) == 20
+
+
+# --- 6. unbounded reads --------------------------------------------------------------------------------
+
+MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[2:], stdin=open(sys.argv[1], 'rb'), "
+           "stdout=subprocess.PIPE, stderr=subprocess.PIPE); sys.stderr.buffer.write(r.stderr); "
+           "sys.stdout.buffer.write(r.stdout[:1000]); "
+           "print(); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode, len(r.stdout))")
+
+
+def test_complete_streams_a_large_stdin_keeping_only_the_window(tiny_onnx, tmp_path, text_file):
+    """30 MB on stdin: complete keeps the window's tail, not the text (before: ~460 MB peak RSS)."""
+    big = tmp_path / "big.txt"
+    chunk = text_file.read_bytes() + "中\r\n".encode()
+    with open(big, "wb") as f:
+        for _ in range(30_000_000 // len(chunk) + 1):
+            f.write(chunk)
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(big), *SGPT, "complete", "--model", str(tiny_onnx),
+                           "-n", "20", "--seed", "1"], capture_output=True, env=run_env(), timeout=600)
+    peak_kb, status, n = map(int, proc.stdout.decode().split()[-3:])
+    assert status == 0 and n == 20, proc.stderr
+    assert proc.stderr.decode().count("dropped characters the model does not know: '中'") == 1
+    assert peak_kb < 250_000
+
+
+def test_the_streamed_prompt_is_the_whole_prompt(tiny_onnx):
+    import io
+
+    from sgpt_cli.complete import PROMPT_CHUNK, StreamedPrompt, join_prompt, read_for_model
+
+    # a BOM, a line break and a two-byte character split across chunk boundaries
+    raw = "\ufeffROMEO:".encode() + b"x" * (PROMPT_CHUNK - 10) + "ab\r".encode() + b"\n" + "é".encode() * PROMPT_CHUNK
+    stream = io.BytesIO(raw)
+    stream.isatty = lambda: False
+    pieces = list(StreamedPrompt(stream, "JULIET:").pieces())
+    assert len(pieces) > 2
+    whole = "".join(pieces)
+    assert whole == join_prompt(raw.decode("utf-8")[1:], "JULIET:")
+    echo = io.StringIO()
+    stoi = {c: i for i, c in enumerate("\nROMEOJULIETabx:é ")}
+    read = read_for_model(pieces, stoi, window=8, echo=echo)
+    assert echo.getvalue() == whole and read.chars == len(whole) and read.last == ":"
+    assert read.fed == ("é" * 8 + " JULIET:")[-16:] and read.unknown == []  # '\r\n' made '\n', no warning
+    read = read_for_model(["ab\r", "q\nZ"], {c: 0 for c in "ab\n"}, window=4)
+    assert read.unknown == ["\r", "q", "Z"] and read.fed == "ab\n"
+
+
+def test_echo_streams_the_prompt_through(tiny_onnx, tmp_path):
+    text = ("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 20000).encode()
+    proc = subprocess.run(SGPT + ["complete", "--model", str(tiny_onnx), "-n", "10", "--echo", "--seed", "1"],
+                          input=text, capture_output=True, env=run_env(), timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith(text) and len(proc.stdout) == len(text) + 10
+
+
+def test_an_endless_corpus_is_refused_at_the_limit(monkeypatch):
+    from sgpt_cli import data
+
+    monkeypatch.setattr(data, "MAX_CORPUS_BYTES", 1 << 20)
+    with pytest.raises(SgptError, match="larger than sgpt's limit of 1 MB") as exc:
+        data.read_text(Path("/dev/zero"))
+    one_line(str(exc.value))
+
+
+def test_train_on_dev_zero_ends_with_one_line(tmp_path):
+    proc = sgpt("train", "--preset", "tiny", "--data", "/dev/zero", "--out", str(tmp_path / "m.pt"), cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "larger than sgpt's limit" in err.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
