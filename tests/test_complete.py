@@ -117,6 +117,15 @@ def test_stop_string_ends_the_text_before_it(model):
     assert stopped["stop_reason"] == "stop"
 
 
+def test_stop_reads_backslash_escapes_as_the_help_says(model):
+    """`--stop '\\n\\n'` as a shell passes it (a backslash and an n, twice) stops at a blank line."""
+    flags = ["complete", "--model", model, "-n", "300", "--seed", "8", "-t", "1.0", "ROMEO:", "--json"]
+    escaped = json.loads(text_of(*flags, "--stop", r"\n\n", stdin=None))
+    real = json.loads(text_of(*flags, "--stop", "\n\n", stdin=None))
+    assert escaped["text"] == real["text"] and escaped["stop_reason"] == "stop"
+    assert "\n\n" not in escaped["text"]
+
+
 def test_no_escape_codes_when_piped_even_without_no_color(model):
     env = {k: v for k, v in run_env(TERM="xterm-256color").items() if k != "NO_COLOR"}
     proc = subprocess.run([*SGPT, "complete", "--model", model, "-n", "30", "--echo", "--verbose", "ROMEO:"],
