@@ -186,6 +186,27 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# --- the training extra -------------------------------------------------------------------------
+
+TRAIN_EXTRA = {"train": ("torch", "matplotlib"), "export": ("torch", "onnx", "onnxscript")}
+TRAIN_INSTALL = "pip install 'sgpt[train]' (from a source checkout: pip install -e '.[train]')"
+
+
+def require_train_extra(command: str) -> None:
+    """`sgpt train` and `sgpt export` need the `train` extra (torch, onnx, onnxscript, matplotlib),
+    which the runtime install leaves out: say in one line how to install it, before any work."""
+    import importlib.util
+
+    for module in TRAIN_EXTRA[command]:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or blocked install counts as none
+            found = False
+        if not found:
+            raise SgptError(f"sgpt {command} needs {module}, which is not installed: it comes with the "
+                            f"training extra; install it with {TRAIN_INSTALL}")
+
+
 # --- flags: one way to declare them for every command ----------------------------------------------
 
 def typer_option(setting):

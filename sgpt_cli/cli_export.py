@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import Iterator
 
-from sgpt_cli.cli_common import OutputFailed, terminate_as_interrupt, typer_command, use_color
+from sgpt_cli.cli_common import OutputFailed, require_train_extra, terminate_as_interrupt, typer_command, use_color
 from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, OPSET, QUANTIZE
 
 
@@ -35,6 +35,7 @@ and appears only after ONNX Runtime has matched PyTorch's logits; a failed check
 
 
 def _run(checkpoint, out, quantize, opset, data) -> int:
+    require_train_extra("export")
     with terminate_as_interrupt():
         from sgpt_cli.export import export
 

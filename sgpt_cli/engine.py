@@ -180,22 +180,11 @@ def trim_session(model, device: str):
 
 
 def _slice_graph(n: int, dtype) -> bytes:
-    """ONNX bytes: y_i = x_i[:, :, drop:, :] for i < n (dropping the oldest cached positions)."""
-    from onnx import TensorProto, helper
+    """ONNX bytes: y_i = x_i[:, :, drop:, :] for i < n (dropping the oldest cached positions); built
+    without the onnx package, which the runtime install does not have (sgpt_cli.onnx_build)."""
+    from sgpt_cli.onnx_build import slice_graph
 
-    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
-    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [2]),
-             helper.make_tensor("end", TensorProto.INT64, [1], [np.iinfo(np.int64).max])]
-    nodes = [helper.make_node("Slice", [f"x{i}", "drop", "end", "axes"], [f"y{i}"]) for i in range(n)]
-    shape = ["b", "h", "p", "d"]
-    graph = helper.make_graph(
-        nodes, "sgpt_cache_trim",
-        [helper.make_tensor_value_info("drop", TensorProto.INT64, [1])]
-        + [helper.make_tensor_value_info(f"x{i}", elem, shape) for i in range(n)],
-        [helper.make_tensor_value_info(f"y{i}", elem, None) for i in range(n)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8  # the oldest IR with opset 18: any ONNX Runtime that runs our models loads it
-    return model.SerializeToString()
+    return slice_graph(n, float16=dtype == np.float16)
 
 
 class StopMatcher:

@@ -4,6 +4,7 @@ start without Typer, rich or onnx (its fast path), and the chat modules must imp
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -89,3 +90,65 @@ def test_a_chat_session_runs_to_the_end_without_torch(tiny_onnx, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"ROMEO:" in proc.stdout
     assert "torch" not in heavy and "onnx" not in heavy
+
+
+# Installed as sitecustomize in a child process: these modules cannot be imported, as in a runtime-only
+# install (`pip install sgpt`, no `train` extra).
+BLOCKER = """
+import sys
+
+class Blocker:
+    def __init__(self, names):
+        self.names = set(names)
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker(NAMES))
+"""
+
+
+def without(tmp_path, *names: str) -> dict:
+    """An environment whose Python cannot import `names` (sitecustomize on PYTHONPATH)."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER.replace("NAMES", repr(list(names))), encoding="utf-8")
+    env = run_env()
+    env["PYTHONPATH"] = str(site) + ":" + env["PYTHONPATH"]
+    return env
+
+
+@pytest.mark.parametrize("command, blocked", [
+    (["train", "--preset", "tiny"], ["torch"]),
+    (["train", "--preset", "tiny"], ["matplotlib"]),
+    (["export", "model.pt"], ["torch"]),
+    (["export", "model.pt"], ["onnx", "onnxscript"]),
+])
+def test_train_and_export_without_the_train_extra_say_how_to_install_it(command, blocked, tmp_path):
+    env = without(tmp_path, *blocked)
+    proc = subprocess.run([sys.executable, "-m", "sgpt_cli", *command], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"sgpt: error: sgpt {command[0]} needs {blocked[0]}, which is not installed")
+    assert "pip install 'sgpt[train]'" in proc.stderr and "pip install -e '.[train]'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # nothing written
+
+
+def test_chat_complete_and_eval_run_without_torch_onnx_or_matplotlib_installed(tiny_onnx, text_file, tmp_path):
+    env = without(tmp_path, "torch", "onnx", "onnxscript", "matplotlib")
+    run = functools.partial(subprocess.run, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    complete = run([sys.executable, "-m", "sgpt_cli", "complete", "--model", str(tiny_onnx), "-n", "20", "ROMEO:"],
+                   stdin=subprocess.DEVNULL)
+    assert complete.returncode == 0 and len(complete.stdout) == 20, complete.stderr
+    chat = run([sys.executable, "-m", "sgpt_cli", "chat", "--model", str(tiny_onnx), "-n", "20", "--no-history"],
+               input="ROMEO:\n/show\n/quit\n")
+    assert chat.returncode == 0 and ">>> ROMEO:" in chat.stdout, chat.stderr
+    evaluated = run([sys.executable, "-m", "sgpt_cli", "eval", "--model", str(tiny_onnx), "--data", str(text_file),
+                     "--json"], stdin=subprocess.DEVNULL)
+    assert evaluated.returncode == 0 and '"loss"' in evaluated.stdout, evaluated.stderr
+    engine = run([sys.executable, "-c", "from sgpt_cli.engine import _slice_graph; import numpy as np; "
+                  "print(len(_slice_graph(4, np.float32)) > 0)"], stdin=subprocess.DEVNULL)
+    assert engine.stdout.strip() == "True", engine.stderr  # BoundCache's graph needs no onnx package
