@@ -48,15 +48,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sgpt_cli.engine import Engine, SamplingParams  # noqa: E402
 from sgpt_cli.onnx_model import OnnxModel, open_session  # noqa: E402
 
-SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+REPO = Path(__file__).resolve().parents[1]
+TEXT = REPO / "data" / "tinyshakespeare.txt"  # where `sgpt train` and `sgpt eval` download it
+SHIPPED = REPO / "models" / "shakespeare.onnx"
 
 
 def vocab_for(n: int) -> list[str]:
-    """tiny-shakespeare's 65 characters when n is 65, else the first n printable code points."""
-    if n == 65 and SHARED_TEXT.exists():
-        chars = sorted(set(SHARED_TEXT.read_text(encoding="utf-8")))
+    """tiny-shakespeare's 65 characters (the shipped model's vocabulary) when n is 65, else the first
+    n printable code points."""
+    if n == 65 and SHIPPED.exists():
+        chars = OnnxModel(SHIPPED, device="cpu").tokenizer.chars
         if len(chars) == 65:
-            return chars
+            return list(chars)
     base = ["\n"] + [chr(c) for c in range(32, 127)] + [chr(c) for c in range(161, 161 + n)]
     return base[:n]
 
@@ -209,7 +212,8 @@ def main() -> None:
     ap.add_argument("--no-tiny", action="store_true", help="skip the per-step overhead figure")
     ap.add_argument("--window-quality", action="store_true",
                     help="score --text past block_size: rolling cache vs re-prefill vs fresh windows (needs --onnx)")
-    ap.add_argument("--text", type=Path, default=SHARED_TEXT, help="text for --window-quality (its last 10%%)")
+    ap.add_argument("--text", type=Path, default=TEXT,
+                    help="text for --window-quality (its last 10%%); `sgpt eval` downloads the default")
     ap.add_argument("--segments", type=int, default=4, help="--window-quality: evenly spaced stretches")
     ap.add_argument("--segment-chars", type=int, default=1000, help="--window-quality: characters per stretch")
     ap.add_argument("--json", type=Path, help="also write the figures here")

@@ -1,4 +1,4 @@
-"""Checkpoint -> one verified, self-contained ONNX file (../shared/docs/onnx-interface.md).
+"""Checkpoint -> one verified, self-contained ONNX file (docs/onnx-interface.md).
 
 What it does: loads a checkpoint safely (weights_only), exports the GPT with PyTorch's dynamo exporter
 (`torch.onnx.export(dynamo=True)` with dynamic batch/sequence/past_sequence axes), drops the exporter's

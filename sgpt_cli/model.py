@@ -7,7 +7,7 @@ are relative, so the runtime can keep a rolling window of cached keys past `bloc
 recomputing it: `position_ids` are absolute and may grow beyond the trained window.
 
 `forward(idx, past, position_ids)` returns logits for every position and the present cache, which is
-exactly the ONNX interface (../shared/docs/onnx-interface.md), so export needs no wrapper logic.
+exactly the ONNX interface (docs/onnx-interface.md), so export needs no wrapper logic.
 Training calls it without a cache and takes the fast `is_causal` path.
 """
 
