@@ -154,8 +154,8 @@ HELP_CONVENTION = (
     "continues it.",
     "Type a speaker's name as the plays write it (ROMEO:, First Citizen:) and the model speaks as "
     "them; 'ROMEO: text' gives Romeo that line.",
-    "Type a line of verse and the model carries on from it. Enter on an empty line lets the play "
-    "go on.",
+    "A line of verse joins the script as it is; the play goes on from it, most often with another "
+    "speaker answering. Enter on an empty line lets the play go on.",
     "A reply is one speech (it ends at a blank line; /set one_speech off lets it run to max_tokens).",
     f"Several lines: Esc-Enter starts a new line, or open a block with a line of {FENCE} and close "
     f"it with another.",

@@ -492,8 +492,9 @@ def banner(console: Console, summary: dict, source: str, interactive: bool, load
         head.append(f"  ·  loaded in {load_s:.2f} s", style=DIM)
     console.print(head, soft_wrap=True)
     if interactive:
-        console.print(Text("Type a speaker (ROMEO:) and the model speaks as them; a line of verse and it "
-                           "carries on; Enter on an empty line and the play goes on.", style=DIM))
+        console.print(Text("Type a speaker (ROMEO:) and the model speaks as them; a line of verse joins the "
+                           "script and the play goes on, often with another speaker; Enter on an empty line "
+                           "and the play goes on.", style=DIM))
         console.print(Text("/help for help · Esc-Enter for a new line · Ctrl-C stops a reply · "
                            "Ctrl-D or /quit to leave", style=DIM))
         console.print()
