@@ -19,6 +19,21 @@ character (nanoGPT's sample.py) and 1.2916 re-prefilling the latest half window 
 the engine re-prefills the latest half window when the window is full.
 Absolute positions are re-based (one re-prefill of the window from position 0) every
 `position_limit` characters, so float32 rotary angles never grow large enough to lose precision.
+
+Batches (`Engine.generate_batch`): B rows decode in one loop, each with its own settings, RNG, stop
+strings and window; a finished row leaves the batch at once (its cache rows are dropped). A row's
+text is bitwise the text it gets alone, whatever shares the batch, because every row is computed
+exactly as a batch of one computes it (and `generate` IS a batch of one for such models):
+- each prompt is prefilled alone (batch 1, its own length, no padding), as the single run does;
+- in the decode steps each row's cache has the same width and layout alone as in any batch: left-
+  padded to at least block_size - 1 columns (`attention_mask` 0 on the padding), growing by one a
+  step and cut back by DROP_EVERY columns every DROP_EVERY steps; rows join a batch only right after
+  such a cut. ONNX Runtime's softmax and matmul sums depend on how many columns there are, not on
+  the rows beside them, so equal widths give equal bits (measured: unequal widths do not);
+- the graph looks rotary angles up instead of calling Cos/Sin (sgpt_cli.model.rotary_tables), and
+  the int8 export quantizes activations per row (sgpt_cli.export.quantize_int8).
+Models without `attention_mask` (older exports) and the I/O-bound CUDA cache run the rows of a batch
+one after another through the plain path, which is exact too.
 """
 
 from __future__ import annotations
@@ -30,12 +45,13 @@ from typing import Iterator
 
 import numpy as np
 
-from sgpt_cli.errors import SgptError, first_line
-from sgpt_cli.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from sgpt_cli.errors import SgptError, UsageError, first_line
+from sgpt_cli.interface import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
 from sgpt_cli.sampling import Sampler
 from sgpt_cli.settings import SamplingParams  # noqa: F401  (declared with the settings; re-exported)
 
 POSITION_LIMIT = 1 << 14  # float32 angle error at this position: ~1e-3 rad, far below what matters
+DROP_EVERY = 16  # padded decoding cuts its cache every 16 steps: one numpy copy per 16 steps, not per step
 
 
 @dataclass
@@ -46,6 +62,21 @@ class GenerationStats:
     seconds: float  # from the call to the end, the consumer's time between pieces included
     chars_per_s: float  # chars / seconds
     stop_reason: str  # "max_tokens" | "stop" | "interrupted"
+
+
+@dataclass
+class RowEvent:
+    """What `Engine.generate_batch` yields: text for request `index`, and its stats once it is done."""
+    index: int  # the request's place in the list given
+    piece: str  # text made since the last event of this row (may be "")
+    stats: GenerationStats | None = None  # set on the row's last event only
+
+
+def _stats(prompt_chars: int, yielded: int, t0: float, ttft: float | None, reason: str) -> GenerationStats:
+    seconds = time.perf_counter() - t0
+    return GenerationStats(prompt_chars=prompt_chars, chars=yielded, ttft_s=seconds if ttft is None else ttft,
+                           seconds=seconds, chars_per_s=yielded / seconds if seconds > 0 else 0.0,
+                           stop_reason=reason)
 
 
 def _runtime_failed(model, exc: Exception) -> SgptError:
@@ -219,6 +250,51 @@ class StopMatcher:
         return out
 
 
+class _Row:
+    """One request in a batched run: its sampler, RNG, stop strings, window and progress."""
+
+    def __init__(self, index: int, ids: np.ndarray, params: SamplingParams, vocab_size: int, window: int):
+        self.index, self.ids, self.params = index, ids, params
+        # the RNG is seeded exactly as a single run seeds it: a row's draws do not depend on its batch
+        self.sampler = Sampler(vocab_size, np.random.default_rng(params.seed), params.temperature,
+                               params.top_k, params.top_p, params.repetition_penalty)
+        self.stops = StopMatcher(params.stop)
+        self.context = collections.deque(maxlen=window)  # ids the model sees for the next choice
+        self.t0 = time.perf_counter()
+        self.ttft: float | None = None
+        self.n = 0  # characters sampled
+        self.yielded = 0  # characters given out
+        self.pos = 0  # absolute position of the next id fed
+        self.logits: np.ndarray | None = None  # (V,) for the next choice
+        self.done = False  # its last event was given
+
+    def stats(self, reason: str) -> GenerationStats:
+        self.done = True
+        return _stats(int(len(self.ids)), self.yielded, self.t0, self.ttft, reason)
+
+    def advance(self, chars: list[str]) -> tuple[str, str | None, int]:
+        """One choice, as one turn of the single loop: (text to give out, stop reason when the row
+        is done, else None, the id chosen)."""
+        nxt = self.sampler(self.logits)
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.t0
+        piece, stopped = self.stops.push(chars[nxt])
+        self.n += 1
+        if stopped:
+            return self._give(piece), "stop", nxt
+        if self.n == self.params.max_tokens:
+            return self._give(piece + self.stops.flush()), "max_tokens", nxt
+        if len(self.context) == self.context.maxlen:
+            self.sampler.remove(self.context[0])
+        self.context.append(nxt)
+        self.sampler.add(nxt)
+        return self._give(piece), None, nxt
+
+    def _give(self, piece: str) -> str:
+        self.yielded += len(piece)
+        return piece
+
+
 class Engine:
     """Generates text with one OnnxModel (batch 1). Not thread-safe: one generation at a time."""
 
@@ -239,6 +315,10 @@ class Engine:
         # without position_ids the graph places tokens at past_sequence + j: no rolling possible,
         # so such a model re-prefills its latest half window when the window is full
         self.rolling = bool(model.has_position_ids)
+        # rows of different lengths in one batch need the mask (and positions); see the module doc
+        self.padded = bool(model.has_attention_mask and model.has_position_ids and self.cache_kind == "numpy")
+        self._names = past_names(model.n_layer)
+        self._outs = [LOGITS] + present_names(model.n_layer)
 
     def _new_cache(self):
         if self.cache_kind == "numpy":
@@ -264,7 +344,179 @@ class Engine:
         during generation ends the iteration quietly with stop_reason "interrupted"."""
         params = params.checked()
         self.last_stats = None
+        if self.padded and self.rolling:
+            return self._generate_one(self.prompt_ids(prompt), params)
         return self._generate(self.prompt_ids(prompt), params)
+
+    def _generate_one(self, ids: np.ndarray, params: SamplingParams) -> Iterator[str]:
+        """A batch of one through the padded loop: the same arithmetic as every row of any batch."""
+        row = _Row(0, ids, params, len(self.tokenizer.chars), self.window)
+        try:
+            for event in self._decode_padded([row], 1):
+                if event.stats is not None:
+                    self.last_stats = event.stats
+                if event.piece:
+                    yield event.piece
+        finally:
+            if self.last_stats is None:  # the consumer stopped iterating, or an error
+                self.last_stats = row.stats("interrupted")
+
+    def generate_batch(self, requests: list[tuple[str, SamplingParams]],
+                       batch_size: int | None = None) -> Iterator[RowEvent]:
+        """Generate for every (prompt, params) with at most `batch_size` rows at once (None: all).
+        Yields RowEvents as text is made; each row's last event carries its stats. Each row's text is
+        exactly what `generate(prompt, params)` gives alone. Bad params raise UsageError here, before
+        anything runs. Ctrl-C ends every running row with stop_reason "interrupted" (their last
+        events) and starts no more; rows not started get no event."""
+        requests = [(prompt, params.checked()) for prompt, params in requests]
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise UsageError(f"--batch-size must be a whole number of at least 1 (got {batch_size})")
+        self.last_stats = None
+        vocab, W = len(self.tokenizer.chars), self.window
+        rows = [_Row(i, self.prompt_ids(prompt), params, vocab, W) for i, (prompt, params) in enumerate(requests)]
+        if self.padded and self.rolling:
+            return self._decode_padded(rows, batch_size or max(len(rows), 1))
+        return self._one_by_one(rows)
+
+    def _one_by_one(self, rows: list[_Row]) -> Iterator[RowEvent]:
+        """Batches for models without attention_mask: each row through the single path in turn."""
+        for row in rows:
+            gen = self._generate(row.ids, row.params)
+            try:
+                for piece in gen:
+                    yield RowEvent(row.index, piece)
+            finally:
+                gen.close()
+            yield RowEvent(row.index, "", self.last_stats)
+            if self.last_stats.stop_reason == "interrupted":
+                return
+
+    # -- the padded (batched) decode loop ---------------------------------------------------------
+
+    def _prefill(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One prompt alone, batch 1, no padding: (last logits (V,), cache [(1, nh, L, hs)] * 2L)."""
+        m = self.model
+        T = len(ids)
+        feed = {INPUT_IDS: ids.reshape(1, T).astype(np.int64),
+                POSITION_IDS: np.arange(T, dtype=np.int64).reshape(1, T),
+                ATTENTION_MASK: np.ones((1, T), dtype=np.int64)}
+        empty = np.zeros((1, m.n_head, 0, m.head_dim), dtype=m.cache_dtype)
+        feed.update((name, empty) for name in self._names)
+        try:
+            outs = self.session_run(feed)
+        except Exception as exc:  # onnxruntime's exception types
+            raise _runtime_failed(m, exc) from None
+        return outs[0][0, -1], outs[1:]
+
+    def session_run(self, feed: dict) -> list[np.ndarray]:
+        return self.model.session.run(self._outs, feed)
+
+    def _padded(self, cache: list[np.ndarray], width: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """A row's cache cut to its latest window - 1 entries, left-padded to `width` columns:
+        ([(1, nh, width, hs)] * 2L, mask (1, width))."""
+        n = min(cache[0].shape[2], self.window - 1)
+        out = []
+        for c in cache:
+            p = np.zeros(c.shape[:2] + (width,) + c.shape[3:], dtype=c.dtype)
+            if n:
+                p[:, :, width - n:] = c[:, :, c.shape[2] - n:]
+            out.append(p)
+        mask = np.zeros((1, width), dtype=np.int64)
+        mask[0, width - n:] = 1
+        return out, mask
+
+    def _decode_padded(self, rows: list[_Row], cap: int) -> Iterator[RowEvent]:
+        """Rows through one decode loop (module doc: why each row's bits equal its single run's)."""
+        chars, W = self.tokenizer.shown, self.window  # control characters made visible (tokenizer doc)
+        base = W - 1  # the cache's width right after a cut: rows join only then
+        waiting = collections.deque(rows)
+        active: list[_Row] = []
+        past: list[np.ndarray] = []  # 2L arrays (B, nh, width, hs)
+        mask = np.zeros((0, base), dtype=np.int64)  # (B, width), 1 = a real cached character
+        width = base
+        memo: tuple[bytes, np.ndarray, list[np.ndarray]] | None = None  # the last prompt prefilled
+        try:
+            while waiting or active:
+                if waiting and len(active) < cap and width == base:
+                    joined = []
+                    while waiting and len(active) + len(joined) < cap:
+                        row = waiting.popleft()
+                        row.t0 = time.perf_counter()
+                        if row.params.max_tokens == 0:
+                            yield RowEvent(row.index, "", row.stats("max_tokens"))
+                            continue
+                        key = row.ids.tobytes()
+                        if memo is None or memo[0] != key:  # N samples of one prompt: one prefill
+                            memo = (key, *self._prefill(row.ids))
+                        row.logits, cache = memo[1], memo[2]
+                        row.context.extend(int(i) for i in row.ids)
+                        row.sampler.add(row.ids)
+                        row.pos = len(row.ids)
+                        joined.append((row, *self._padded(cache, base)))
+                    if joined:
+                        active += [j[0] for j in joined]
+                        past = [np.concatenate(([p] if len(p) else []) + [j[1][i] for j in joined])
+                                for i, p in enumerate(past or [np.zeros((0,), np.float32)] * len(self._names))]
+                        mask = np.concatenate([mask] + [j[2] for j in joined])
+                if not active:
+                    continue
+                B = len(active)
+                tokens = np.zeros((B, 1), dtype=np.int64)
+                positions = np.zeros((B, 1), dtype=np.int64)
+                real = np.ones((B, 1), dtype=np.int64)  # 0: the row feeds a placeholder this step
+                keep = []
+                for b, row in enumerate(active):
+                    piece, reason, nxt = row.advance(chars)
+                    if reason is not None:
+                        yield RowEvent(row.index, piece, row.stats(reason))
+                        continue
+                    if piece:
+                        yield RowEvent(row.index, piece)
+                    keep.append(b)
+                    if row.pos >= self.position_limit:
+                        # re-base positions: prefill the window alone from 0 (as a single run does
+                        # at the same step); the row feeds a masked placeholder in this step
+                        row.logits, cache = self._prefill(np.array(row.context, dtype=np.int64))
+                        row.pos = len(row.context)
+                        fresh, fresh_mask = self._padded(cache, width)
+                        for p, f in zip(past, fresh):
+                            p[b] = f[0]
+                        mask[b] = fresh_mask[0]
+                        real[b, 0] = 0
+                    else:
+                        tokens[b, 0], positions[b, 0] = nxt, row.pos
+                        row.pos += 1
+                if len(keep) < B:  # finished rows leave the batch: the cost follows the rows running
+                    active = [active[b] for b in keep]
+                    past = [p[keep] for p in past]
+                    mask, tokens, positions, real = mask[keep], tokens[keep], positions[keep], real[keep]
+                    if not active:
+                        past, mask, width = [], np.zeros((0, base), dtype=np.int64), base
+                        continue
+                mask = np.concatenate([mask, real], axis=1)  # (B, width + 1)
+                feed = dict(zip(self._names, past))
+                feed.update({INPUT_IDS: tokens, POSITION_IDS: positions, ATTENTION_MASK: mask})
+                try:
+                    outs = self.session_run(feed)
+                except Exception as exc:  # onnxruntime's exception types
+                    raise _runtime_failed(self.model, exc) from None
+                logits, past = outs[0], outs[1:]
+                width += 1
+                for b, row in enumerate(active):
+                    if real[b, 0]:
+                        row.logits = logits[b, 0]
+                # the window: at most W - 1 real cached characters before the next step
+                over = np.flatnonzero(mask.sum(axis=1) > W - 1)
+                for b in over:
+                    mask[b, int(np.argmax(mask[b]))] = 0  # the oldest real one
+                if width == base + DROP_EVERY:
+                    past = [np.ascontiguousarray(p[:, :, DROP_EVERY:]) for p in past]
+                    mask = np.ascontiguousarray(mask[:, DROP_EVERY:])
+                    width = base
+        except KeyboardInterrupt:
+            for row in active:  # the caller decides what Ctrl-C means; the stats say it happened
+                if not row.done:
+                    yield RowEvent(row.index, "", row.stats("interrupted"))
 
     def _generate(self, ids: np.ndarray, params: SamplingParams) -> Iterator[str]:
         t0 = time.perf_counter()

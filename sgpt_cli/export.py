@@ -5,7 +5,7 @@ What it does: loads a checkpoint safely (weights_only), exports the GPT with PyT
 per-node debug records (stack traces with this machine's paths), embeds weights and metadata in the one
 file, runs onnx.checker, and verifies ONNX Runtime against PyTorch: lengths 1, block_size/2 and
 block_size at batch 1 and 3, and a prefill followed by 30 one-token decode steps against one full pass.
-With `quantize="int8"` it then quantizes every weight matrix (ONNX Runtime's dynamic quantization),
+With `quantize="int8"` it then quantizes every weight matrix (ONNX Runtime's MatMulNBits, 8 bits),
 checks that each one really became int8, verifies the result loosely, and measures the change of the
 validation loss on the checkpoint's own training text. The file is written under a temporary name and
 renamed into place only when every check passed; any failure leaves nothing behind.
@@ -45,13 +45,14 @@ DEFAULT_CHECKPOINT = CHECKPOINT.default
 DEFAULT_OUT = EXPORT_OUT.default
 DEFAULT_OPSET = OPSET.default  # why 18, and the valid range: sgpt_cli.settings.OPSET
 TOLERANCE = 1e-4  # fp32 max |ONNX - PyTorch| on logits
-# int8: activations are quantized per tensor at run time, so logits move by a few percent of the
-# largest (measured: tiny 2%, 2.7M trained 2%, 10M random 4%); a broken graph (wrong cache, positions or a
-# saturating kernel) moves them by their whole range
+# int8: weights in blocks of 32, activations quantized per row and block at run time, so logits move
+# by a few percent of the largest at most; a broken graph (wrong cache, positions or a saturating
+# kernel) moves them by their whole range
 INT8_TOLERANCE = 0.1  # times the largest |logit| of the case
 INT8_MAX_LOSS_DELTA = 0.02  # nats/char the int8 model may lose on the validation split
 DECODE_STEPS = 30  # one-token steps after the prefill in the cache check
-QUANTIZED_MATMULS = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+QUANTIZED_MATMULS = ("MatMulNBits",)
+INT8_BLOCK = 32  # input channels per weight scale: finer than per channel, 1/32 more bytes
 
 
 class ExportWrapper(torch.nn.Module):
@@ -61,9 +62,9 @@ class ExportWrapper(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, *past_flat):
+    def forward(self, input_ids, position_ids, attention_mask, *past_flat):
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
-        logits, present = self.model(input_ids, past=past, position_ids=position_ids)
+        logits, present = self.model(input_ids, past=past, position_ids=position_ids, attention_mask=attention_mask)
         flat = [t for kv in present for t in kv]
         return (logits, *flat)
 
@@ -172,14 +173,18 @@ def torch_export(model: GPT, opset: int):
     B, T, P = 2, 5, 3  # example sizes; none is 0 or 1, which the exporter would specialise on
     ids = torch.randint(0, cfg.vocab_size, (B, T))
     pos = torch.arange(P, P + T).unsqueeze(0).expand(B, T).contiguous()
+    mask = torch.ones(B, P + T, dtype=torch.int64)
+    mask[0, :2] = 0  # an example with padding, so no branch is specialised on "all real"
     past = [torch.randn(B, cfg.n_head, P, cfg.head_dim) for _ in range(2 * cfg.n_layer)]
     batch, seq, past_seq = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
-    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, tuple({0: batch, 2: past_seq} for _ in past))  # *past_flat is one tuple
+    # the mask's length is past_sequence + sequence: a sum of two dims, which the exporter infers (AUTO)
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: torch.export.Dim.AUTO},
+              tuple({0: batch, 2: past_seq} for _ in past))  # *past_flat is one tuple
     try:
         with _quiet():
             # no file name: the exporter would write weights to NAME.data beside it (external_data)
             program = torch.onnx.export(
-                ExportWrapper(model), (ids, pos, *past), dynamo=True, dynamic_shapes=shapes,
+                ExportWrapper(model), (ids, pos, mask, *past), dynamo=True, dynamic_shapes=shapes,
                 input_names=in_names, output_names=out_names, opset_version=opset, external_data=False,
                 optimize=True, verbose=False,
             )
@@ -194,7 +199,16 @@ def torch_export(model: GPT, opset: int):
         raise SgptError(f"the PyTorch ONNX exporter wrote opset {got} when asked for {opset}; use --opset {DEFAULT_OPSET}")
     _name_axes(proto)
     _strip_debug_info(proto)
+    make_mask_optional(proto)
     return proto
+
+
+def make_mask_optional(proto) -> None:
+    """Give `attention_mask` a default, [[1]] (an initializer of the same name), so a caller that
+    feeds no mask gets "every position is real": it broadcasts over any batch and length."""
+    from onnx import numpy_helper
+
+    proto.graph.initializer.append(numpy_helper.from_array(np.ones((1, 1), dtype=np.int64), "attention_mask"))
 
 
 def opset_of(proto) -> int | None:
@@ -333,8 +347,38 @@ def verify(model: GPT, path: Path, tolerance: float = TOLERANCE, relative: bool 
             logits, past = onnx_model.forward(ids[:, t:t + 1].numpy(), past)
             got.append(logits)
         compare(np.concatenate(got, axis=1), expected, f"prefill {prefill} + {steps} decode steps")
+        padded = _check_padding(model, onnx_model, gen, compare)
     return {"max_abs_diff": worst, "limit": worst_limit, "lengths": lengths, "batches": list(batches),
-            "prefill": prefill, "decode_steps": steps}
+            "prefill": prefill, "decode_steps": steps, "padded_lengths": padded}
+
+
+def _check_padding(model: GPT, onnx_model, gen: torch.Generator, compare) -> list[int]:
+    """The attention_mask path: rows of different lengths, left-padded into one batch with per-row
+    positions, prefilled together and then decoded 3 steps, must give each row's own logits (PyTorch,
+    unpadded, alone)."""
+    cfg = model.cfg
+    lengths = sorted({1, max(cfg.block_size // 3, 1), cfg.block_size - 3})
+    steps = 3
+    T = max(lengths)
+    rows = [torch.randint(0, cfg.vocab_size, (n + steps,), generator=gen) for n in lengths]
+    ids = np.zeros((len(rows), T), dtype=np.int64)
+    mask = np.zeros((len(rows), T), dtype=np.int64)
+    pos = np.zeros((len(rows), T), dtype=np.int64)
+    for b, (n, row) in enumerate(zip(lengths, rows)):
+        ids[b, T - n:], mask[b, T - n:], pos[b, T - n:] = row[:n].numpy(), 1, np.arange(n)
+    logits, past = onnx_model.forward(ids, position_ids=pos, attention_mask=mask)
+    got = [[logits[b, T - n:]] for b, n in enumerate(lengths)]
+    for t in range(steps):
+        step = np.array([[row[n + t]] for n, row in zip(lengths, rows)], dtype=np.int64)
+        mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
+        logits, past = onnx_model.forward(step, past, position_ids=np.array([[n + t] for n in lengths]),
+                                          attention_mask=mask)
+        for b in range(len(rows)):
+            got[b].append(logits[b])
+    for b, (n, row) in enumerate(zip(lengths, rows)):
+        expected, _ = model(row[None])
+        compare(np.concatenate(got[b])[None], expected, f"a left-padded row of {n} + {steps} steps")
+    return lengths
 
 
 def weight_matmuls(proto) -> list[str]:
@@ -390,10 +434,17 @@ def _temporaries_beside(dst: Path) -> Iterator[None]:
 
 
 def quantize_int8(fp32_proto, dst: Path) -> dict:
-    """Weight-only dynamic int8 (per output channel, activations quantized at run time); raises unless
-    every weight matrix became int8."""
+    """Weight-only int8 (ONNX Runtime's MatMulNBits, 8 bits, blocks of INT8_BLOCK along the input,
+    symmetric); raises unless every weight matrix became int8.
+
+    Why MatMulNBits and not `quantize_dynamic`: dynamic quantization scales the activations of the
+    whole tensor by its largest value, so a row's logits would depend on the other rows of a batch
+    (and on padding). MatMulNBits at accuracy level 4 quantizes each row's activations per block, so
+    a batched row stays bitwise equal to the same row alone (sgpt_cli.engine). Its weights are
+    symmetric int8 in [-127, 127] times int8 activations; measured here on one AVX2 machine only
+    (the verification below runs on whatever machine exports)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     weights = weight_matmuls(fp32_proto)
     if not weights:
@@ -402,21 +453,20 @@ def quantize_int8(fp32_proto, dst: Path) -> dict:
     fold_weight_transposes(fp32_proto)
     try:
         with _quiet(), _temporaries_beside(dst):
-            # reduce_range (7-bit weights): x86 CPUs without VNNI multiply uint8 x int8 pairs into int16
-            # (VPMADDUBSW), which saturates on full-range weights and flips signs of logits; the file must
-            # be right on every CPU it may meet, and the lost bit costs < 0.001 nats/char here
-            quantize_dynamic(fp32_proto, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                             per_channel=True, reduce_range=True, extra_options={"MatMulConstBOnly": True})
+            quantizer = MatMulNBitsQuantizer(fp32_proto, bits=8, block_size=INT8_BLOCK, is_symmetric=True,
+                                             accuracy_level=4, op_types_to_quantize=("MatMul",))
+            quantizer.process()
+            proto = quantizer.model.model
     except (SgptError, OSError):
         raise
     except Exception as exc:
         raise SgptError(f"ONNX Runtime's quantizer failed ({first_line(exc)}); export without --quantize") from None
-    proto = onnx.load(str(dst))
     left = weight_matmuls(proto)
     done = sum(n.op_type in QUANTIZED_MATMULS for n in proto.graph.node)
     if left or done < len(weights):
         raise SgptError(f"int8 quantization left {len(left) or len(weights) - done} of {len(weights)} weight "
                         "matrices in floating point; export without --quantize")
+    onnx.save_model(proto, str(dst), save_as_external_data=False)
     return {"proto": proto, "matrices": len(weights)}
 
 

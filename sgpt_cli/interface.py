@@ -10,6 +10,7 @@ from __future__ import annotations
 
 INPUT_IDS = "input_ids"  # (batch, sequence) int64 character ids
 POSITION_IDS = "position_ids"  # (batch, sequence) int64 absolute positions
+ATTENTION_MASK = "attention_mask"  # (batch, past_sequence + sequence) int64, 1 real, 0 padding; optional
 LOGITS = "logits"  # (batch, sequence, vocab) float32
 PAST = "past_key_values"  # past_key_values.{layer}.key / .value: (batch, n_head, past_sequence, head_dim)
 PRESENT = "present"  # present.{layer}.key / .value: (batch, n_head, past_sequence + sequence, head_dim)
@@ -17,6 +18,7 @@ KV = ("key", "value")
 
 # the named axes: dimension index -> name, per tensor kind
 AXES = {INPUT_IDS: {0: "batch", 1: "sequence"}, POSITION_IDS: {0: "batch", 1: "sequence"},
+        ATTENTION_MASK: {0: "batch", 1: "past_sequence + sequence"},
         LOGITS: {0: "batch", 1: "sequence"}, PAST: {0: "batch", 2: "past_sequence"}, PRESENT: {0: "batch"}}
 
 
@@ -32,4 +34,4 @@ def present_names(n_layer: int) -> list[str]:
 
 def io_names(n_layer: int) -> tuple[list[str], list[str]]:
     """(inputs, outputs) of an exported graph, in the exporter's order."""
-    return [INPUT_IDS, POSITION_IDS, *past_names(n_layer)], [LOGITS, *present_names(n_layer)]
+    return [INPUT_IDS, POSITION_IDS, ATTENTION_MASK, *past_names(n_layer)], [LOGITS, *present_names(n_layer)]

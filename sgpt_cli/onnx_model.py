@@ -16,7 +16,7 @@ import numpy as np
 
 from sgpt_cli.config import MAX_BLOCK_SIZE
 from sgpt_cli.errors import SgptError, UsageError, first_line, probe, shown
-from sgpt_cli.interface import INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
+from sgpt_cli.interface import ATTENTION_MASK, INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
 from sgpt_cli.tokenizer import CharTokenizer
 
 SUPPORTED_FORMATS = {"1"}
@@ -104,6 +104,10 @@ class OnnxModel:
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
         self.has_position_ids = POSITION_IDS in self.input_names
+        # optional input with a default ([[1]]): ONNX Runtime lists it among the overridable
+        # initializers, not the inputs; older exports have none, and run only rows of equal length
+        overridable = [i.name for i in session.get_overridable_initializers()]
+        self.has_attention_mask = ATTENTION_MASK in self.input_names + overridable
         past_type = next(i.type for i in session.get_inputs() if i.name == past_names(1)[0])
         self.cache_dtype = np.float16 if "float16" in past_type else np.float32
         self.provider = session.get_providers()[0]
@@ -122,9 +126,16 @@ class OnnxModel:
         shape = (batch, self.n_head, 0, self.head_dim)
         return [np.zeros(shape, dtype=self.cache_dtype) for _ in range(2 * self.n_layer)]
 
-    def feeds(self, ids: np.ndarray, past: list[np.ndarray], position_ids: np.ndarray | None = None) -> dict:
+    def feeds(self, ids: np.ndarray, past: list[np.ndarray], position_ids: np.ndarray | None = None,
+              attention_mask: np.ndarray | None = None) -> dict:
+        """attention_mask (B, past + T), 1 = real, 0 = padding: only for a model that has the input."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         feed = {INPUT_IDS: ids}
+        if attention_mask is not None:
+            if not self.has_attention_mask:
+                raise SgptError(f"{self.path} has no attention_mask input (rows of different lengths); "
+                                "re-export it with this sgpt's `sgpt export`")
+            feed[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
         feed.update(zip(past_names(self.n_layer), past))
         if self.has_position_ids:
             if position_ids is None:
@@ -134,11 +145,12 @@ class OnnxModel:
         return feed
 
     def forward(self, ids: np.ndarray, past: list[np.ndarray] | None = None,
-                position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+                position_ids: np.ndarray | None = None,
+                attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """ids (B, T) -> logits (B, T, V), present (flattened [k0, v0, k1, v1, ...])."""
         if past is None:
             past = self.empty_past(ids.shape[0])
-        outs = self.session.run(None, self.feeds(ids, past, position_ids))
+        outs = self.session.run(None, self.feeds(ids, past, position_ids, attention_mask))
         named = dict(zip(self.output_names, outs))
         return named[LOGITS], [named[n] for n in present_names(self.n_layer)]
 
