@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
+from sgpt_cli.batch import DEFAULT_BATCH_SIZE, MAX_ROWS
 from sgpt_cli.cli_common import report, use_color
-from sgpt_cli.errors import SgptError
+from sgpt_cli.errors import SgptError, UsageError
 from sgpt_cli.settings import DEVICE, FLAG, JSON, MODEL, SAMPLING, Setting, argparse_parser, check_values
 
 # The command's flags: the sampling settings, the shared model/device options, and its own three.
@@ -37,6 +38,15 @@ OPTIONS: tuple[Setting, ...] = SAMPLING + (
     Setting("echo", ("--echo",), bool, False, "Write the prompt before the continuation."),
     JSON.but(help="Print one JSON object (text, tokens, timings, model) when done, instead of streaming."),
     Setting("verbose", ("--verbose", "-v"), bool, False, "Say on stderr which model file is used, and how fast it ran."),
+    Setting("num_samples", ("--num-samples",), int, 1,  # one: the plain streaming continuation
+            "Generate N continuations of the prompt in one batched run; sample i uses seed --seed + i.",
+            low=1, high=MAX_ROWS, metavar="N"),
+    Setting("batch", ("--batch",), str, None,  # off: one prompt from stdin and the argument
+            "Run many prompts: FILE (- for stdin) holds one per line, as JSON ({\"prompt\": ..., \"id\", "
+            "\"seed\", \"max_tokens\", ... }) or plain text; JSON Lines come out in input order.",
+            shown="off", metavar="FILE"),
+    Setting("batch_size", ("--batch-size",), int, DEFAULT_BATCH_SIZE,
+            "With --batch or --num-samples: how many rows run at once.", low=1, high=MAX_ROWS, metavar="N"),
 )
 PROMPT_HELP = "Text to continue, after whatever comes on stdin (default: stdin alone, else a line break)."
 
@@ -199,6 +209,9 @@ def run(values: dict) -> int:
         if hasattr(sys.stdout, "reconfigure"):  # a model's odd character never crashes a narrow locale
             sys.stdout.reconfigure(errors="replace")
         stdin = sys.stdin.buffer if sys.stdin is not None else None
+        if values.get("batch") is not None:
+            return batch_command(values, stdin)
+        values.pop("batch", None)
         prompt = StreamedPrompt(stdin, values.pop("prompt", None))  # read once the model is loaded
         complete(prompt, out=sys.stdout, errs=sys.stderr, **values)
         sys.stdout.flush()
@@ -207,16 +220,44 @@ def run(values: dict) -> int:
         return report(exc)
 
 
-def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, temperature: float = 0.8,
-             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             seed: int | None = None, stop=(), model: str | None = None, device: str = "auto",
-             echo: bool = False, as_json: bool = False, verbose: bool = False, color: bool | None = None) -> dict:
-    """Stream the continuation of `prompt` to `out` (or one JSON object with --json); return the
-    result as the JSON object holds it. Warnings and --verbose lines go to `errs`."""
-    from sgpt_cli.settings import SamplingParams
+def batch_command(values: dict, stdin: BinaryIO | None) -> int:
+    """`sgpt complete --batch FILE`: exit status 0, 1 when a line was malformed, 130 on Ctrl-C."""
+    from sgpt_cli.batch import parse_batch, run_batch
 
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                            max_tokens=max_tokens, seed=seed, stop=stop).checked()
+    if values.get("prompt") is not None:
+        raise UsageError("--batch reads its prompts from FILE; give no PROMPT argument")
+    if values["num_samples"] != 1 or values["echo"]:
+        raise UsageError("--batch writes JSON Lines; it takes neither --num-samples nor --echo "
+                         "(give each row its own seed instead)")
+    source = values["batch"]
+    if source == "-":
+        raw = stdin.read() if stdin is not None else b""
+    else:
+        try:
+            with open(source, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise SgptError(f"cannot read --batch {source}: {exc.strerror or exc}") from None
+    defaults = flag_params(values)
+    engine, _, _ = load_engine(values["model"], values["device"], values["verbose"], sys.stderr)
+    lines = parse_batch(decode_stdin(raw).splitlines(), defaults)
+    for line in lines:
+        if not line.error:
+            read = read_for_model([line.prompt], engine.model.tokenizer.stoi, engine.model.block_size)
+            warn_unknown(read, sys.stderr, f"line {line.number}: ")
+            line.prompt = read.fed
+    return run_batch(engine, lines, sys.stdout, sys.stderr, values["batch_size"])
+
+
+def flag_params(values: dict):
+    """SamplingParams from the flags (checked)."""
+    from sgpt_cli.settings import SAMPLING_NAMES, SamplingParams
+
+    return SamplingParams(**{n: values[n] for n in SAMPLING_NAMES if n in values}).checked()
+
+
+def load_engine(model: str | None, device: str, verbose: bool, errs: TextIO):
+    """(Engine, model path, seconds to load); --verbose says which model on `errs`."""
     DEVICE.check(device)
     from sgpt_cli.engine import Engine
     from sgpt_cli.model_lookup import find_model
@@ -229,11 +270,35 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     if verbose:
         errs.write(f"sgpt: model {path} ({source}), on {engine.model.device}, loaded in {load_s:.2f} s\n")
         errs.flush()
+    return engine, path, load_s
+
+
+def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, temperature: float = 0.8,
+             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+             seed: int | None = None, stop=(), model: str | None = None, device: str = "auto",
+             echo: bool = False, as_json: bool = False, verbose: bool = False, color: bool | None = None,
+             num_samples: int = 1, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+    """Stream the continuation of `prompt` to `out` (or one JSON object with --json); return the
+    result as the JSON object holds it. Warnings and --verbose lines go to `errs`. With num_samples
+    > 1, that many continuations in one batched run (sgpt_cli.batch.run_samples)."""
+    from sgpt_cli.settings import SamplingParams
+
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                            max_tokens=max_tokens, seed=seed, stop=stop).checked()
+    engine, path, load_s = load_engine(model, device, verbose, errs)
 
     on_terminal = out.isatty()
     if color is None:
         color = use_color(out)
     source = prompt if isinstance(prompt, StreamedPrompt) else StreamedPrompt(None, prompt)
+    if num_samples > 1:
+        from sgpt_cli.batch import run_samples
+
+        read = read_for_model(source.pieces(), engine.model.tokenizer.stoi, engine.model.block_size)
+        warn_unknown(read, errs)
+        return run_samples(engine, read.kept, read.fed, params, num_samples, batch_size, out=out, errs=errs,
+                           echo=echo, as_json=as_json, verbose=verbose, color=color,
+                           about={"model": str(path), "device": engine.model.device, "load_s": round(load_s, 4)})
     read = read_for_model(source.pieces(), engine.model.tokenizer.stoi, engine.model.block_size,
                           echo=out if echo and not as_json else None, bold=color)
     warn_unknown(read, errs)
@@ -276,11 +341,11 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     return result
 
 
-def warn_unknown(read: PromptRead, errs: TextIO) -> None:
+def warn_unknown(read: PromptRead, errs: TextIO, where: str = "") -> None:
     """The characters the model does not know, announced once (the engine never sees them, and
     starts from a line break when none is left)."""
     if read.unknown:
         shown = "".join(read.unknown[:20]) + ("..." if len(read.unknown) > 20 else "")
         then = "" if read.any_known else "; none is left, so it starts from a line break"
-        errs.write(f"sgpt: warning: dropped characters the model does not know: {shown!r}{then}\n")
+        errs.write(f"sgpt: {where}warning: dropped characters the model does not know: {shown!r}{then}\n")
         errs.flush()
