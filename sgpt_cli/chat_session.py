@@ -6,7 +6,8 @@ and checking slash commands, joining `\"\"\"` blocks of several lines, and where
 lives. Everything here takes and returns plain values, so tests drive it directly.
 
 What it does not do: draw anything, read the keyboard, or import rich, prompt_toolkit or numpy
-(sgpt_cli.repl renders; sgpt_cli.engine generates; this module only calls `engine.generate`).
+(sgpt_cli.repl renders; sgpt_cli.engine generates; this module only calls `engine.generate` and,
+for /regen N, `engine.generate_batch`).
 
 The script convention (also told by /help): the model continues the script as a play. A line of
 capitalised words ending in ':' (ROMEO:, First Citizen:) names who speaks next, so the user's
@@ -113,12 +114,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/set": ("NAME VALUE", "change a setting (/set alone lists them)"),
     "/show": ("", "the settings, the model file and the script's length"),
     "/reset": ("", "start a new script (the model forgets everything)"),
-    "/regen": ("", "drop the last reply from the script and generate it again"),
+    "/regen": ("[N]", "drop the last reply and generate it again; with N, N alternatives at once"),
+    "/pick": ("K", "keep alternative K of the last /regen N in the script"),
     "/save": ("FILE", "write the script so far to FILE as plain text"),
     "/quit": ("", "leave (so do /exit and Ctrl-D)"),
 }
 ALIASES = {"/exit": "/quit", "/bye": "/quit", "/?": "/help", "/clear": "/reset"}
-_NO_ARGS = {"/help", "/show", "/reset", "/regen", "/quit"}
+_NO_ARGS = {"/help", "/show", "/reset", "/quit"}
+MAX_ALTERNATIVES = 16  # /regen N: a screenful to choose from
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,20 @@ def parse_command(text: str) -> Command:
         raise UsageError(f"{name} takes no arguments (got {arg!r})")
     if name == "/save" and not arg:
         raise UsageError("/save needs a file name, e.g. /save scene.txt")
+    if name == "/pick" and not arg:
+        raise UsageError("/pick needs the number of an alternative, e.g. /pick 2")
     return Command(name, arg)
+
+
+def count_argument(name: str, arg: str, low: int, high: int) -> int:
+    """/regen N and /pick K: a whole number from low to high, else a one-line UsageError."""
+    try:
+        value = int(arg)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise UsageError(f"{name} takes a whole number from {low} to {high} (got {arg!r})")
+    return value
 
 
 HELP_CONVENTION = (
@@ -239,6 +255,7 @@ class ChatSession:
         self.script = ""
         self.reply_start: int | None = None  # where the last reply begins in the script
         self.replies = 0  # replies generated since the last /reset or /set seed (seeds each one)
+        self.choices: list[str | None] = []  # /regen N's alternatives (None: not finished), for /pick
 
     # the script ------------------------------------------------------------------------------
 
@@ -261,6 +278,7 @@ class ChatSession:
 
     def add_user_text(self, text: str) -> Added:
         """Append one input to the script, laid out as the corpus lays out a play."""
+        self.choices = []  # the script moved on: /pick would rewrite what came after
         text, dropped = self.clean(text)
         if not text.strip("\n"):
             return Added("", dropped)
@@ -298,6 +316,7 @@ class ChatSession:
         this generator early (Ctrl-C) keeps what was written. A reply that ended at the end of a
         speech gets the blank line back (the engine never writes a stop string)."""
         params = self.sampling_params()
+        self.choices = []
         self.reply_start = len(self.script)
         self.replies += 1
         pieces = engine.generate(self.context(), params)
@@ -311,6 +330,41 @@ class ChatSession:
             if stats is not None and stats.stop_reason == "stop":
                 self.script += SPEECH_END
 
+    def alternatives(self, engine, n: int) -> Iterator[tuple[int, str]]:
+        """/regen N: drop the last reply and generate N alternatives of it in one batched run
+        (sgpt_cli.engine.Engine.generate_batch), each exactly the reply /regen would give with its
+        seed. Yields (K, text) as each is done, in order; the script keeps none until /pick K.
+        Closing the generator (Ctrl-C) keeps the finished ones."""
+        self.drop_last_reply()
+        params = [self.sampling_params(self.replies + k) for k in range(n)]
+        self.replies += n
+        self.choices = [None] * n
+        texts: list[list[str]] = [[] for _ in range(n)]
+        given = 0
+        events = engine.generate_batch([(self.context(), p) for p in params])
+        try:
+            for ev in events:
+                texts[ev.index].append(ev.piece)
+                if ev.stats is None or ev.stats.stop_reason == "interrupted":
+                    continue
+                end = SPEECH_END if ev.stats.stop_reason == "stop" else ""  # as stream_reply gives it back
+                self.choices[ev.index] = "".join(texts[ev.index]) + end
+                while given < n and self.choices[given] is not None:
+                    yield given + 1, self.choices[given]
+                    given += 1
+        finally:
+            events.close()
+
+    def pick(self, k: int) -> str:
+        """/pick K: alternative K of the last /regen N becomes the reply in the script."""
+        if not self.choices:
+            raise UsageError("there are no alternatives to pick from; /regen N makes N of them")
+        k = count_argument("/pick", str(k), 1, len(self.choices))
+        if self.choices[k - 1] is None:
+            raise UsageError(f"alternative {k} was not finished (stopped by Ctrl-C); pick another or /regen again")
+        self.script = self.script[:self.reply_start] + self.choices[k - 1]
+        return self.choices[k - 1]
+
     def drop_last_reply(self) -> None:
         """/regen's first half: the script as it was before the last reply."""
         if self.reply_start is None:
@@ -321,6 +375,7 @@ class ChatSession:
         self.script = ""
         self.reply_start = None
         self.replies = 0
+        self.choices = []
 
     def set(self, name: str, raw: str) -> tuple[str, str]:
         """/set: returns the setting's name and new value as shown."""

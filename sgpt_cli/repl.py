@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.text import Text
 
 from sgpt_cli.chat_session import (
-    COMMANDS, HELP_CONVENTION, SETTING_NAMES, ChatSession, ChatSettings, InputJoiner, block_is_open,
-    SPEAKER_AND_TEXT, help_rows, history_path, is_command, is_speaker_line, parse_command, set_completions,
+    COMMANDS, HELP_CONVENTION, MAX_ALTERNATIVES, SETTING_NAMES, ChatSession, ChatSettings, InputJoiner,
+    block_is_open, count_argument, SPEAKER_AND_TEXT, help_rows, history_path, is_command, is_speaker_line, parse_command, set_completions,
 )
 from sgpt_cli.cli_common import use_color
 from sgpt_cli.console import Console as _Console
@@ -441,10 +441,15 @@ class Repl:
         elif cmd.name == "/reset":
             self.session.reset()
             self.notice("a new script: the model has forgotten everything")
+        elif cmd.name == "/regen" and cmd.arg:
+            self.alternatives(count_argument("/regen", cmd.arg, 2, MAX_ALTERNATIVES))
         elif cmd.name == "/regen":
             self.session.drop_last_reply()
             self.notice("(the last reply again)")
             self.reply()
+        elif cmd.name == "/pick":
+            self.session.pick(count_argument("/pick", cmd.arg, 1, MAX_ALTERNATIVES))
+            self.notice(f"(alternative {cmd.arg.strip()} is the reply in the script now)")
         elif cmd.name == "/save":
             path = self.session.save(cmd.arg)
             self.notice(f"saved {len(self.session.script):,} characters to {path}")
@@ -455,6 +460,32 @@ class Repl:
         self.out.print()
         for line in HELP_CONVENTION:
             self.out.print(Text(line, style=DIM))
+        self.out.print()
+
+    def alternatives(self, n: int) -> None:
+        """/regen N: the alternatives, numbered, each drawn when it and the ones before are done."""
+        line = self.session.current_line()
+        stream = self.session.alternatives(self.engine, n)
+        self.notice(f"({n} alternatives of the last reply, made together; /pick K keeps one)")
+        done = 0
+        with StopOnCtrlC() as ctrl_c, keyboard_quiet(sys.stdin):
+            try:
+                for k, text in stream:
+                    self.out.print(Text(f"[{k}]", style=HINT))
+                    printer = ReplyPrinter(self.out)
+                    printer.begin(line)
+                    printer.write(text)
+                    printer.end()
+                    done = k
+                    if ctrl_c.pressed:
+                        break
+            except KeyboardInterrupt:
+                pass
+            finally:
+                with contextlib.suppress(KeyboardInterrupt):
+                    stream.close()
+        if done < n:
+            self.notice(f"(stopped: {done} of {n} alternatives finished)")
         self.out.print()
 
     def reply(self) -> None:

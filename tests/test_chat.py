@@ -410,3 +410,44 @@ def test_the_cli_loads_neither_rich_nor_prompt_toolkit_until_chat_runs():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=run_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == ""
+
+
+# --- /regen N and /pick K (batched alternatives) -----------------------------------------------
+
+def test_regen_n_gives_the_replies_regen_would_give_one_by_one_and_pick_keeps_one(tiny_engine):
+    settings = ChatSettings(seed=3, max_tokens=40, one_speech=False, temperature=0.9)
+    batched = ChatSession(tiny_engine.model.tokenizer.chars, tiny_engine.model.block_size, settings)
+    batched.add_user_text("ROMEO:")
+    reply(batched, tiny_engine)
+    before = batched.script[:batched.reply_start]
+    alternatives = list(batched.alternatives(tiny_engine, 3))
+    assert [k for k, _ in alternatives] == [1, 2, 3]
+    assert batched.script == before  # none kept until /pick
+    # the same session with three plain /regen: the same three replies, by their seeds
+    one_by_one = ChatSession(tiny_engine.model.tokenizer.chars, tiny_engine.model.block_size, settings)
+    one_by_one.add_user_text("ROMEO:")
+    reply(one_by_one, tiny_engine)
+    singles = []
+    for _ in range(3):
+        one_by_one.drop_last_reply()
+        singles.append(reply(one_by_one, tiny_engine))
+    assert [text for _, text in alternatives] == singles
+    assert len(set(singles)) > 1
+    assert batched.pick(2) == singles[1] and batched.script == before + singles[1]
+    batched.pick(1)
+    assert batched.script == before + singles[0]  # picking again replaces the reply
+    with pytest.raises(UsageError, match="from 1 to 3"):
+        batched.pick(4)
+    batched.add_user_text("JULIET:")
+    with pytest.raises(UsageError, match="no alternatives"):
+        batched.pick(1)
+
+
+def test_regen_n_and_pick_in_the_repl(tiny_engine):
+    code, out, session = run_repl(tiny_engine, "ROMEO:\r/regen 3\r/pick 2\r/regen 1\r/pick x\r/quit\r")
+    assert code == 0
+    assert "3 alternatives" in out and "[1]" in out and "[3]" in out
+    assert "alternative 2 is the reply" in out
+    assert session.script.startswith("ROMEO:\n") and session.script[len("ROMEO:\n"):] == session.choices[1]
+    assert "/regen takes a whole number from 2 to 16 (got '1')" in out
+    assert "/pick takes a whole number from 1 to 16 (got 'x')" in out
