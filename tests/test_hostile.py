@@ -248,18 +248,18 @@ def test_the_quantizers_temporaries_live_beside_the_output_under_our_name(tiny_o
     import tempfile
 
     import onnx
-    import onnxruntime.quantization as q
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from sgpt_cli import export as exporter
 
     seen = []
-    real = q.quantize_dynamic
+    real = MatMulNBitsQuantizer.process
 
-    def spy(*args, **kwargs):
+    def spy(self, *args, **kwargs):
         seen.append(tempfile.gettempdir())
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(q, "quantize_dynamic", spy)
+    monkeypatch.setattr(MatMulNBitsQuantizer, "process", spy)
     monkeypatch.setenv("TMPDIR", str(tmp_path / "elsewhere"))
     dst = tmp_path / ".q.onnx.123.0123abcd.tmp"
     exporter.quantize_int8(onnx.load(str(tiny_onnx)), dst)
