@@ -149,6 +149,11 @@ def external_locations(path: Path) -> list[str]:
         if size == 0:
             return []
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            # protobuf stores strings as they are: a file that never spells the key "location" names
+            # no external file (EXTERNAL without a location is an error ONNX Runtime reports itself);
+            # a C-speed search spares sgpt's own files the walk (35 ms for the shipped model)
+            if buf.find(b"location") < 0:
+                return []
             found: list[str] = []
             _walk(buf, _MODEL, 0, size, 0, found)
             return found

@@ -363,8 +363,9 @@ def test_the_protobuf_walk_finds_what_onnx_finds(tiny_onnx, tmp_path):
     path = edited_model(tiny_onnx, tmp_path / "two.onnx",
                         lambda p: (external("a.bin")(p), external_in_a_constant("b/c.bin")(p)))
     assert sorted(external_locations(path)) == ["a.bin", "b/c.bin"]
-    truncated = tmp_path / "cut.onnx"
-    truncated.write_bytes(tiny_onnx.read_bytes()[:5000])
+    truncated = tmp_path / "cut.onnx"  # cut inside the tensors, after a "location" key
+    data = path.read_bytes()
+    truncated.write_bytes(data[:data.rindex(b"location") + 20])
     from sgpt_cli.onnx_model import OnnxModel
 
     with pytest.raises(SgptError, match="not a well-formed ONNX file"):
@@ -654,3 +655,14 @@ def test_train_on_dev_zero_ends_with_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in err
     assert "larger than sgpt's limit" in err.strip().splitlines()[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_force_onto_a_fifo_is_refused_before_training(tmp_path, text_file):
+    fifo = tmp_path / "m.pt"
+    os.mkfifo(fifo)
+    proc = sgpt("train", "--preset", "tiny", "--data", str(text_file), "--out", str(fifo), "--force",
+                "--max-iters", "2", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "is a FIFO (named pipe), not a regular file" in err.strip().splitlines()[-1]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
