@@ -23,8 +23,8 @@ from typing import Iterable, TextIO
 
 from sgpt_cli.errors import SgptError, UsageError
 
-DEFAULT_BATCH_SIZE = 64  # rows at once: on 2 cores the speed stops growing between 16 and 64 rows
-# (benchmarks/bench_batch.py), and 64 rows of the shipped model's cache take ~150 MB
+DEFAULT_BATCH_SIZE = 16  # rows at once: on 2 cores the speed stops growing past 16 rows (64 was
+# slower: benchmarks/bench_batch.py), each step copying every row's whole key/value cache
 MAX_ROWS = 4096  # --num-samples and --batch-size: a typo of 10**9 is refused, not allocated
 ROW_SETTINGS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop")
 ROW_KEYS = ("prompt", "id", *ROW_SETTINGS)

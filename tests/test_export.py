@@ -499,3 +499,18 @@ def test_stages_are_a_spinner_on_a_terminal():
     assert "exporting (1/2 batches)" in shown and "\x1b[" in shown  # redrawn in place
     assert "exporting ..." not in shown
     assert shown.rstrip().endswith("done")
+
+
+def test_int8_batched_rows_equal_single_runs_bitwise(int8_export):
+    """MatMulNBits quantizes each row's activations on its own: a batched row is its single run."""
+    from sgpt_cli.engine import Engine
+    from sgpt_cli.settings import SamplingParams
+
+    engine = Engine(OnnxModel(int8_export[1], device="cpu"))
+    assert engine.padded
+    reqs = [(p, SamplingParams(temperature=0.8, max_tokens=70, seed=i))
+            for i, p in enumerate(["ROMEO:", "", "First Citizen:\nBefore we proceed any further", "K"])]
+    texts = {i: "" for i in range(len(reqs))}
+    for ev in engine.generate_batch(reqs, 3):
+        texts[ev.index] += ev.piece
+    assert [texts[i] for i in range(len(reqs))] == ["".join(engine.generate(p, s)) for p, s in reqs]
