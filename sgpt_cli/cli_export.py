@@ -22,8 +22,10 @@ OPTIONS = (
     EXPORT_OUT,
     QUANTIZE,
     OPSET,
-    DATA.but(help="With --quantize: the checkpoint's training text (SHA-256 checked), whose validation split "
-                  "measures the loss.", shown="data/tinyshakespeare.txt"),
+    DATA.but(help="The checkpoint's training text (SHA-256 checked), whose whole validation split measures the "
+                  "loss recorded in the file (and, with --quantize, the int8 loss change).",
+             shown="the path recorded at training if its SHA-256 still matches, else data/tinyshakespeare.txt "
+                   "if it is that text (downloaded when missing)"),
 )
 
 DOC = """Turn a checkpoint into one self-contained ONNX file and verify it against PyTorch.
@@ -41,7 +43,7 @@ def _run(checkpoint, out, quantize, opset, data) -> int:
 
         with stage_display() as (status, progress):
             report = export(checkpoint, out, opset=opset, quantize=quantize, data=data, status=status,
-                            progress=progress)
+                            progress=progress, fetch=_fetch)
         sys.stdout.write(render(report))
         sys.stdout.flush()
     return 0
@@ -87,6 +89,15 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
+def _fetch(path) -> None:
+    """The default corpus, downloaded as `sgpt eval` does, the bar on stderr (stdout is the report)."""
+    from rich.console import Console
+
+    from sgpt_cli.fetch_view import fetch_default_data
+
+    fetch_default_data(path, Console(stderr=True, highlight=False))
+
+
 def render(r: dict) -> str:
     """The plain report: one fact a line, the same on a terminal and in a pipe."""
     lines = [
@@ -97,6 +108,12 @@ def render(r: dict) -> str:
         f"{', '.join(map(str, r['lengths']))} x batch {' and '.join(map(str, r['batches']))}; "
         f"prefill {r['prefill']} + {r['decode_steps']} decode steps = one full pass",
     ]
+    if not r.get("quantize") and r.get("val_source") == "measured":
+        lines.append(f"val loss    {r['val_loss']:.4f} nats/char on the whole validation split of {r['data']} "
+                     f"({r['val_chars']:,} characters), recorded in the file")
+    elif not r.get("quantize") and r.get("val_loss") is not None:
+        lines.append(f"val loss    {r['val_loss']:.4f} nats/char, as the checkpoint records it ({r['val_source']}): "
+                     "its training text was not found (pass --data to measure this file)")
     if r.get("quantize"):
         saved = 1 - r["bytes"] / r["fp32_bytes"]
         lines += [

@@ -54,6 +54,14 @@ def _rank_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except RuntimeError:
+        # after Ctrl-C rank 0 may save and leave while this rank waits in a collective, which then
+        # fails: that is the stop everyone asked for, not an error to print
+        from sgpt_cli.train_view import StopRequest
+
+        if StopRequest.signalled:
+            raise typer.Exit(130) from None
+        raise
 
 
 OPTIONS = (
@@ -66,12 +74,16 @@ OPTIONS = (
             "NAME.metrics.jsonl, the loss curve as NAME.loss.png.", metavar="PATH"),
     Setting("resume", ("--resume",), bool, False,
             "Continue the run saved at --out (iteration, optimizer, RNG, best val); flags given now override "
-            "its settings, except the model's shape."),
+            "its settings, except the model's shape; --time-budget then means this many seconds more (without "
+            "it, a run that spent its budget gets the same again)."),
+    Setting("init_from", ("--init-from",), Path, None,
+            "Fine-tune: start from this checkpoint's weights (and shape; characters new in --data get new "
+            "embedding rows) with a fresh optimizer and schedule.", shown="off", metavar="PATH"),
     Setting("force", ("--force",), bool, False,
             "Start a new run even if --out already holds a checkpoint (it is replaced)."),
     DEVICE.but(help="auto (CUDA when available), cpu or cuda."),
     _hyper("max_iters", "Stop after this many optimizer steps (total, counting resumed ones)."),
-    _hyper("time_budget", "Stop after this many seconds of training (total); the learning-rate schedule is fitted to it. 0 = no limit."),
+    _hyper("time_budget", "Seconds for the whole run, the final whole-split val loss and checkpoint included; the learning-rate schedule is fitted to it. 0 = no limit."),
     _hyper("n_layer", "Transformer blocks."),
     _hyper("n_head", "Attention heads per block (must divide --n-embd)."),
     _hyper("n_embd", "Residual width."),
@@ -98,16 +110,17 @@ OPTIONS = (
 
 DOC = """Train the character-level GPT on a text (tiny-shakespeare by default).
 
-Ctrl-C stops after the current step and saves a checkpoint that --resume continues. Several GPUs
+Ctrl-C (or SIGTERM) stops within seconds and saves a checkpoint that --resume continues. Several GPUs
 or machines: torchrun --nproc_per_node=N -m sgpt_cli train ... (PyTorch DDP).
 """
 
 
-def _run(data, preset, out, resume, force, device, **overrides) -> int:
+def _run(data, preset, out, resume, init_from, force, device, **overrides) -> int:
     require_train_extra("train")
     from sgpt_cli.train_view import run_train
 
-    return run_train(data=data, preset=preset, out=out, resume=resume, force=force, device=device, overrides=overrides)
+    return run_train(data=data, preset=preset, out=out, resume=resume, force=force, device=device, overrides=overrides,
+                     init_from=init_from)
 
 
 train = typer_command("train", DOC, OPTIONS, _run, errors=_rank_errors)

@@ -7,6 +7,7 @@ on top of the defaults; every field can be overridden again by its own command-l
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from sgpt_cli.errors import UsageError
@@ -102,6 +103,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.model_config(vocab_size=1).validate()
+        for f in dataclasses.fields(self):  # inf and nan are no settings (and would mislead later checks)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
         checks = [
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (self.learning_rate > 0, f"--learning-rate must be positive (got {self.learning_rate})"),
@@ -119,6 +124,8 @@ class TrainConfig:
             (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {self.eval_interval})"),
             (self.eval_iters >= 1, f"--eval-iters must be at least 1 (got {self.eval_iters})"),
             (self.sample_chars >= 0, "--sample-chars must not be negative"),
+            # torch seeds are 64-bit and each rank adds its rank: keep clear of the top
+            (0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63 - 1 (got {self.seed})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -479,14 +479,15 @@ def val_loss_onnx(path: Path, val_ids: np.ndarray, progress=None) -> float:
 def export(ckpt_path: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT, *, opset: int = DEFAULT_OPSET,
            quantize: str | None = None, data: Path | None = None,
            status: Callable[[str], None] = lambda s: None,
-           progress: Callable[[int, int], None] | None = None) -> dict:
+           progress: Callable[[int, int], None] | None = None,
+           fetch: Callable[[Path], object] | None = None) -> dict:
     """Export, verify and (optionally) quantize; return the report. The file appears only if all pass."""
     check_options(opset, quantize)
     t0 = time.perf_counter()
     ckpt_path, out = Path(ckpt_path), Path(out)
     status(f"loading {ckpt_path}")
     model, ckpt = load_model(ckpt_path)
-    val_ids, data_path = _validation_ids(ckpt, data) if quantize else (None, None)
+    val_ids, data_path = find_validation_text(ckpt, data, required=bool(quantize), fetch=fetch)
     check_writable_target(out)
     cfg = model.cfg
     report = {"checkpoint": str(ckpt_path), "out": str(out), "opset": opset, "params": model.num_params(),
@@ -503,6 +504,8 @@ def export(ckpt_path: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT, *, ops
                 status("verifying ONNX Runtime against PyTorch")
                 report.update(verify(model, fp32))
                 report["fp32_bytes"] = fp32.stat().st_size
+                if not quantize:
+                    _record_val_loss(model, ckpt, proto, fp32, val_ids, data_path, report, status, progress)
                 if quantize:
                     _quantize(model, ckpt, proto, fp32, tmp, val_ids, data_path, report, status, progress)
             finally:
@@ -537,19 +540,57 @@ def _quantize(model, ckpt, fp32_proto, fp32: Path, dst: Path, val_ids, data_path
     report.update(int8_max_abs_diff=checked["max_abs_diff"], int8_limit=checked["limit"])
 
 
-def _validation_ids(ckpt: dict, data: Path | None) -> tuple[np.ndarray, Path]:
-    """The validation split of the checkpoint's training text, encoded with its vocabulary."""
-    from sgpt_cli.data import DEFAULT_DATA, read_text, split_text
+def _record_val_loss(model, ckpt, proto, fp32: Path, val_ids, data_path, report, status, progress) -> None:
+    """The one val loss of a float32 export: this very file on the whole validation split, the
+    protocol of `sgpt eval`, written into its metadata; or, without the text, the checkpoint's own."""
+    if val_ids is None:
+        report.update(val_loss=_float(ckpt.get("val_loss")), val_source=ckpt.get("val_loss_kind", "estimate"))
+        return
+    status("measuring the validation loss on the whole split")
+    loss = val_loss_onnx(fp32, val_ids, progress)
+    set_metadata(proto, metadata_for(model, ckpt, loss, "none"))
+    save_checked(proto, fp32)
+    report.update(val_loss=loss, val_source="measured", val_chars=int(len(val_ids)), data=str(data_path))
 
-    path = Path(data) if data else DEFAULT_DATA
-    if not path.exists():
-        raise SgptError(f"--quantize int8 measures the validation loss on the training text, but {path} "
-                        "does not exist; pass --data PATH")
-    text, sha = read_text(path)
-    if ckpt.get("data_sha256") and sha != ckpt["data_sha256"]:
-        raise SgptError(f"{path} is not the text this checkpoint was trained on (its SHA-256 differs); "
-                        "pass the training text with --data PATH")
+
+def find_validation_text(ckpt: dict, data: Path | None, required: bool,
+                         fetch: Callable[[Path], object] | None = None) -> tuple[np.ndarray | None, Path | None]:
+    """The validation split of the checkpoint's own text, encoded with its vocabulary: --data when
+    given; else the path recorded at training time if its SHA-256 still matches; else the default
+    corpus (downloaded if missing, as `sgpt eval` does) if it is that text. Without it: an error
+    when `required` (int8 needs it), else (None, None)."""
+    from sgpt_cli import data as corpus
+
+    want = ckpt.get("data_sha256") or None
+    if data is not None:
+        text, sha = corpus.read_text(Path(data))
+        if want and sha != want:
+            raise SgptError(f"{data} is not the text this checkpoint was trained on (its SHA-256 differs); "
+                            "pass the training text with --data PATH")
+        return _encoded_val(ckpt, text, Path(data)), Path(data)
+    candidates = [Path(ckpt["data_path"])] if ckpt.get("data_path") else []
+    candidates.append(corpus.DEFAULT_DATA)
+    for path in candidates:
+        if path.is_file():
+            text, sha = corpus.read_text(path)
+            if not want or sha == want:
+                return _encoded_val(ckpt, text, path), path
+    default_fits = want in (None, corpus.TINY_SHAKESPEARE_SHA256)
+    if default_fits and not corpus.DEFAULT_DATA.exists() and (required or fetch is not None):
+        (fetch or corpus.ensure_default_data)(corpus.DEFAULT_DATA)
+        text, _ = corpus.read_text(corpus.DEFAULT_DATA)
+        return _encoded_val(ckpt, text, corpus.DEFAULT_DATA), corpus.DEFAULT_DATA
+    if not required:
+        return None, None
+    recorded = f" (recorded: {ckpt['data_path']})" if ckpt.get("data_path") else ""
+    raise SgptError(f"--quantize int8 measures the validation loss on the checkpoint's training text, which "
+                    f"was not found{recorded}; pass --data PATH (the text it was trained on)")
+
+
+def _encoded_val(ckpt: dict, text: str, path: Path) -> np.ndarray:
+    from sgpt_cli.data import split_text
+
     ids = CharTokenizer.from_json(ckpt["vocab"]).encode(split_text(text)[1], drop_unknown=True)
     if len(ids) < 2:
         raise SgptError(f"the validation split of {path} is too short to measure a loss; pass a longer --data")
-    return ids, path
+    return ids

@@ -10,6 +10,16 @@ from rich.text import Text
 from sgpt_cli.errors import atomic_path
 
 BARS = "▁▂▃▄▅▆▇█"
+ASCII_BARS = "_.-=+*#@"  # for a terminal whose encoding has no block characters (PYTHONIOENCODING=ascii)
+
+
+def can_draw(console, chars: str) -> bool:
+    """Whether `console`'s stream can encode `chars` (rich writes str; the stream's codec decides)."""
+    try:
+        chars.encode(console.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -46,7 +56,7 @@ def write_png(rows: list[dict], png: Path, title: str = "sgpt training") -> None
     plt.close(fig)
 
 
-def sparkline(values: list[float], width: int = 60) -> str:
+def sparkline(values: list[float], width: int = 60, bars: str = BARS) -> str:
     if not values:
         return ""
     if len(values) > width:  # keep the shape: sample evenly, always keep the last point
@@ -54,10 +64,10 @@ def sparkline(values: list[float], width: int = 60) -> str:
         values = [values[int(i * step)] for i in range(width - 1)] + [values[-1]]
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
-    return "".join(BARS[min(int((hi - v) / span * (len(BARS) - 1) + 0.5), len(BARS) - 1)] for v in values)
+    return "".join(bars[min(int((hi - v) / span * (len(bars) - 1) + 0.5), len(bars) - 1)] for v in values)
 
 
-def render_curves(metrics: Path, png: Path) -> Text:
+def render_curves(metrics: Path, png: Path, ascii_only: bool = False) -> Text:
     """Write the PNG and return a terminal summary: val loss falling as bars grow."""
     rows = read_metrics(metrics)
     if not rows:
@@ -65,9 +75,9 @@ def render_curves(metrics: Path, png: Path) -> Text:
     write_png(rows, png)
     vals = [r["val_loss"] for r in rows]
     t = Text()
-    t.append("val loss  ", style="bold")
+    t.append("val loss estimates  ", style="bold")
     t.append(f"{vals[0]:.3f} ", style="dim")
-    t.append(sparkline(vals), style="green")
+    t.append(sparkline(vals, bars=ASCII_BARS if ascii_only else BARS), style="green")
     t.append(f" {vals[-1]:.3f}", style="bold")
     t.append(f"   (taller = lower; loss curves: {png})", style="dim")
     return t

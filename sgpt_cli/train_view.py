@@ -22,9 +22,11 @@ from rich.text import Text
 from sgpt_cli import checkpoint
 from sgpt_cli.config import build_train_config
 from sgpt_cli.console import Console as _Console
+from sgpt_cli.plot import can_draw
 from sgpt_cli.data import DEFAULT_DATA, read_text
 from sgpt_cli.errors import SgptError, check_writable_target, probe
 from sgpt_cli.fetch_view import fetch_default_data
+from sgpt_cli.stop import Stop
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -43,23 +45,27 @@ class TrainDisplay:
     """Renders trainer events: a live status line on a terminal; evaluations, samples and the
     summary as plain lines everywhere (so logs and pipes get them too)."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, errors: Console | None = None, data: Path | None = None,
+                 out: Path | None = None):
         self.console = console
+        self.errors = errors or console
         self.live = Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
         self.val = None
         self.last_line = 0.0
+        self.data, self.out = data, out
+        self.bars = ("█", "░") if can_draw(console, "█░") else ("#", "-")
 
     def __call__(self, e) -> None:
         if e.kind == "start":
-            i = e.info
-            what = f"resuming from iteration {e.iter}:" if i["resumed"] else "training"
-            self.console.print(
-                f"[bold]{what}[/bold] {i['params'] / 1e6:.2f}M parameters on {escape(i['hardware'])}"
-                + (f" x{i['world']} processes" if i["world"] > 1 else "")
-                + f" | vocab {i['vocab_size']} | {i['train_chars']:,} train / {i['val_chars']:,} val characters"
-            )
+            self._header(e)
             if self.live:
                 self.live.start()
+        elif e.kind == "warning":
+            self.errors.print(f"sgpt: warning: {e.info['message']}", markup=False, highlight=False)
+        elif e.kind == "final":
+            self.console.print(
+                f"[bold]val loss {e.val_loss:.4f}[/bold] on the whole validation split "
+                f"({e.info['val_chars']:,} characters; checkpoint of iteration {e.info['best_iter']})")
         elif e.kind == "step":
             if self.live:
                 self.live.update(self._table(e))
@@ -70,18 +76,35 @@ class TrainDisplay:
             self.val = e.val_loss
             mark = " [green]saved best[/green]" if e.saved else ""
             self.console.print(
-                f"[bold cyan]iter {e.iter:>6}[/bold cyan]  train {e.train_loss:.4f}  "
-                f"[bold]val {e.val_loss:.4f}[/bold]  best {e.best_val_loss:.4f}  {_fmt_time(e.elapsed)}{mark}"
+                f"[bold cyan]iter {e.iter:>6}[/bold cyan]  estimates: train {e.train_loss:.4f}  "
+                f"val {e.val_loss:.4f}  best {e.best_val_loss:.4f}  {_fmt_time(e.elapsed)}{mark}"
             )
             if e.sample:
                 self.console.print(Text(e.sample.strip("\n")[:400], style="italic dim"), soft_wrap=False)
         elif e.kind == "end" and self.live:
             self.live.stop()
 
+    def _header(self, e) -> None:
+        """What is happening, in two lines: the model and where it runs; the text and where it goes."""
+        i = e.info
+        what = f"resuming from iteration {e.iter}:" if i["resumed"] else "training"
+        init = f", starting from {escape(i['init_from'])}" if i.get("init_from") else ""
+        budget = f", time budget {_fmt_time(i['time_budget'])}" if i.get("time_budget") else ""
+        self.console.print(
+            f"[bold]{what}[/bold] preset {escape(i['preset'])} ({i['optimizer']}{budget}{init}): "
+            f"{i['params'] / 1e6:.2f}M parameters on {escape(i['hardware'])}"
+            + (f" x{i['world']} processes" if i["world"] > 1 else "")
+        )
+        data = escape(str(self.data)) if self.data else "the text"
+        self.console.print(
+            f"  data {data}: {i['train_chars']:,} train / {i['val_chars']:,} val characters, vocab "
+            f"{i['vocab_size']} -> {escape(str(self.out))}"
+        )
+
     def _table(self, e, width: int | None = None) -> Text:
         """One status line that fits the terminal: the essentials first, extras only where room is left."""
         width = width or self.console.width
-        val = f"val {self.val:.4f}" if self.val is not None else "val -"
+        val = f"val~ {self.val:.4f}" if self.val is not None else "val~ -"  # ~: an estimate
         parts = [f"iter {e.iter}/{e.max_iters}", f"loss {e.loss:.4f}", val, f"{e.tokens_per_s:,.0f} tok/s",
                  f"elapsed {_fmt_time(e.elapsed)}", f"eta {_fmt_time(e.eta)}"]
         fits = lambda ps: len("  ".join(ps)) <= width  # noqa: E731
@@ -96,7 +119,8 @@ class TrainDisplay:
             cells = min(room, 30)
             pct = min(e.iter / e.max_iters, 1.0) if e.max_iters else 0.0
             filled = int(pct * cells)
-            line = f"{parts[0]}  {'█' * filled}{'░' * (cells - filled)}  " + "  ".join(parts[1:])
+            full, empty = self.bars
+            line = f"{parts[0]}  {full * filled}{empty * (cells - filled)}  " + "  ".join(parts[1:])
         return Text(line, no_wrap=True, overflow="ellipsis")
 
 
@@ -114,23 +138,33 @@ def _check_out(out: Path) -> None:
         raise SgptError(f"cannot write --out {out}: folder {ancestor} is not writable; choose another --out")
 
 
-class StopRequest:
-    """Ctrl-C (or SIGTERM, e.g. a scheduler's preemption) asks the trainer to stop after the current
-    step, evaluate and save; a second one aborts at once. Polled by the trainer as `should_stop`."""
+class StopRequest(Stop):
+    """Ctrl-C, or SIGTERM (`timeout`, systemd, a scheduler's preemption), stops the run within
+    seconds: an estimate in progress is abandoned, a step in progress too (the last whole step is
+    kept), and the resumable checkpoint is saved. A checkpoint being written is always finished
+    first (`Stop.critical`), however many signals come. Under torchrun (`escalate` False) a
+    repeated signal is not a second request: the terminal and torchrun's agent both send one."""
 
-    def __init__(self, announce: bool):
-        self.requested = False
+    signalled = False  # any signal seen in this process (the DDP ranks' exit path reads it)
+
+    def __init__(self, announce: bool, escalate: bool = True):
+        super().__init__()
         self.announce = announce
+        self.escalate = escalate
 
-    def __call__(self) -> bool:
-        return self.requested
+    def say(self, message: bytes) -> None:
+        if self.announce:  # os.write: the only output that is safe inside a signal handler
+            os.write(2, message)
 
     def handle(self, signum, frame) -> None:
-        if self.requested:
+        first = not self.requested
+        self.requested = StopRequest.signalled = True
+        if self.mode == "critical":
+            self.say(b"\nsgpt: finishing the checkpoint being written, then stopping\n")
+        elif self.mode == "abortable" or (not first and self.escalate):
             raise KeyboardInterrupt
-        self.requested = True
-        if self.announce:  # os.write: the only output that is safe inside a signal handler
-            os.write(2, b"\nsgpt: stopping after this step to save a checkpoint (Ctrl-C again to abort)\n")
+        elif first:
+            self.say(b"\nsgpt: stopping after this step to save a checkpoint\n")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["StopRequest"]:
@@ -152,7 +186,7 @@ def _resume_hint(out: Path, data: Path | None) -> str:
 
 
 def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force: bool, device: str,
-              overrides: dict) -> int:
+              overrides: dict, init_from: Path | None = None) -> int:
     """Check every input before any work or any file is written, then train and draw progress.
 
     Returns the exit status: 0 when the run ended by --max-iters or --time-budget, 130 when
@@ -161,14 +195,19 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
     from sgpt_cli import trainer  # torch: only now
 
     master = int(os.environ.get("RANK", "0")) == 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     console = _Console(soft_wrap=True, highlight=False) if master else Console(file=io.StringIO())
-    errors = _Console(stderr=True, soft_wrap=True) if master else console
+    errors = _Console(stderr=True, soft_wrap=True, highlight=False) if master else console
     cfg = build_train_config(preset, overrides)  # validates flags before any work
     trainer.resolve_device(device)
     out = Path(out)
     if resume and force:
         raise SgptError("--resume and --force contradict each other; pick one")
+    if resume and init_from is not None:
+        raise SgptError("--resume continues a run, --init-from starts a new one from other weights; pick one")
     _check_out(out)
+    if master:
+        checkpoint.check_unlocked(out)  # a run in progress is the likelier story than a finished one
     if not resume and not force and (out.exists() or checkpoint.last_path(out).exists()):
         raise SgptError(f"{out} already holds a checkpoint; pass --resume to continue it or --force to start over")
 
@@ -179,19 +218,21 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         fetch_default_data(data_path, console)
     text, sha = read_text(data_path)
 
-    resume_ckpt = None
+    resume_ckpt = init = None
     if resume:
-        from sgpt_cli.tokenizer import CharTokenizer
-
-        resume_ckpt, cfg = trainer.load_resume_state(out, sha, CharTokenizer.from_text(text), overrides)
+        resume_ckpt, cfg = trainer.load_resume_state(out, sha, None, overrides, text=text)
+    if init_from is not None:
+        init = {**checkpoint.load(init_from), "source": str(init_from)}
+        cfg = trainer.config_for_init(cfg, init, overrides)
     trainer.check_text_length(cfg, text)
     check_writable_target(out)  # creates the folder: only now that every input is known to be good
 
-    display = TrainDisplay(console)
+    display = TrainDisplay(console, errors, data_path, out)
+    lock = checkpoint.training_lock(out) if master else contextlib.nullcontext()
     try:
-        with StopRequest(announce=master).installed() as stop:
-            result = trainer.train(cfg, text, sha, out, device=device, resume=resume_ckpt, callback=display,
-                                   should_stop=stop)
+        with lock, StopRequest(announce=master, escalate=world == 1).installed() as stop:
+            result = trainer.train(cfg, text, sha, out, device=device, resume=resume_ckpt, init=init,
+                                   data_path=str(data_path.resolve()), callback=display, should_stop=stop)
     finally:
         if display.live and display.live.is_started:
             display.live.stop()
@@ -202,7 +243,7 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         from sgpt_cli.plot import render_curves
 
         try:
-            console.print(render_curves(metrics, checkpoint.curve_path(out)))
+            console.print(render_curves(metrics, checkpoint.curve_path(out), ascii_only=not display.bars[0] == "█"))
         except OSError as exc:
             errors.print(f"sgpt: warning: could not write the loss curve: {exc.strerror or exc}", markup=False)
     if result.status == "interrupted":
@@ -215,9 +256,13 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
             )
         return 130
     why = "time budget spent" if result.status == "time" else "done"
+    if result.val_loss is not None:
+        val = f"val loss {result.val_loss:.4f} (whole validation split)"
+    else:
+        val = f"val loss not measured ({escape(result.val_note)}; `sgpt export` measures it)"
     console.print(
         f"[bold green]{why}[/bold green]: {result.iters} iterations in {_fmt_time(result.elapsed)}, "
-        f"best val loss {result.best_val_loss:.4f} -> {escape(str(out))}"
+        f"{val} -> {escape(str(out))}"
     )
     console.print(f"next: sgpt export {out}", markup=False)
     return 0

@@ -1,13 +1,16 @@
-"""The training loop: AdamW on random windows of the text, periodic evaluation, checkpoints.
+"""The training loop: random windows of the text, a warmup + cosine schedule, periodic estimates,
+checkpoints, and one measured validation loss at the end.
 
-What it does: samples batches, steps the optimizer on a warmup + cosine schedule (fitted to
-`max_iters` or to the wall-clock `time_budget`), evaluates train/val loss on fixed batches, writes
-the best-val checkpoint and a resumable "last" checkpoint atomically, appends metrics to JSONL,
-stops when `should_stop()` turns true (the CLI's Ctrl-C handler) after evaluating and saving a
-resumable checkpoint that holds every rank's random streams, so a resumed run continues exactly as
-an uninterrupted one would; stops on a non-finite loss; and runs under `torchrun` with DDP (each rank
-draws its own batches; only rank 0 writes or reports). On CUDA: bf16 autocast, TF32, fused AdamW and
-optional torch.compile.
+What it holds: `train()` (a short loop over the named pieces below), the set-up of a run (fresh,
+resumed or initialised from another checkpoint), the stop rules (iterations, time budget, a stop
+request), the whole-split validation loss, the `Stop` protocol the CLI's signal handler follows,
+and the DDP glue for `torchrun` (each rank draws its own batches; only rank 0 writes or reports).
+On CUDA: bf16 autocast, TF32, fused AdamW and optional torch.compile.
+
+The promises: the best checkpoint (`--out`, weights only) and the resumable one (`NAME.last.pt`,
+with optimizer and every rank's random streams) are only ever written whole, both in one critical
+section that a stop request cannot cut; a step cut short is never saved (the state after it is
+torn); a time budget bounds the whole run, the final measurement and checkpoint included.
 
 What it does not do: draw anything, or install signal handlers. It reports through
 `callback(event)`; the CLI renders.
@@ -15,31 +18,36 @@ What it does not do: draw anything, or install signal handlers. It reports throu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from sgpt_cli import checkpoint
-from sgpt_cli.config import TrainConfig, model_config_from_dict
+from sgpt_cli.config import TrainConfig, model_config_from_dict, train_config_from_dict
 from sgpt_cli.data import split_text
 from sgpt_cli.errors import SgptError, UsageError
 from sgpt_cli.model import GPT
 from sgpt_cli.optim import build_optimizer
+from sgpt_cli.stop import Stop
 from sgpt_cli.tokenizer import CharTokenizer
+
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
 
 @dataclass
 class Event:
-    """What the loop reports. `kind` is start, step, eval or end; unused fields stay None."""
+    """What the loop reports. `kind` is start, step, eval, warning, final or end; unused fields stay None."""
 
     kind: str
     iter: int = 0
@@ -61,11 +69,13 @@ class Event:
 class Result:
     status: str  # "done", "time", "interrupted"
     iters: int
-    best_val_loss: float
+    best_val_loss: float  # the best periodic estimate
     elapsed: float
     out: Path
     last: Path
     saved_iter: int | None = None  # iteration of the newest resumable checkpoint (None: none saved)
+    val_loss: float | None = None  # the whole validation split, measured once at the end (None: not measured)
+    val_note: str = ""  # why val_loss is None, when it is
 
 
 @dataclass
@@ -115,12 +125,14 @@ def lr_at(cfg: TrainConfig, it: int, progress: float) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def schedule_progress(cfg: TrainConfig, it: int, train_seconds: float) -> float:
+def schedule_progress(cfg: TrainConfig, it: int, train_seconds: float, reserve: float = 0.0) -> float:
+    """How far along the decay is: by iterations, or by the clock (the budget less what the final
+    measurement and checkpoint will need), whichever is further."""
     if cfg.lr_decay_iters:
         span = max(cfg.lr_decay_iters - cfg.warmup_iters, 1)
         return (it - cfg.warmup_iters) / span
     by_iters = (it - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1)
-    by_time = train_seconds / cfg.time_budget if cfg.time_budget else 0.0
+    by_time = train_seconds / max(cfg.time_budget - reserve, 1e-9) if cfg.time_budget else 0.0
     return max(by_iters, by_time)
 
 
@@ -152,43 +164,555 @@ def check_text_length(cfg: TrainConfig, text: str) -> None:
         )
 
 
-def load_resume_state(out: Path, text_sha: str, tokenizer: CharTokenizer, overrides: dict) -> tuple[dict, TrainConfig]:
-    """The checkpoint to resume from and its config with this run's explicit overrides applied."""
-    from sgpt_cli.config import train_config_from_dict
+def tokenizer_for(text: str, ckpt: dict | None) -> CharTokenizer:
+    """The text's own vocabulary; or a checkpoint's, extended at the end by characters it lacks
+    (a fine-tuned model keeps every id it had, so its embedding rows keep their meaning)."""
+    if ckpt is None:
+        return CharTokenizer.from_text(text)
+    known = checkpoint.vocab_from(ckpt)
+    new = sorted(set(text) - set(known))
+    return CharTokenizer(known + new)
 
+
+def load_resume_state(out: Path, text_sha: str, tokenizer: CharTokenizer | None, overrides: dict,
+                      text: str | None = None) -> tuple[dict, TrainConfig]:
+    """The checkpoint to resume from and its config with this run's explicit overrides applied.
+
+    `--time-budget` on a resumed run means this many seconds more; without it, a run that spent its
+    budget gets the same budget again (so `sgpt train --resume` simply goes on).
+    """
     last = checkpoint.last_path(out)
     source = last if last.exists() else Path(out)
     if not source.exists():
         raise SgptError(f"nothing to resume: {out} does not exist; drop --resume to start a new run")
     ckpt = checkpoint.load(source)
     if "optimizer" not in ckpt or "train_config" not in ckpt:
-        raise SgptError(f"{source} holds weights only, no training state; drop --resume to start a new run")
+        raise SgptError(f"{source} holds weights only, no training state; drop --resume to start a new run, "
+                        f"or fine-tune it with --init-from {source}")
     foreign = (
         f"{source} was trained on a different text; pass the same --data it was trained on, "
         "or start a new run with another --out"
     )
-    if checkpoint.vocab_from(ckpt) != tokenizer.chars:
+    vocab = checkpoint.vocab_from(ckpt)
+    chars = sorted(set(text)) if text is not None else tokenizer.chars
+    # a fine-tuned model's vocabulary is its parent's, extended: it need only cover the text
+    fits = set(chars) <= set(vocab) if ckpt.get("init_from") else chars == vocab
+    if not fits:
         raise SgptError(foreign.replace("a different text", "a different text (its vocabulary differs)"))
     if ckpt.get("data_sha256") and ckpt["data_sha256"] != text_sha:
         raise SgptError(foreign.replace("a different text", "a different text (its SHA-256 differs)"))
     saved = train_config_from_dict(ckpt["train_config"])
-    shape_fields = ("n_layer", "n_head", "n_embd", "block_size")
-    for name in shape_fields:
+    for name in SHAPE_FIELDS:
         if overrides.get(name) is not None and overrides[name] != getattr(saved, name):
             raise UsageError(
                 f"--{name.replace('_', '-')} {overrides[name]} differs from the checkpoint's "
                 f"{getattr(saved, name)}; a resumed run keeps the model's shape"
             )
-    changes = {k: v for k, v in overrides.items() if v is not None and k not in shape_fields}
+    changes = {k: v for k, v in overrides.items() if v is not None and k not in SHAPE_FIELDS}
+    it, seconds = int(ckpt["iter"]), float(ckpt.get("train_seconds", 0.0))
+    if changes.get("time_budget"):
+        changes["time_budget"] = seconds + changes["time_budget"]  # "this much more"
+    elif saved.time_budget and seconds >= saved.time_budget and "time_budget" not in changes:
+        changes["time_budget"] = seconds + saved.time_budget  # spent: the same stretch again
     cfg = dataclasses.replace(saved, **changes)
     cfg.validate()
-    it, seconds = int(ckpt["iter"]), float(ckpt.get("train_seconds", 0.0))
-    if it >= cfg.max_iters or (cfg.time_budget and seconds >= cfg.time_budget):
-        spent = (f"its {it} iterations (--max-iters {cfg.max_iters})" if it >= cfg.max_iters
-                 else f"its time budget ({seconds:.0f} of --time-budget {cfg.time_budget:g} s)")
-        raise SgptError(f"{source} has already trained {spent}; pass a larger --max-iters or --time-budget to go on")
+    if it >= cfg.max_iters:
+        raise SgptError(f"{source} has already trained its {it} iterations (--max-iters {cfg.max_iters}); "
+                        "pass a larger --max-iters to go on")
     return ckpt, cfg
 
+
+def config_for_init(cfg: TrainConfig, init: dict, overrides: dict) -> TrainConfig:
+    """A fine-tuning run takes the model's shape from the checkpoint it starts from."""
+    shape = model_config_from_dict(init["model_config"])
+    for name in SHAPE_FIELDS:
+        if overrides.get(name) is not None and overrides[name] != getattr(shape, name):
+            raise UsageError(f"--{name.replace('_', '-')} {overrides[name]} differs from --init-from's "
+                             f"{getattr(shape, name)}; a fine-tuned model keeps the shape it starts from")
+    cfg = dataclasses.replace(cfg, **{name: getattr(shape, name) for name in SHAPE_FIELDS})
+    cfg.validate()
+    return cfg
+
+
+# --- the state of one run, and the pieces the loop is made of ---
+
+class Pace:
+    """Recent speed: compute per step (tokens/s) and wall clock per step including evaluations and
+    whatever else the machine is doing (the ETA), both over a sliding window so a busy machine's
+    slowdown shows within seconds and a single slow step does not."""
+
+    def __init__(self) -> None:
+        self.steps: deque[float] = deque(maxlen=20)  # seconds of compute of the last steps
+        self.wall: deque[tuple[float, int]] = deque(maxlen=200)  # (clock, iteration) after each step
+        self.eval_seconds: float | None = None
+        self.save_seconds = 0.5
+
+    def step_seconds(self) -> float | None:
+        return sum(self.steps) / len(self.steps) if self.steps else None
+
+    def wall_per_iter(self) -> float | None:
+        (t0, i0), (t1, i1) = (self.wall[0], self.wall[-1]) if len(self.wall) >= 2 else ((0, 0), (0, 0))
+        return (t1 - t0) / (i1 - i0) if i1 > i0 else self.step_seconds()
+
+
+@dataclass
+class Run:
+    """Everything a run changes as it goes; the loop's pieces read and update it."""
+
+    cfg: TrainConfig
+    out: Path
+    dist: Dist
+    device: str
+    tokenizer: CharTokenizer
+    model: torch.nn.Module  # what steps (compiled and/or DDP-wrapped)
+    raw_model: GPT  # what is saved and evaluated
+    optimizer: object
+    gen: torch.Generator  # this rank's batch sampler
+    train_batches: Batches
+    val_ids: torch.Tensor
+    val_batches: Batches
+    extra: dict  # recorded in every checkpoint: data SHA-256 and path, init_from
+    it: int = 0
+    best_val: float = float("inf")
+    seconds_before: float = 0.0  # training seconds of earlier sessions (a resumed run)
+    session_start: float = field(default_factory=time.perf_counter)
+    last_val: float = float("nan")
+    lr: float = 0.0
+    evaluated_at: int = 0
+    saved_iter: int | None = None
+    best_iter: int | None = None
+    rng_at: tuple[int, list] | None = None  # every rank's random streams, gathered at this iteration
+    clock: tuple[float, float] = (0.0, 0.0)  # rank 0's (elapsed, reserve) at this step: the schedule's clock
+    pace: Pace = field(default_factory=Pace)
+
+    @property
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.session_start
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.block_size * self.dist.world
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else contextlib.nullcontext()
+
+    def whole_split_seconds(self) -> float:
+        """What measuring the whole validation split should take: a forward pass costs about a
+        third of a training step per character."""
+        step = self.pace.step_seconds()
+        return 0.0 if step is None else len(self.val_ids) * step / (self.cfg.batch_size * self.cfg.block_size) / 3
+
+    def reserve(self) -> float:
+        """Seconds the end of a budgeted run needs: a last estimate, the whole-split measurement
+        (with half again as margin for a busy machine) and the saves."""
+        step = self.pace.step_seconds()
+        if step is None:
+            return 0.0
+        estimate = self.pace.eval_seconds or 2 * self.cfg.eval_iters * step / 3
+        return estimate + 1.5 * self.whole_split_seconds() + 3 * self.pace.save_seconds
+
+
+def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, resume: dict | None,
+          init: dict | None, data_path: str | None) -> Run:
+    """Build the model, optimizer and batch streams of a fresh, resumed or fine-tuning run."""
+    device = resolve_device(device)
+    dist = setup_distributed(device)
+    if device == "cuda" and dist.world > 1:
+        torch.cuda.set_device(dist.local_rank)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    check_text_length(cfg, text)
+    tokenizer = tokenizer_for(text, resume or init)
+    mcfg = cfg.model_config(tokenizer.vocab_size)
+    torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ per rank; DDP copies rank 0's weights
+    model = GPT(mcfg)
+    gen = torch.Generator().manual_seed(cfg.seed + dist.rank)  # each rank draws its own batches
+    if init is not None:
+        load_extended(model, init["model"])
+    if resume is not None:
+        if model_config_from_dict(resume["model_config"]) != mcfg:
+            raise SgptError("the checkpoint's model shape does not match its training config; start a new run")
+        model.load_state_dict(resume["model"])
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, fused=device == "cuda")
+    train_text, val_text = split_text(text)
+    to_ids = lambda s: torch.from_numpy(tokenizer.encode(s))  # noqa: E731
+    val_ids = to_ids(val_text)
+    run = Run(cfg, Path(out), dist, device, tokenizer, model, model, optimizer, gen,
+              Batches(to_ids(train_text), cfg.block_size, cfg.batch_size, device), val_ids,
+              Batches(val_ids, cfg.block_size, cfg.batch_size, device),
+              extra={"data_sha256": text_sha, "data_path": data_path,
+                     "init_from": init["source"] if init else (resume or {}).get("init_from")})
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])  # after .to(): state follows the params' device
+        run.it = run.evaluated_at = run.saved_iter = int(resume["iter"])
+        run.best_val = float(resume.get("best_val_loss", float("inf")))
+        run.seconds_before = float(resume.get("train_seconds", 0.0))
+        run.last_val = float(resume.get("val_loss_estimate", resume.get("val_loss", float("nan"))))
+        _restore_rng(resume, gen, cfg, run.it, dist)
+    if cfg.compile:
+        run.model = torch.compile(run.model)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        run.model = DDP(run.model, device_ids=[dist.local_rank] if device == "cuda" else None)
+    if dist.master and resume is None:
+        # a fresh run (--force): no stale resumable state, metrics or curve of an older run survive
+        for stale in (checkpoint.last_path(out), checkpoint.metrics_path(out), checkpoint.curve_path(out)):
+            stale.unlink(missing_ok=True)
+    run.lr = lr_at(cfg, run.it, schedule_progress(cfg, run.it, run.seconds_before))
+    return run
+
+
+def load_extended(model: GPT, state: dict) -> None:
+    """Load weights whose vocabulary may be smaller than the model's: the new characters' embedding
+    rows keep their fresh initialisation (the output head is tied to them)."""
+    state = dict(state)
+    old = state["wte.weight"]  # (old_vocab, C)
+    new = model.wte.weight.detach().clone()
+    if old.shape[1] != new.shape[1] or old.shape[0] > new.shape[0]:
+        raise SgptError("--init-from's embedding does not fit the model; fine-tune a checkpoint written by sgpt")
+    new[: old.shape[0]] = old
+    state["wte.weight"] = new
+    state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise SgptError("--init-from's weights do not fit its own model shape; fine-tune a checkpoint written by sgpt")
+
+
+def stop_reason(run: Run, stop: Stop) -> str | None:
+    """Why the loop should end now (None: it should not). Under DDP rank 0's answer wins (`agree`)."""
+    if run.it >= run.cfg.max_iters:
+        return "done"
+    if run.cfg.time_budget and run.elapsed + run.reserve() >= run.cfg.time_budget:
+        return "time"  # stop early enough that the final measurement and checkpoint fit the budget
+    if stop():
+        return "interrupted"
+    return None
+
+
+@torch.no_grad()
+def estimate_loss(run: Run, stop: Stop) -> tuple[float, float]:
+    """Train and val loss on eval_iters fixed batches each: a cheap, smooth estimate for the curve
+    and for choosing the best checkpoint (the whole split is measured once, at the end)."""
+    t0 = time.perf_counter()
+    run.raw_model.eval()
+    losses = []
+    try:
+        with stop.abortable():  # a stop request throws the estimate away: the step it belongs to is whole
+            for batches in (run.train_batches, run.val_batches):
+                g = torch.Generator().manual_seed(run.cfg.seed + 1)  # the same batches every time: a smooth curve
+                total = 0.0
+                for _ in range(run.cfg.eval_iters):
+                    x, y = batches.sample(g)
+                    with run.autocast():
+                        logits, _ = run.raw_model(x)
+                    total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1)).item()
+                losses.append(total / run.cfg.eval_iters)
+    finally:
+        run.raw_model.train()
+    run.pace.eval_seconds = time.perf_counter() - t0
+    return losses[0], losses[1]
+
+
+@torch.no_grad()
+def whole_split_loss(model: GPT, ids: torch.Tensor, deadline: float | None = None, batch: int = 32) -> float | None:
+    """Mean cross-entropy (nats/char) over the whole split, in non-overlapping windows of block_size
+    (the protocol of `sgpt eval` and export: onnx_model.score_ids), in float32. None if `deadline`
+    (a perf_counter time) passes first."""
+    T = model.cfg.block_size
+    n = (len(ids) - 1) // T
+    if n == 0:
+        T, n = len(ids) - 1, 1
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for b in range(0, n, batch):
+            if deadline is not None and time.perf_counter() > deadline:
+                return None
+            starts = torch.arange(b, min(b + batch, n)) * T
+            win = ids[starts[:, None] + torch.arange(T + 1)].to(device)  # (b, T+1)
+            logits, _ = model(win[:, :-1])
+            logp = F.log_softmax(logits.double(), dim=-1)
+            total -= logp.gather(-1, win[:, 1:, None]).sum().item()
+            count += win[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+def sample_text(run: Run) -> str:
+    if run.cfg.sample_chars <= 0:
+        return ""
+    model, device = run.raw_model, run.device
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(run.cfg.seed)  # its own stream: training's stays put
+    start = torch.tensor([[run.tokenizer.stoi.get("\n", 0)]], device=device)
+    with run.autocast():
+        idx = model.generate(start, run.cfg.sample_chars, temperature=0.8, top_k=None, generator=g)
+    model.train()
+    return run.tokenizer.decode(idx[0, 1:].tolist())
+
+
+def weights(run: Run, val_loss: float, kind: str) -> dict:
+    """What the best checkpoint holds: enough to export, fine-tune or share; no optimizer state."""
+    return {
+        "model": run.raw_model.state_dict(),
+        "model_config": dataclasses.asdict(run.raw_model.cfg),
+        "train_config": dataclasses.asdict(run.cfg),
+        "vocab": run.tokenizer.to_json(),
+        "iter": run.it,
+        "val_loss": val_loss,
+        "val_loss_kind": kind,  # "estimate" (eval_iters batches) or "whole split"
+        "val_loss_estimate": run.last_val,
+        "best_val_loss": run.best_val,
+        "train_seconds": run.elapsed,
+        "hardware": f"{hardware_name(run.device)} x{run.dist.world}",
+        **run.extra,
+    }
+
+
+def resumable(run: Run, rng: list[dict]) -> dict:
+    """What NAME.last.pt holds: the weights plus everything an exact resume needs."""
+    return {**weights(run, run.last_val, "estimate"), "optimizer": run.optimizer.state_dict(),
+            "rng": rng[0]["batches"], "rng_ranks": rng}
+
+
+def save(run: Run, stop: Stop, rng: list[dict], best: bool) -> None:
+    """Write the best checkpoint (when this is the best so far) and the resumable one, together:
+    a stop request waits until both are whole, so --out and NAME.last.pt never disagree."""
+    t0 = time.perf_counter()
+    with stop.critical(), _disk_errors(run):
+        if best:
+            checkpoint.save(run.out, weights(run, run.last_val, "estimate"))
+            run.best_iter = run.it
+        checkpoint.save(checkpoint.last_path(run.out), resumable(run, rng))
+        run.saved_iter = run.it
+    run.pace.save_seconds = (time.perf_counter() - t0) / (2 if best else 1)
+
+
+@contextlib.contextmanager
+def _disk_errors(run: Run) -> Iterator[None]:
+    """A full disk or a vanished folder while saving: one line that says what is still safe."""
+    try:
+        yield
+    except checkpoint.WriteError as exc:
+        kept = (f"iteration {run.saved_iter} is still safe in {checkpoint.last_path(run.out)}; free some space, "
+                "then continue with --resume") if run.saved_iter is not None else "nothing was saved yet"
+        raise SgptError(f"{exc} ({kept})") from None
+
+
+def log_metrics(run: Run, row: dict) -> None:
+    try:
+        with open(checkpoint.metrics_path(run.out), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as exc:
+        with _disk_errors(run):
+            raise checkpoint.WriteError(f"cannot write {checkpoint.metrics_path(run.out)}: {exc.strerror or exc}") from None
+
+
+def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None]) -> None:
+    """Estimate the losses, save (the best checkpoint only when val improved), log, report."""
+    run.evaluated_at = run.it
+    run.rng_at = (run.it, _gather_rng(run.gen, run.device, run.dist))  # a collective: every rank joins
+    if not run.dist.master:
+        return
+    tl, vl = estimate_loss(run, stop)
+    run.last_val = vl
+    improved = vl < run.best_val
+    run.best_val = min(run.best_val, vl)
+    save(run, stop, run.rng_at[1], best=improved)
+    log_metrics(run, {"iter": run.it, "train_loss": tl, "val_loss": vl, "lr": run.lr, "elapsed": round(run.elapsed, 2)})
+    report(Event("eval", run.it, run.cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=run.best_val,
+                 elapsed=run.elapsed, saved=improved, sample=sample_text(run)))
+
+
+def step(run: Run, stop: Stop) -> float:
+    """One optimizer step; returns its loss averaged over ranks.
+
+    The forward and backward passes only fill gradients, so a stop request may cut them short (and
+    the batch stream is wound back: a resumed run draws that batch again). The update itself is
+    critical: a half-updated model is never saved."""
+    cfg = run.cfg
+    # every rank uses rank 0's clock (`agree`), so a time budget gives all ranks the same rate
+    run.lr = lr_at(cfg, run.it, schedule_progress(cfg, run.it, *run.clock))
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.lr * group["lr_scale"]
+    t0 = time.perf_counter()
+    before = _rng_state(run.gen, run.device)
+    # under DDP backward is a collective: no rank may leave it alone, so only one process aborts
+    cut_short = stop.abortable() if run.dist.world == 1 else contextlib.nullcontext()
+    try:
+        with cut_short:
+            x, y = run.train_batches.sample(run.gen)
+            with run.autocast():
+                logits, _ = run.model(x)
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    except KeyboardInterrupt:
+        _set_rng_state(run.gen, before)
+        raise
+    with stop.critical():
+        run.optimizer.step()
+        run.it += 1
+    run.pace.steps.append(time.perf_counter() - t0)
+    run.pace.wall.append((time.perf_counter(), run.it))
+    loss_value = _mean_over_ranks(loss, run.dist)  # the same value on every rank: all stop together
+    check_finite(run, loss_value)
+    return loss_value
+
+
+def check_finite(run: Run, loss_value: float) -> None:
+    if math.isfinite(loss_value):
+        return
+    cfg = run.cfg
+    remedy = f"lower --learning-rate (now {cfg.learning_rate:g})" + (" or set --grad-clip 1.0" if not cfg.grad_clip else "")
+    then = ("nothing was saved; start again" if run.saved_iter is None else
+            f"iteration {run.saved_iter} is saved: continue it with --resume, or start over with --force")
+    raise SgptError(f"the loss became {loss_value} at iteration {run.it}; {remedy} ({then})")
+
+
+def step_event(run: Run, loss: float) -> Event:
+    pace = run.pace
+    return Event("step", run.it, run.cfg.max_iters, loss=loss, lr=run.lr,
+                 tokens_per_s=run.tokens_per_step / pace.step_seconds(), elapsed=run.elapsed,
+                 best_val_loss=run.best_val if run.best_val < float("inf") else None, eta=eta(run))
+
+
+def eta(run: Run) -> float | None:
+    """Seconds to the end: remaining steps at the recent wall-clock pace (evaluations and a busy
+    machine included), plus the final measurement; never past the budget."""
+    per_iter = run.pace.wall_per_iter()
+    if per_iter is None:
+        return None
+    by_iters = (run.cfg.max_iters - run.it) * per_iter + run.reserve()
+    if run.cfg.time_budget:
+        return min(by_iters, max(run.cfg.time_budget - run.elapsed, 0.0))
+    return by_iters
+
+
+def gpu_preset_warning(run: Run, report: Callable[[Event], None]) -> None:
+    """A preset sized for a GPU on a CPU: say so after the first step, with what it costs here."""
+    if run.device != "cpu" or run.cfg.preset != "gpu" or run.pace.step_seconds() is None:
+        return
+    s = run.pace.step_seconds()
+    total = s * run.cfg.max_iters
+    budget = f" (--time-budget {run.cfg.time_budget:g} s ends it first)" if run.cfg.time_budget else ""
+    report(Event("warning", run.it, info={"message": (
+        f"the gpu preset is running on a CPU: {s:.1f} s per step, so {run.cfg.max_iters} steps would take "
+        f"{total / 3600:.1f} h{budget}; --preset cpu is the one made for CPUs")}))
+
+
+def measure_val(run: Run, stop: Stop, report: Callable[[Event], None]) -> tuple[float | None, str]:
+    """The one val loss: the best checkpoint on the whole validation split, recorded in --out.
+    Bounded by the time budget: skipped, and said so, when it would not fit."""
+    if run.best_iter is None and not run.out.exists():
+        return None, "no checkpoint was saved"
+    deadline = None
+    if run.cfg.time_budget:
+        left = run.cfg.time_budget - run.elapsed
+        deadline = time.perf_counter() + left - run.pace.save_seconds
+        need = run.whole_split_seconds()
+        if need > left:
+            return None, f"the whole-split measurement needs ~{need:.0f} s and {max(left, 0):.0f} s of the budget were left"
+    model, best = run.raw_model, None
+    if run.best_iter != run.it:  # the best was saved earlier: measure those weights, not the current ones
+        best = checkpoint.load(run.out, map_location=run.device)
+        model = GPT(model_config_from_dict(best["model_config"])).to(run.device)
+        model.load_state_dict(best["model"])
+    with stop.abortable():
+        loss = whole_split_loss(model, run.val_ids, deadline)
+    if loss is None:
+        return None, "the time budget ran out during the whole-split measurement"
+    payload = weights(run, loss, "whole split") if best is None else {
+        **{k: v for k, v in best.items() if k not in ("format", "version")}, "val_loss": loss,
+        "val_loss_kind": "whole split"}
+    with stop.critical(), _disk_errors(run):
+        checkpoint.save(run.out, payload)
+    report(Event("final", run.it, run.cfg.max_iters, val_loss=loss, elapsed=run.elapsed,
+                 info={"val_chars": len(run.val_ids), "best_iter": payload["iter"]}))
+    return loss, ""
+
+
+def save_on_interrupt(run: Run, stop: Stop) -> None:
+    """After a stop request cut the loop short: keep the last whole step, if it is not saved yet.
+    Under DDP only when the ranks' random streams were gathered at this very step (gathering is a
+    collective that ranks stuck elsewhere could never join)."""
+    if not run.dist.master or run.it == 0 or run.saved_iter == run.it:
+        return
+    if run.dist.world == 1:
+        rng = _gather_rng(run.gen, run.device, run.dist)
+    elif run.rng_at is not None and run.rng_at[0] == run.it:
+        rng = run.rng_at[1]
+    else:
+        return
+    save(run, stop, rng, best=False)
+
+
+def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str = "auto",
+          resume: dict | None = None, init: dict | None = None, data_path: str | None = None,
+          callback: Callable[[Event], None] = lambda e: None,
+          should_stop: Callable[[], bool] | Stop = lambda: False) -> Result:
+    """Train `cfg` on `text`; write checkpoints beside `out`. `resume` is a loaded checkpoint to
+    continue; `init` one whose weights a new run starts from (fine-tuning)."""
+    stop = should_stop if isinstance(should_stop, Stop) else Stop(should_stop)
+    run = setup(cfg, text, text_sha, out, device, resume, init, data_path)
+    report = callback if run.dist.master else (lambda e: None)
+    report(Event("start", run.it, cfg.max_iters, info={
+        "params": run.raw_model.num_params(), "device": run.device, "world": run.dist.world,
+        "hardware": hardware_name(run.device), "threads": torch.get_num_threads(), "preset": cfg.preset,
+        "optimizer": cfg.optimizer, "vocab_size": run.tokenizer.vocab_size, "train_chars": len(run.train_batches.ids),
+        "val_chars": len(run.val_ids), "resumed": resume is not None, "time_budget": cfg.time_budget,
+        "init_from": init.get("source") if init else None,
+    }))
+    status, val, note = "done", None, "interrupted"
+    run.model.train()
+    try:
+        while True:
+            # ranks must leave the loop at the same step (a lone rank in a collective waits for
+            # ever): rank 0 decides, everyone follows, and everyone uses rank 0's clock
+            reason = _agree(stop_reason(run, stop), run)
+            if reason == "interrupted":
+                # no last estimate: a stop request is answered within seconds. Every rank is here,
+                # so gathering the random streams (a collective) is safe
+                status, run.rng_at = reason, (run.it, _gather_rng(run.gen, run.device, run.dist))
+                break
+            if run.it > run.evaluated_at and (run.it % cfg.eval_interval == 0 or reason):
+                evaluate_and_save(run, stop, report)
+            if reason:
+                status = reason
+                break
+            loss = step(run, stop)
+            if len(run.pace.steps) == 1:
+                gpu_preset_warning(run, report)
+            report(step_event(run, loss))
+        if status == "interrupted":
+            save_on_interrupt(run, stop)
+    except KeyboardInterrupt:
+        # a stop request cut an estimate or a step short: the weights are those of the last
+        # whole step, and the batch stream is wound back to it, so that step is what is kept
+        status = "interrupted"
+        save_on_interrupt(run, stop)
+    finally:
+        _leave_group(run.dist)
+    if status != "interrupted" and run.dist.master:
+        try:
+            val, note = measure_val(run, stop, report)
+        except KeyboardInterrupt:
+            status, note = "interrupted", "interrupted during the whole-split measurement"
+    report(Event("end", run.it, cfg.max_iters, best_val_loss=run.best_val, val_loss=val, elapsed=run.elapsed,
+                 info={"status": status, "saved_iter": run.saved_iter, "val_note": note}))
+    return Result(status, run.it, run.best_val, run.elapsed, run.out, checkpoint.last_path(run.out),
+                  run.saved_iter, val, note)
+
+
+# --- random streams and DDP ---
 
 def _rng_state(gen: torch.Generator, device: str) -> dict:
     """This process's random streams: the batch sampler's, and torch's own (dropout)."""
@@ -196,6 +720,14 @@ def _rng_state(gen: torch.Generator, device: str) -> dict:
     if device == "cuda":
         state["cuda"] = torch.cuda.get_rng_state()
     return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict) -> None:
+    gen.set_state(state["batches"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _gather_rng(gen: torch.Generator, device: str, dist: Dist) -> list[dict]:
@@ -226,234 +758,22 @@ def _restore_rng(resume: dict, gen: torch.Generator, cfg: TrainConfig, it: int, 
     else:
         gen.manual_seed(cfg.seed + dist.rank + 1_000_003 * it)
         return
-    gen.set_state(state["batches"])
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    _set_rng_state(gen, state)
 
 
-def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str = "auto",
-          resume: dict | None = None, callback: Callable[[Event], None] = lambda e: None,
-          should_stop: Callable[[], bool] = lambda: False) -> Result:
-    """Train `cfg` on `text`; write checkpoints beside `out`. `resume` is a loaded checkpoint.
-
-    `should_stop` is polled before every step: when it turns true the run evaluates, saves a
-    resumable checkpoint and returns with status "interrupted". A KeyboardInterrupt raised inside
-    the loop does the same, except that a step it cut short is not saved (its state is torn).
-    """
-    out = Path(out)
-    device = resolve_device(device)
-    dist = setup_distributed(device)
-    if device == "cuda" and dist.world > 1:
-        torch.cuda.set_device(dist.local_rank)
-    report = callback if dist.master else (lambda e: None)
-
-    tokenizer = CharTokenizer.from_text(text)
-    check_text_length(cfg, text)
-    train_text, val_text = split_text(text)
-    mcfg = cfg.model_config(tokenizer.vocab_size)
-    torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ per rank; DDP copies rank 0's weights
-    model = GPT(mcfg)
-    it, best_val, train_seconds = 0, float("inf"), 0.0
-    gen = torch.Generator().manual_seed(cfg.seed + dist.rank)  # each rank draws its own batches
-    use_cuda = device == "cuda"
-    if use_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    optimizer = build_optimizer(model, cfg, fused=use_cuda)
-    if resume is not None:
-        if model_config_from_dict(resume["model_config"]) != mcfg:
-            raise SgptError("the checkpoint's model shape does not match its training config; start a new run")
-        model.load_state_dict(resume["model"])
-        it = int(resume["iter"])
-        best_val = float(resume.get("best_val_loss", float("inf")))
-        train_seconds = float(resume.get("train_seconds", 0.0))
-        _restore_rng(resume, gen, cfg, it, dist)
-    model.to(device)
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])  # after .to(): state follows the params' device
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[dist.local_rank] if use_cuda else None)
-
-    to_ids = lambda s: torch.from_numpy(tokenizer.encode(s))  # noqa: E731
-    train_batches = Batches(to_ids(train_text), cfg.block_size, cfg.batch_size, device)
-    val_batches = Batches(to_ids(val_text), cfg.block_size, cfg.batch_size, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
-    tokens_per_step = cfg.batch_size * cfg.block_size * dist.world
-
-    @torch.no_grad()
-    def evaluate() -> tuple[float, float]:
-        raw_model.eval()
-        losses = []
-        for batches in (train_batches, val_batches):
-            g = torch.Generator().manual_seed(cfg.seed + 1)  # the same batches every time: a smooth curve
-            total = 0.0
-            for _ in range(cfg.eval_iters):
-                x, y = batches.sample(g)
-                with autocast:
-                    logits, _ = raw_model(x)
-                total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1)).item()
-            losses.append(total / cfg.eval_iters)
-        raw_model.train()
-        return losses[0], losses[1]
-
-    def sample_text() -> str:
-        if cfg.sample_chars <= 0:
-            return ""
-        raw_model.eval()
-        g = torch.Generator(device=device).manual_seed(cfg.seed)  # its own stream: training's stays put
-        start = torch.tensor([[tokenizer.stoi.get("\n", 0)]], device=device)
-        with autocast:
-            idx = raw_model.generate(start, cfg.sample_chars, temperature=0.8, top_k=None, generator=g)
-        raw_model.train()
-        return tokenizer.decode(idx[0, 1:].tolist())
-
-    def state(val_loss: float, rng: list[dict]) -> dict:
-        return {
-            "model": raw_model.state_dict(),
-            "model_config": dataclasses.asdict(mcfg),
-            "train_config": dataclasses.asdict(cfg),
-            "vocab": tokenizer.to_json(),
-            "iter": it,
-            "val_loss": val_loss,
-            "best_val_loss": best_val,
-            "optimizer": optimizer.state_dict(),
-            "rng": rng[0]["batches"],
-            "rng_ranks": rng,
-            "train_seconds": train_seconds,
-            "data_sha256": text_sha,
-            "hardware": f"{hardware_name(device)} x{dist.world}",
-        }
-
-    def log_metrics(row: dict) -> None:
-        with open(checkpoint.metrics_path(out), "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-    if dist.master and resume is None:
-        # a fresh run (--force): no stale resumable state, metrics or curve of an older run survive
-        for stale in (checkpoint.last_path(out), checkpoint.metrics_path(out), checkpoint.curve_path(out)):
-            stale.unlink(missing_ok=True)
-    report(Event("start", it, cfg.max_iters, info={
-        "params": raw_model.num_params(), "device": device, "world": dist.world,
-        "hardware": hardware_name(device), "vocab_size": tokenizer.vocab_size,
-        "train_chars": len(train_text), "val_chars": len(val_text), "resumed": resume is not None,
-    }))
-
-    status = "done"
-    session_start = time.perf_counter()
-    seconds_before = train_seconds
-    last_val = float(resume.get("val_loss", float("nan"))) if resume is not None else float("nan")
-    step_times: list[float] = []
-    evaluated_at = it  # a resumed run was evaluated when it was saved
-    saved_iter = it if resume is not None else None
-    in_step = False
-    lr = lr_at(cfg, it, schedule_progress(cfg, it, train_seconds))
-    model.train()
-    try:
-        while True:
-            stop_reason = None
-            train_seconds = seconds_before + time.perf_counter() - session_start
-            if it >= cfg.max_iters:
-                stop_reason = "done"
-            elif cfg.time_budget and train_seconds >= cfg.time_budget:
-                stop_reason = "time"
-            elif should_stop():
-                stop_reason = "interrupted"
-            stop_reason, train_seconds = _agree(stop_reason, train_seconds, dist)
-            final = stop_reason is not None
-            if it > evaluated_at and (it % cfg.eval_interval == 0 or final):
-                evaluated_at = it
-                rng = _gather_rng(gen, device, dist)
-                if dist.master:
-                    tl, vl = evaluate()
-                    last_val = vl
-                    improved = vl < best_val
-                    if improved:
-                        best_val = vl
-                        checkpoint.save(out, state(vl, rng))
-                    checkpoint.save(checkpoint.last_path(out), state(vl, rng))
-                    saved_iter = it
-                    row = {"iter": it, "train_loss": tl, "val_loss": vl, "lr": lr, "elapsed": round(train_seconds, 2)}
-                    log_metrics(row)
-                    report(Event("eval", it, cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=best_val,
-                                 elapsed=train_seconds, saved=improved, sample=sample_text()))
-            if final:
-                status = stop_reason
-                break
-
-            # every rank uses rank 0's clock, so a time budget gives all ranks the same rate
-            lr = lr_at(cfg, it, schedule_progress(cfg, it, train_seconds))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            t0 = time.perf_counter()
-            in_step = True
-            x, y = train_batches.sample(gen)
-            with autocast:
-                logits, _ = model(x)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            it += 1
-            in_step = False
-            loss_value = _mean_over_ranks(loss, dist)  # the same value on every rank: all stop together
-            if not math.isfinite(loss_value):
-                remedy = f"lower --learning-rate (now {cfg.learning_rate:g})" + (
-                    " or set --grad-clip 1.0" if not cfg.grad_clip else "")
-                if saved_iter is None:
-                    then = "nothing was saved; start again"
-                else:
-                    then = f"iteration {saved_iter} is saved: continue it with --resume, or start over with --force"
-                raise SgptError(f"the loss became {loss_value} at iteration {it}; {remedy} ({then})")
-            step_times = (step_times + [time.perf_counter() - t0])[-20:]
-            tok_s = tokens_per_step / (sum(step_times) / len(step_times))
-            elapsed = seconds_before + time.perf_counter() - session_start
-            report(Event("step", it, cfg.max_iters, loss=loss_value, lr=lr, tokens_per_s=tok_s, elapsed=elapsed,
-                         best_val_loss=best_val if best_val < float("inf") else None,
-                         eta=_eta(cfg, it, elapsed, step_times)))
-    except KeyboardInterrupt:
-        status = "interrupted"
-        train_seconds = seconds_before + time.perf_counter() - session_start
-        # a torn step (weights half-updated, batch drawn but not counted) must not be saved;
-        # under DDP the other ranks may be waiting in a collective, so only a single process saves
-        if dist.master and dist.world == 1 and not in_step and it > 0 and saved_iter != it:
-            checkpoint.save(checkpoint.last_path(out), state(last_val, _gather_rng(gen, device, dist)))
-            saved_iter = it
-    finally:
-        if dist.world > 1:
-            import torch.distributed as tdist
-
-            if tdist.is_initialized():
-                tdist.destroy_process_group()
-    report(Event("end", it, cfg.max_iters, best_val_loss=best_val, elapsed=train_seconds,
-                 info={"status": status, "saved_iter": saved_iter}))
-    return Result(status, it, best_val, train_seconds, out, checkpoint.last_path(out), saved_iter)
-
-
-def _eta(cfg: TrainConfig, it: int, elapsed: float, step_times: list[float]) -> float:
-    by_iters = (cfg.max_iters - it) * (sum(step_times) / len(step_times))
-    return min(by_iters, max(cfg.time_budget - elapsed, 0.0)) if cfg.time_budget else by_iters
-
-
-def _agree(stop_reason: str | None, train_seconds: float, dist: Dist) -> tuple[str | None, float]:
+def _agree(stop_reason: str | None, run: Run) -> str | None:
     """Under DDP all ranks must stop at the same step and share a clock: rank 0's values win."""
-    if dist.world <= 1:
-        return stop_reason, train_seconds
+    run.clock = (run.elapsed, run.reserve())
+    if run.dist.world <= 1:
+        return stop_reason
     import torch.distributed as tdist
 
     codes = ["", "done", "time", "interrupted"]
     device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([codes.index(stop_reason or ""), train_seconds], dtype=torch.float64, device=device)
+    flag = torch.tensor([codes.index(stop_reason or ""), *run.clock], dtype=torch.float64, device=device)
     tdist.broadcast(flag, src=0)
-    return codes[int(flag[0])] or None, float(flag[1])
+    run.clock = (float(flag[1]), float(flag[2]))
+    return codes[int(flag[0])] or None
 
 
 def _mean_over_ranks(loss: torch.Tensor, dist: Dist) -> float:
@@ -465,3 +785,11 @@ def _mean_over_ranks(loss: torch.Tensor, dist: Dist) -> float:
     total = loss.detach().float().clone()
     tdist.all_reduce(total)  # SUM: gloo has no AVG
     return total.item() / dist.world
+
+
+def _leave_group(dist: Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()

@@ -118,7 +118,8 @@ def test_loss_falls_well_below_chance_in_60_iterations(cli_run):
     rows = [json.loads(line) for line in checkpoint.metrics_path(out).read_text().splitlines()]
     assert [r["iter"] for r in rows] == [30, 60]
     best = torch.load(out, weights_only=True)
-    assert best["val_loss"] == min(r["val_loss"] for r in rows)  # --out holds the best evaluation
+    assert best["val_loss_estimate"] == min(r["val_loss"] for r in rows)  # --out holds the best evaluation
+    assert best["val_loss_kind"] == "whole split" and best["val_loss"] != best["val_loss_estimate"]
     vocab = len(checkpoint.vocab_from(torch.load(out, weights_only=True)))
     assert rows[-1]["val_loss"] < math.log(vocab) - 0.7  # chance is ln(vocab) nats per character
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
@@ -145,12 +146,15 @@ def test_flags_override_the_preset_and_are_saved(cli_run):
 
 def test_checkpoint_loads_with_weights_only_and_holds_the_training_state(cli_run, text_file):
     _, out = cli_run
-    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    best = torch.load(out, map_location="cpu", weights_only=True)
+    assert not {"optimizer", "rng", "rng_ranks"} & set(best)  # the best checkpoint: weights only, small
+    assert best["data_path"] == str(text_file.resolve()) and best["iter"] == 60
+    ckpt = torch.load(checkpoint.last_path(out), map_location="cpu", weights_only=True)
     text, sha = read_text(text_file)
     assert ckpt["format"] == "sgpt-checkpoint" and ckpt["iter"] == 60 and ckpt["data_sha256"] == sha
     assert isinstance(ckpt["vocab"], str) and json.loads(ckpt["vocab"]) == sorted(set(text))
     assert {"model", "model_config", "train_config", "optimizer", "rng_ranks", "best_val_loss"} <= set(ckpt)
-    assert ckpt["optimizer"]["state"]  # Adam's moments, for an exact resume
+    assert ckpt["optimizer"]["chained"][0]["state"]  # Adam's moments, for an exact resume
     model = GPT(build_train_config("tiny", {}).model_config(len(json.loads(ckpt["vocab"]))))
     model.load_state_dict(ckpt["model"])
 
@@ -214,8 +218,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, text_file)
     assert a["val_loss"] == b["val_loss"] and a["best_val_loss"] == b["best_val_loss"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     rows = lambda p: [json.loads(r) for r in checkpoint.metrics_path(p).read_text().splitlines()]  # noqa: E731
-    assert [r["iter"] for r in rows(tmp_path / "split.pt")] == [10, 13, 20, 24]
-    assert rows(tmp_path / "split.pt")[2]["val_loss"] == rows(tmp_path / "whole.pt")[1]["val_loss"]
+    # a stop request saves without an estimate (it is answered within seconds): no row for 13
+    assert [r["iter"] for r in rows(tmp_path / "split.pt")] == [10, 20, 24]
+    assert rows(tmp_path / "split.pt")[1]["val_loss"] == rows(tmp_path / "whole.pt")[1]["val_loss"]
 
 
 def test_resume_to_a_larger_max_iters_matches_a_longer_run_when_the_rate_is_flat(tmp_path, text_file):
@@ -312,6 +317,7 @@ def write_files(tmp: Path, text_file: Path, ckpt: Path) -> dict:
     (tmp / "other.txt").write_text("entirely different words: zebra quartz " * 200)
     (tmp / "same-chars.txt").write_text(text_file.read_text()[::-1])  # same vocabulary, another text
     (tmp / "trained.pt").write_bytes(ckpt.read_bytes())
+    (tmp / "trained.last.pt").write_bytes(checkpoint.last_path(ckpt).read_bytes())  # what --resume reads
     (tmp / "garbage.pt").write_bytes(b"not a checkpoint at all")
     return {"text": str(text_file)}
 
