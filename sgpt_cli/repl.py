@@ -529,7 +529,7 @@ def banner(console: Console, summary: dict, source: str, interactive: bool, load
     loss = summary.get("val_loss")
     head = Text.assemble(("sgpt chat", "bold"), ("  ·  ", DIM), (summary["path"], "bold"),
                          (f" ({source})", DIM), ("  ·  ", DIM), summary["device"],
-                         ("  ·  ", DIM), f"val loss {loss:.3f}" if loss is not None else "val loss unknown")
+                         ("  ·  ", DIM), f"val loss {loss:.4f}" if loss is not None else "val loss unknown")
     if load_s is not None:
         head.append(f"  ·  loaded in {load_s:.2f} s", style=DIM)
     console.print(head, soft_wrap=True)

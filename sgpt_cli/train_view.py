@@ -180,7 +180,7 @@ class StopRequest(Stop):
 
 
 def _resume_hint(out: Path, data: Path | None) -> str:
-    launcher = "torchrun … -m sgpt_cli train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "sgpt train"
+    launcher = "torchrun ... -m sgpt_cli train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "sgpt train"
     data_flag = f" --data {shlex.quote(str(data))}" if data is not None else ""
     return f"{launcher} --resume --out {shlex.quote(str(out))}{data_flag}"
 

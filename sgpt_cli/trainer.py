@@ -245,7 +245,7 @@ class Pace:
         self.steps: deque[float] = deque(maxlen=20)  # seconds of compute of the last steps
         self.wall: deque[tuple[float, int]] = deque(maxlen=200)  # (clock, iteration) after each step
         self.eval_seconds: float | None = None
-        self.save_seconds = 0.5
+        self.save_seconds = 0.1  # until one is measured
 
     def step_seconds(self) -> float | None:
         return sum(self.steps) / len(self.steps) if self.steps else None
@@ -275,7 +275,7 @@ class Run:
     it: int = 0
     best_val: float = float("inf")
     seconds_before: float = 0.0  # training seconds of earlier sessions (a resumed run)
-    session_start: float = field(default_factory=time.perf_counter)
+    session_start: float = field(default_factory=lambda: time.perf_counter())
     last_val: float = float("nan")
     lr: float = 0.0
     evaluated_at: int = 0
@@ -581,7 +581,7 @@ def check_finite(run: Run, loss_value: float) -> None:
 def step_event(run: Run, loss: float) -> Event:
     pace = run.pace
     return Event("step", run.it, run.cfg.max_iters, loss=loss, lr=run.lr,
-                 tokens_per_s=run.tokens_per_step / pace.step_seconds(), elapsed=run.elapsed,
+                 tokens_per_s=run.tokens_per_step / max(pace.step_seconds(), 1e-9), elapsed=run.elapsed,
                  best_val_loss=run.best_val if run.best_val < float("inf") else None, eta=eta(run))
 
 

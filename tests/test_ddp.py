@@ -78,3 +78,33 @@ def test_each_rank_resumes_its_own_random_stream():
             other = torch.Generator()
             other.set_state(state)
             assert not torch.equal(fresh_draws, torch.randint(1000, (8,), generator=other))
+
+
+def test_ctrl_c_under_torchrun_saves_from_rank_0_without_our_traceback(tmp_path, text_file):
+    import os
+    import signal
+
+    out = tmp_path / "m.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "sgpt_cli", "train", "--preset", "tiny", "--eval-iters", "2", "--sample-chars", "0",
+           "--device", "cpu", "--data", str(text_file), "--out", str(out), "--max-iters", "1000000",
+           "--eval-interval", "10"]
+    # a session of its own, so the test can do what a terminal's Ctrl-C does: SIGINT to the whole group
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env=run_env(OMP_NUM_THREADS=1, MASTER_ADDR="127.0.0.1", PYTHONUNBUFFERED=1),
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("iter "):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    saved = torch.load(checkpoint.last_path(out), weights_only=True)
+    assert saved["iter"] >= 10 and len(saved["rng_ranks"]) == 2  # resumable, every rank's stream
+    assert f"iteration {saved['iter']} is saved" in stderr and "--resume" in stderr
+    # torchrun's agent prints its own traceback (SignalException); none comes from sgpt's code
+    assert "sgpt_cli" not in "".join(line for line in stderr.splitlines(True) if line.startswith("  File ")), stderr
+    print(stderr)  # shown with -s: what torchrun itself prints, for the README
