@@ -53,6 +53,7 @@ class TrainDisplay:
         self.val = None
         self.last_line = 0.0
         self.data, self.out = data, out
+        self.budget = 0.0
         self.bars = ("█", "░") if can_draw(console, "█░") else ("#", "-")
 
     def __call__(self, e) -> None:
@@ -87,6 +88,7 @@ class TrainDisplay:
     def _header(self, e) -> None:
         """What is happening, in two lines: the model and where it runs; the text and where it goes."""
         i = e.info
+        self.budget = i.get("time_budget") or 0.0
         what = f"resuming from iteration {e.iter}:" if i["resumed"] else "training"
         init = f", starting from {escape(i['init_from'])}" if i.get("init_from") else ""
         budget = f", time budget {_fmt_time(i['time_budget'])}" if i.get("time_budget") else ""
@@ -104,8 +106,8 @@ class TrainDisplay:
     def _table(self, e, width: int | None = None) -> Text:
         """One status line that fits the terminal: the essentials first, extras only where room is left."""
         width = width or self.console.width
-        val = f"val~ {self.val:.4f}" if self.val is not None else "val~ -"  # ~: an estimate
-        parts = [f"iter {e.iter}/{e.max_iters}", f"loss {e.loss:.4f}", val, f"{e.tokens_per_s:,.0f} tok/s",
+        val = f"val est {self.val:.4f}" if self.val is not None else "val est -"  # an estimate, not the measure
+        parts = [f"iter {e.iter}" if self.budget else f"iter {e.iter}/{e.max_iters}", f"loss {e.loss:.4f}", val, f"{e.tokens_per_s:,.0f} tok/s",
                  f"elapsed {_fmt_time(e.elapsed)}", f"eta {_fmt_time(e.eta)}"]
         fits = lambda ps: len("  ".join(ps)) <= width  # noqa: E731
         if e.best_val_loss is not None and fits(parts + ["(best 0.0000)"]):
@@ -117,7 +119,7 @@ class TrainDisplay:
         room = width - len(line) - 2
         if room >= 12:  # a progress bar too, up to 30 cells
             cells = min(room, 30)
-            pct = min(e.iter / e.max_iters, 1.0) if e.max_iters else 0.0
+            pct = min(e.elapsed / self.budget if self.budget else e.iter / max(e.max_iters, 1), 1.0)
             filled = int(pct * cells)
             full, empty = self.bars
             line = f"{parts[0]}  {full * filled}{empty * (cells - filled)}  " + "  ".join(parts[1:])

@@ -248,7 +248,8 @@ class Pace:
         self.save_seconds = 0.1  # until one is measured
 
     def step_seconds(self) -> float | None:
-        return sum(self.steps) / len(self.steps) if self.steps else None
+        """The median of the recent steps: the first (slow: allocations, warm-up) does not count for long."""
+        return sorted(self.steps)[len(self.steps) // 2] if self.steps else None
 
     def wall_per_iter(self) -> float | None:
         (t0, i0), (t1, i1) = (self.wall[0], self.wall[-1]) if len(self.wall) >= 2 else ((0, 0), (0, 0))
@@ -297,19 +298,24 @@ class Run:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else contextlib.nullcontext()
 
     def whole_split_seconds(self) -> float:
-        """What measuring the whole validation split should take: a forward pass costs about a
-        third of a training step per character."""
+        """What measuring the whole validation split should take: at the speed of the last estimate
+        (forward passes only), or before one, at a third of a training step per character."""
+        chars = self.cfg.batch_size * self.cfg.block_size
+        if self.pace.eval_seconds is not None:
+            return len(self.val_ids) * self.pace.eval_seconds / (2 * self.cfg.eval_iters * chars)
         step = self.pace.step_seconds()
-        return 0.0 if step is None else len(self.val_ids) * step / (self.cfg.batch_size * self.cfg.block_size) / 3
+        return 0.0 if step is None else len(self.val_ids) * step / chars / 3
 
     def reserve(self) -> float:
         """Seconds the end of a budgeted run needs: a last estimate, the whole-split measurement
-        (with half again as margin for a busy machine) and the saves."""
+        (with half again as margin for a busy machine) and the saves. A measurement that would take
+        more than a quarter of the budget is not reserved for: it is skipped, and said so."""
         step = self.pace.step_seconds()
         if step is None:
             return 0.0
         estimate = self.pace.eval_seconds or 2 * self.cfg.eval_iters * step / 3
-        return estimate + 1.5 * self.whole_split_seconds() + 3 * self.pace.save_seconds
+        whole = 1.5 * self.whole_split_seconds()
+        return estimate + (whole if whole <= self.cfg.time_budget / 4 else 0.0) + 3 * self.pace.save_seconds
 
 
 def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, resume: dict | None,
@@ -525,7 +531,9 @@ def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None]) -> 
     improved = vl < run.best_val
     run.best_val = min(run.best_val, vl)
     save(run, stop, run.rng_at[1], best=improved)
-    log_metrics(run, {"iter": run.it, "train_loss": tl, "val_loss": vl, "lr": run.lr, "elapsed": round(run.elapsed, 2)})
+    step_s = run.pace.step_seconds()
+    log_metrics(run, {"iter": run.it, "train_loss": tl, "val_loss": vl, "lr": run.lr, "elapsed": round(run.elapsed, 2),
+                      "tokens_per_s": round(run.tokens_per_step / step_s) if step_s else None})
     report(Event("eval", run.it, run.cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=run.best_val,
                  elapsed=run.elapsed, saved=improved, sample=sample_text(run)))
 
@@ -619,7 +627,7 @@ def measure_val(run: Run, stop: Stop, report: Callable[[Event], None]) -> tuple[
         left = run.cfg.time_budget - run.elapsed
         deadline = time.perf_counter() + left - run.pace.save_seconds
         need = run.whole_split_seconds()
-        if need > left:
+        if need > left or 1.5 * need > run.cfg.time_budget / 4:
             return None, f"the whole-split measurement needs ~{need:.0f} s and {max(left, 0):.0f} s of the budget were left"
     model, best = run.raw_model, None
     if run.best_iter != run.it:  # the best was saved earlier: measure those weights, not the current ones

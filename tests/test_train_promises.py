@@ -368,8 +368,8 @@ def test_a_full_disk_while_training_is_one_line(tmp_path, text_file, monkeypatch
 @pytest.mark.parametrize("args, needle", [
     (["--seed", "99999999999999999999999"], "--seed must be between 0 and 2**63 - 1"),
     (["--seed", str(2**64 - 1)], "--seed must be between 0 and 2**63 - 1"),
-    (["--min-lr", "inf"], "--min-lr must be a finite number (got inf)"),
-    (["--time-budget", "nan"], "--time-budget must be a finite number"),
+    (["--min-lr", "inf"], "--min-lr must be a number (got inf)"),
+    (["--time-budget", "nan"], "--time-budget must be a number (got nan)"),
 ])
 def test_numbers_out_of_range_are_one_line_and_leave_nothing(tmp_path, text_file, args, needle):
     result = invoke(*FAST_FLAGS, "--data", str(text_file), "--out", str(tmp_path / "run" / "m.pt"), *args)
@@ -385,3 +385,10 @@ def test_an_ascii_terminal_gets_ascii_curves(tmp_path, text_file):
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"Traceback" not in proc.stderr and b"val loss estimates" in proc.stdout
     proc.stdout.decode("ascii")  # nothing but ASCII reached the terminal
+
+
+def test_the_config_refuses_non_finite_numbers_from_python_too():
+    from sgpt_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="--min-lr must be a finite number"):
+        build_train_config("tiny", {"min_lr": float("inf")})
