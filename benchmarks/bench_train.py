@@ -4,12 +4,13 @@
     python benchmarks/bench_train.py --optimizers [--budget S] [--repeats N]           # AdamW vs Muon
     python benchmarks/bench_train.py --default-run [--repeats N]                       # `sgpt train`, end to end
     python benchmarks/bench_train.py --all                                             # all three, in order
+    python benchmarks/bench_train.py --default-run --set block_size=128 --set batch_size=16  # try a candidate
 
 cpu vs nanogpt-cpu: runs nanoGPT's CPU recipe (preset `nanogpt-cpu`, 2000 iterations), times it, then
 runs the `cpu` preset with `--time-budget` set to that exact time (the budget includes the final
 measurement and checkpoint, so the comparison is fair to the baseline).
 
-AdamW vs Muon: the `cpu` preset with each optimizer, same budget (default 285 s, the default run's).
+AdamW vs Muon: the `cpu` preset with each optimizer, same budget (default 280 s, the default run's).
 
 The default run: `sgpt train` with no flags at all, in a fresh folder (the text linked in as
 data/tinyshakespeare.txt), timed from process start to exit; then `sgpt export` and `sgpt eval` (the
@@ -86,13 +87,14 @@ def cpu_vs_nanogpt(text: str, sha: str, repeats: int, tmp: Path) -> None:
           f" (perplexity {math.exp(b):.2f} -> {math.exp(o):.2f}); target: cpu <= 1.75")
 
 
-def optimizers(text: str, sha: str, repeats: int, budget: float, tmp: Path) -> None:
+def optimizers(text: str, sha: str, repeats: int, budget: float, tmp: Path, extra: dict) -> None:
     print(f"\n== AdamW vs Muon, cpu preset, {budget:g} s each (the budget includes the final measurement) ==",
           flush=True)
     rows: dict[str, list[dict]] = {"adamw": [], "muon": []}
     for r in range(repeats):
         for opt in rows:
-            rows[opt].append(run("cpu", {"optimizer": opt, "time_budget": budget}, text, sha, tmp / f"{opt}{r}.pt"))
+            rows[opt].append(run("cpu", {**extra, "optimizer": opt, "time_budget": budget}, text, sha,
+                                 tmp / f"{opt}{r}.pt"))
             show(r, rows[opt][-1])
     for opt, rs in rows.items():
         print(f"median of {repeats}: {opt:<6} val {median(rs, 'val'):.4f}  ({median(rs, 'iters'):.0f} iters)")
@@ -104,15 +106,16 @@ def sgpt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, check=False)
 
 
-def default_run(data: Path, repeats: int, tmp: Path) -> None:
-    print("\n== `sgpt train` with no flags, end to end (process start to exit), then export + eval ==", flush=True)
+def default_run(data: Path, repeats: int, tmp: Path, extra: dict) -> None:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
+    print(f"\n== `sgpt train {' '.join(flags)}`, end to end (process start to exit), then export + eval ==", flush=True)
     rows = []
     for r in range(repeats):
         folder = tmp / f"default{r}"
         (folder / "data").mkdir(parents=True)
         (folder / "data" / "tinyshakespeare.txt").symlink_to(data.resolve())
         t0 = time.perf_counter()
-        trained = sgpt("train", cwd=folder)
+        trained = sgpt("train", *flags, cwd=folder)
         wall = time.perf_counter() - t0
         if trained.returncode != 0:
             sys.exit(f"sgpt train failed:\n{trained.stderr}")
@@ -137,20 +140,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="runs per configuration (default 1; --all: 2)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in this process (0 = torch's default)")
     ap.add_argument("--optimizers", action="store_true", help="AdamW vs Muon at equal wall time")
-    ap.add_argument("--budget", type=float, default=285.0, help="seconds per run for --optimizers")
+    ap.add_argument("--budget", type=float, default=280.0, help="seconds per run for --optimizers (the default run's budget)")
     ap.add_argument("--default-run", action="store_true", help="`sgpt train` with no flags, end to end")
     ap.add_argument("--all", action="store_true", help="the default run, AdamW vs Muon, then cpu vs nanogpt-cpu")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a candidate: override a cpu-preset field in --default-run and --optimizers")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.all else 1)
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        extra[key] = type(getattr(build_train_config("cpu", {}), key))(value)
     text, sha = read_text(args.data)
     print(f"machine: {os.cpu_count()} cores, {trainer.hardware_name('cpu')}; data {args.data} ({len(text):,} chars)")
     with tempfile.TemporaryDirectory() as tmp:
         if args.default_run or args.all:
-            default_run(args.data, repeats, Path(tmp))
+            default_run(args.data, repeats, Path(tmp), extra)
         if args.optimizers or args.all:
-            optimizers(text, sha, repeats, args.budget, Path(tmp))
+            optimizers(text, sha, repeats, args.budget, Path(tmp), extra)
         if args.all or not (args.optimizers or args.default_run):
             cpu_vs_nanogpt(text, sha, repeats, Path(tmp))
 
