@@ -399,27 +399,29 @@ def stop_reason(run: Run, stop: Stop) -> str | None:
 
 
 @torch.no_grad()
-def estimate_loss(run: Run, stop: Stop) -> tuple[float, float]:
+def estimate_loss(run: Run, stop: Stop, deadline: float | None = None) -> tuple[float, float]:
     """Train and val loss on eval_iters fixed batches each: a cheap, smooth estimate for the curve
-    and for choosing the best checkpoint (the whole split is measured once, at the end)."""
+    and for choosing the best checkpoint (the whole split is measured once, at the end). Past
+    `deadline` (the end of a time budget) each split stops after the batches done, one at least."""
     t0 = time.perf_counter()
     run.raw_model.eval()
-    losses = []
+    losses, done = {}, 0
     try:
         with stop.abortable():  # a stop request throws the estimate away: the step it belongs to is whole
-            for batches in (run.train_batches, run.val_batches):
+            for name, batches in (("val", run.val_batches), ("train", run.train_batches)):
                 g = torch.Generator().manual_seed(run.cfg.seed + 1)  # the same batches every time: a smooth curve
-                total = 0.0
-                for _ in range(run.cfg.eval_iters):
+                total, n = 0.0, 0
+                while n < run.cfg.eval_iters and (n == 0 or deadline is None or time.perf_counter() < deadline):
                     x, y = batches.sample(g)
                     with run.autocast():
                         logits, _ = run.raw_model(x)
                     total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1)).item()
-                losses.append(total / run.cfg.eval_iters)
+                    n += 1
+                losses[name], done = total / n, done + n
     finally:
         run.raw_model.train()
-    run.pace.eval_seconds = time.perf_counter() - t0
-    return losses[0], losses[1]
+    run.pace.eval_seconds = (time.perf_counter() - t0) * 2 * run.cfg.eval_iters / done  # as if complete
+    return losses["train"], losses["val"]
 
 
 @torch.no_grad()
@@ -520,13 +522,16 @@ def log_metrics(run: Run, row: dict) -> None:
             raise checkpoint.WriteError(f"cannot write {checkpoint.metrics_path(run.out)}: {exc.strerror or exc}") from None
 
 
-def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None]) -> None:
+def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None], final: bool = False) -> None:
     """Estimate the losses, save (the best checkpoint only when val improved), log, report."""
     run.evaluated_at = run.it
     run.rng_at = (run.it, _gather_rng(run.gen, run.device, run.dist))  # a collective: every rank joins
     if not run.dist.master:
         return
-    tl, vl = estimate_loss(run, stop)
+    deadline = None
+    if final and run.cfg.time_budget:  # the budget's end, less the saves
+        deadline = time.perf_counter() + run.cfg.time_budget - run.elapsed - 3 * run.pace.save_seconds
+    tl, vl = estimate_loss(run, stop, deadline)
     run.last_val = vl
     improved = vl < run.best_val
     run.best_val = min(run.best_val, vl)
@@ -692,7 +697,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
                 status, run.rng_at = reason, (run.it, _gather_rng(run.gen, run.device, run.dist))
                 break
             if run.it > run.evaluated_at and (run.it % cfg.eval_interval == 0 or reason):
-                evaluate_and_save(run, stop, report)
+                evaluate_and_save(run, stop, report, final=reason is not None)
             if reason:
                 status = reason
                 break
