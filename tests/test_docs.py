@@ -54,9 +54,14 @@ def tracked_text_files():
 
 
 def test_no_file_points_outside_the_repository():
-    outside = re.compile(r"\.\./shared|/work/(?:shared|main|wt)\b")
-    offenders = [str(p.relative_to(REPO)) for p in tracked_text_files()
-                 if p.name != "test_docs.py" and outside.search(p.read_text(encoding="utf-8", errors="replace"))]
+    """The package, the tests, the documents a user reads and the packaging name no path beside the
+    checkout (benchmarks may fall back to ../shared after data/, and DEVELOPERS.md and .ci/run say
+    why it must not be reachable)."""
+    outside = re.compile(r"\.\./shared|parent / \"shared\"|/work/(?:shared|main|wt)\b")
+    checked = [p for p in tracked_text_files() if p.name != "test_docs.py"
+               and (p.relative_to(REPO).parts[0] in ("sgpt_cli", "tests", "docs") or p.name in ("README.md", "pyproject.toml"))]
+    assert len(checked) > 20
+    offenders = [str(p.relative_to(REPO)) for p in checked if outside.search(p.read_text(encoding="utf-8", errors="replace"))]
     assert offenders == []
 
 
