@@ -60,11 +60,12 @@ def __getattr__(name: str):
 
 
 def main() -> None:
-    from sgpt_cli.cli_common import STDOUT_COMMANDS, err, guard_streams, report
+    from sgpt_cli.cli_common import FILE_COMMANDS, LOST_STDOUT, STDOUT_COMMANDS, err, guard_streams, report
     from sgpt_cli.errors import SgptError
 
-    closed = guard_streams()
     argv = sys.argv[1:]
+    command = argv[0] if argv else ""
+    closed = guard_streams(lenient_stdout=command in FILE_COMMANDS, past_closed_pipe=command == "export")
     if "stdout" in closed and argv[:1] and argv[0] in STDOUT_COMMANDS and not {"-h", "--help"} & set(argv):
         err(f"stdout is closed (>&-): `sgpt {argv[0]}` writes its result there; give it a file or a pipe")
         sys.exit(1)
@@ -72,6 +73,8 @@ def main() -> None:
         code = dispatch(argv)
     except SgptError as exc:  # raised outside a command's own handler: --help into a full stdout
         code = report(exc)
+    if LOST_STDOUT and code == 0:  # train/export went on and wrote their files; the report was lost
+        code = report(LOST_STDOUT[0])
     sys.exit(code)
 
 

@@ -37,6 +37,9 @@ def err(message: str) -> None:
 
 # commands whose result is what they write on stdout: with stdout closed they have nothing to do
 STDOUT_COMMANDS = ("complete", "eval", "chat")
+# commands whose result is files: a failing stdout (their progress and report) must not stop them
+FILE_COMMANDS = ("train", "export")
+LOST_STDOUT: list[OutputFailed] = []  # the failure a FILE_COMMAND went on after, said at exit
 
 
 def silence(fd: int) -> None:
@@ -86,18 +89,31 @@ class _GuardedStream(io.TextIOWrapper):
     on stderr (warnings, progress) they are dropped and the command goes on, its output intact."""
 
     stream_name = "stdout"
+    lenient = False  # stdout of a FILE_COMMAND: note the failure, keep working
+    past_closed_pipe = False  # export goes on when its reader leaves (training ends: its design)
 
     def _failed(self, exc: OSError, result):
         if self.stream_name == "stderr":
             silence(2)  # diagnostics with nowhere to go are not worth the command's output
             return result
+        if self.lenient:
+            if not LOST_STDOUT:
+                LOST_STDOUT.append(OutputFailed(self.stream_name, exc))
+            silence(1)
+            return result
         raise OutputFailed(self.stream_name, exc) from None
+
+    def _gone(self, result):
+        if not self.past_closed_pipe:
+            raise BrokenPipeError  # the reader went away (`| head`): the command ends quietly
+        silence(1)  # export: the reader of its progress left; the file it writes still matters
+        return result
 
     def write(self, text):
         try:
             return super().write(text)
         except BrokenPipeError:
-            raise
+            return self._gone(len(text))
         except OSError as exc:
             return self._failed(exc, len(text))
 
@@ -105,14 +121,15 @@ class _GuardedStream(io.TextIOWrapper):
         try:
             return super().flush()
         except BrokenPipeError:
-            raise
+            return self._gone(None)
         except OSError as exc:
             return self._failed(exc, None)
 
 
-def guard_streams() -> set[str]:
+def guard_streams(lenient_stdout: bool = False, past_closed_pipe: bool = False) -> set[str]:
     """At start of every command: reopen closed descriptors on /dev/null (`reopen_closed_streams`)
-    and make stdout's and stderr's write failures one-line errors. Returns the closed streams."""
+    and make stdout's and stderr's write failures one-line errors (`lenient_stdout`: noted in
+    LOST_STDOUT while the command goes on). Returns the closed streams."""
     closed = reopen_closed_streams()
     for name in ("stdout", "stderr"):
         old = getattr(sys, name)
@@ -122,6 +139,8 @@ def guard_streams() -> set[str]:
         new = _GuardedStream(old.buffer, encoding=old.encoding, errors=old.errors,
                              line_buffering=old.line_buffering, write_through=old.write_through)
         new.stream_name = name
+        new.lenient = lenient_stdout and name == "stdout"
+        new.past_closed_pipe = past_closed_pipe and name == "stdout"
         _REPLACED.append(old)  # the old wrapper must stay alive: collecting it would close the buffer
         setattr(sys, name, new)
     return closed

@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import Iterator
 
-from sgpt_cli.cli_common import OutputFailed, require_train_extra, terminate_as_interrupt, typer_command, use_color
+from sgpt_cli.cli_common import require_train_extra, terminate_as_interrupt, typer_command, use_color
 from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, OPSET, QUANTIZE
 
 
@@ -57,11 +57,8 @@ def stage_display() -> Iterator[tuple]:
     """(status, progress) callbacks: a transient spinner on a terminal, plain lines elsewhere."""
     if not use_color(sys.stdout):
         def plain(message: str) -> None:
-            try:
-                sys.stdout.write(f"{message} ...\n")
-                sys.stdout.flush()
-            except (OSError, OutputFailed):  # stdout is a full disk: the export goes on (its output is
-                pass  # the file), and the report at the end says in one line that stdout failed
+            sys.stdout.write(f"{message} ...\n")  # a full stdout: cli_common notes it, the export goes on
+            sys.stdout.flush()
 
         yield plain, None
         return

@@ -666,3 +666,18 @@ def test_train_force_onto_a_fifo_is_refused_before_training(tmp_path, text_file)
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert "is a FIFO (named pipe), not a regular file" in err.strip().splitlines()[-1]
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+def test_training_into_a_full_stdout_still_writes_its_checkpoint(tmp_path, text_file):
+    proc = shell(f"$SGPT train --preset tiny --data {text_file} --out m.pt --max-iters 5 --eval-interval 5 "
+                 "> /dev/full", tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "sgpt: error: cannot write to stdout: No space left on device"
+    assert (tmp_path / "m.pt").exists() and (tmp_path / "m.last.pt").exists()
+
+
+def test_export_into_a_pipe_that_closes_still_writes_the_file(tmp_path, tiny_ckpt):
+    proc = shell(f"$SGPT export {tiny_ckpt} --out m.onnx | head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}", tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
