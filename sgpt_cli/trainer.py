@@ -540,7 +540,9 @@ def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None], fin
     log_metrics(run, {"iter": run.it, "train_loss": tl, "val_loss": vl, "lr": run.lr, "elapsed": round(run.elapsed, 2),
                       "tokens_per_s": round(run.tokens_per_step / step_s) if step_s else None})
     report(Event("eval", run.it, run.cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=run.best_val,
-                 elapsed=run.elapsed, saved=improved, sample=sample_text(run)))
+                 elapsed=run.elapsed, saved=improved,
+                 # a budget's last seconds belong to the measurement: no sample then (200 forward passes)
+                 sample="" if final and run.cfg.time_budget else sample_text(run)))
 
 
 def step(run: Run, stop: Stop) -> float:
