@@ -73,3 +73,19 @@ def run_env(**extra) -> dict:
 
 
 SGPT = [sys.executable, "-m", "sgpt_cli"]
+
+
+# training tests: a few quick evaluations, no samples; every run takes well under a second of compute
+FAST = {"eval_iters": 2, "sample_chars": 0}
+FAST_FLAGS = ["--preset", "tiny", "--eval-iters", "2", "--sample-chars", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two OpenMP threads on a busy 2-core machine are many times slower than one at these sizes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

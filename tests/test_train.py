@@ -17,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SGPT, run_env
+from conftest import FAST, FAST_FLAGS, SGPT, run_env
 from sgpt_cli import checkpoint, trainer
 from sgpt_cli.cli import app
 from sgpt_cli.config import build_train_config
@@ -26,18 +26,7 @@ from sgpt_cli.errors import SgptError
 from sgpt_cli.model import GPT
 from sgpt_cli.tokenizer import CharTokenizer
 
-# a few quick evaluations, no samples: every run below takes well under a second of compute
-FAST = {"eval_iters": 2, "sample_chars": 0}
-FAST_FLAGS = ["--preset", "tiny", "--eval-iters", "2", "--sample-chars", "0", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads on a busy 2-core machine are many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args: str):

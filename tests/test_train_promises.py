@@ -17,23 +17,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SGPT, run_env
+from conftest import FAST, FAST_FLAGS, SGPT, run_env
 from sgpt_cli import checkpoint, trainer
 from sgpt_cli.cli import app
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
 from sgpt_cli.train_view import StopRequest
 
-FAST = {"eval_iters": 2, "sample_chars": 0}
-FAST_FLAGS = ["--preset", "tiny", "--eval-iters", "2", "--sample-chars", "0", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(text_file: Path, out: Path, *, stop=None, callback=None, resume=None, init=None, **overrides):
