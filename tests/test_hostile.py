@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import SGPT, run_env
-from sgpt_cli import errors
 from sgpt_cli.chat_session import ChatSession
-from sgpt_cli.errors import SgptError, atomic_path, atomic_write_text, clean_stale_temporaries
+from sgpt_cli.errors import SgptError, atomic_write_text
 
 VOCAB = sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
 
