@@ -95,6 +95,13 @@ class Sampler:
         self.repetition_penalty = float(repetition_penalty)
         self.counts = np.zeros(vocab_size, dtype=np.int64)  # (V,) occurrences in the history
 
+    @classmethod
+    def from_params(cls, vocab_size: int, params) -> "Sampler":
+        """The sampler of one request (a SamplingParams): its RNG seeded from params.seed, so a
+        request draws the same characters wherever it runs (alone or in any batch)."""
+        return cls(vocab_size, np.random.default_rng(params.seed), params.temperature, params.top_k,
+                   params.top_p, params.repetition_penalty)
+
     def add(self, ids) -> None:
         """Count ids (one int, or many) into the history; nothing to keep when there is no penalty."""
         if self.repetition_penalty == 1.0:
