@@ -8,20 +8,18 @@ line on stdout, so a log reads top to bottom. Errors are one line on stderr (cli
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import sys
 from typing import Iterator
 
 from sgpt_cli.cli_common import require_train_extra, terminate_as_interrupt, typer_command, use_color
-from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, OPSET, QUANTIZE
+from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, QUANTIZE
 
 
 OPTIONS = (
     CHECKPOINT,
     EXPORT_OUT,
     QUANTIZE,
-    OPSET,
     DATA.but(help="The checkpoint's training text (SHA-256 checked), whose whole validation split measures the "
                   "loss recorded in the file (and, with --quantize, the int8 loss change).",
              shown="the path recorded at training if its SHA-256 still matches, else data/tinyshakespeare.txt "
@@ -30,19 +28,19 @@ OPTIONS = (
 
 DOC = """Turn a checkpoint into one self-contained ONNX file and verify it against PyTorch.
 
-The file follows the sgpt ONNX interface (docs/onnx-interface.md: KV cache, dynamic batch and
-sequence axes, vocabulary and configuration in its metadata). It is written under a temporary name
+The file follows the sgpt ONNX interface (docs/onnx-interface.md, format 2: standard ONNX, a fixed
+key/value cache updated in place, vocabulary and configuration in its metadata). It is written under a temporary name
 and appears only after ONNX Runtime has matched PyTorch's logits; a failed check leaves no file.
 """
 
 
-def _run(checkpoint, out, quantize, opset, data) -> int:
+def _run(checkpoint, out, quantize, data) -> int:
     require_train_extra("export")
     with terminate_as_interrupt():
         from sgpt_cli.export import export
 
         with stage_display() as (status, progress):
-            report = export(checkpoint, out, opset=opset, quantize=quantize, data=data, status=status,
+            report = export(checkpoint, out, quantize=quantize, data=data, status=status,
                             progress=progress, fetch=_fetch)
         sys.stdout.write(render(report))
         sys.stdout.flush()
@@ -64,22 +62,17 @@ def stage_display() -> Iterator[tuple]:
         return
     from sgpt_cli.console import Console
 
-    # the exporter silences descriptors 1 and 2 while it works; the spinner draws on its own copy
-    tty = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding=sys.stdout.encoding or "utf-8", errors="replace")
-    console = Console(file=tty)
+    console = Console()
     stage = {"text": ""}
-    try:
-        with console.status("", spinner="dots") as spinner:
-            def status(message: str) -> None:
-                stage["text"] = message
-                spinner.update(message)
+    with console.status("", spinner="dots") as spinner:
+        def status(message: str) -> None:
+            stage["text"] = message
+            spinner.update(message)
 
-            def progress(done: int, total: int) -> None:
-                spinner.update(f"{stage['text']} ({done}/{total} batches)")
+        def progress(done: int, total: int) -> None:
+            spinner.update(f"{stage['text']} ({done}/{total} batches)")
 
-            yield status, progress
-    finally:
-        tty.close()
+        yield status, progress
 
 
 def _size(n: int) -> str:
@@ -103,7 +96,8 @@ def render(r: dict) -> str:
         f"block {r['block_size']}, vocabulary {r['vocab_size']} (from {r['checkpoint']})",
         f"verified    max |ONNX - PyTorch| logits {r['max_abs_diff']:.1e} (limit {r['tolerance']:.0e}) at lengths "
         f"{', '.join(map(str, r['lengths']))} x batch {' and '.join(map(str, r['batches']))}; "
-        f"prefill {r['prefill']} + {r['decode_steps']} decode steps = one full pass",
+        f"rows of {', '.join(map(str, r['prefill_lengths']))} prefilled, {r['decode_steps']} steps together (the window "
+        f"rolling) = PyTorch's rolling cache; batched rows {'bitwise' if r['batch_bitwise'] else 'NOT bitwise'} alone",
     ]
     if not r.get("quantize") and r.get("val_source") == "measured":
         lines.append(f"val loss    {r['val_loss']:.4f} nats/char on the whole validation split of {r['data']} "
@@ -115,7 +109,8 @@ def render(r: dict) -> str:
         saved = 1 - r["bytes"] / r["fp32_bytes"]
         lines += [
             f"int8        {r['int8_matrices']} weight matrices: {_size(r['fp32_bytes'])} -> {_size(r['bytes'])} "
-            f"({saved:.0%} smaller); max |ONNX - PyTorch| logits {r['int8_max_abs_diff']:.2f} (limit {r['int8_limit']:.2f})",
+            f"({saved:.0%} smaller); max |ONNX - PyTorch| logits {r['int8_max_abs_diff']:.2f} (limit {r['int8_limit']:.2f}); "
+            f"batched rows {'bitwise' if r['int8_batch_bitwise'] else 'NOT bitwise'} alone",
             f"val loss    {r['val_loss_fp32']:.4f} -> {r['val_loss_int8']:.4f} nats/char ({r['val_loss_delta']:+.4f}, "
             f"limit +{r['max_loss_delta']}) on the validation split of {r['data']} ({r['val_chars']:,} characters)",
         ]

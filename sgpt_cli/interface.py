@@ -8,18 +8,13 @@ sgpt_cli.onnx_model feed and read them.
 
 from __future__ import annotations
 
+FORMAT = "2"  # metadata sgpt.format of the files this sgpt writes and reads
 INPUT_IDS = "input_ids"  # (batch, sequence) int64 character ids
-POSITION_IDS = "position_ids"  # (batch, sequence) int64 absolute positions
-ATTENTION_MASK = "attention_mask"  # (batch, past_sequence + sequence) int64, 1 real, 0 padding; optional
+POSITION_IDS = "position_ids"  # (batch, sequence) int64 absolute positions, consecutive within a row
 LOGITS = "logits"  # (batch, sequence, vocab) float32
-PAST = "past_key_values"  # past_key_values.{layer}.key / .value: (batch, n_head, past_sequence, head_dim)
-PRESENT = "present"  # present.{layer}.key / .value: (batch, n_head, past_sequence + sequence, head_dim)
+PAST = "past_key_values"  # past_key_values.{layer}.key / .value: (batch, block_size, n_embd), the ring
+PRESENT = "present"  # present.{layer}.key / .value: the same shape, the ring with the fed positions written
 KV = ("key", "value")
-
-# the named axes: dimension index -> name, per tensor kind
-AXES = {INPUT_IDS: {0: "batch", 1: "sequence"}, POSITION_IDS: {0: "batch", 1: "sequence"},
-        ATTENTION_MASK: {0: "batch", 1: "past_sequence + sequence"},
-        LOGITS: {0: "batch", 1: "sequence"}, PAST: {0: "batch", 2: "past_sequence"}, PRESENT: {0: "batch"}}
 
 
 def past_names(n_layer: int) -> list[str]:
@@ -30,8 +25,3 @@ def past_names(n_layer: int) -> list[str]:
 def present_names(n_layer: int) -> list[str]:
     """[present.0.key, present.0.value, present.1.key, ...], in the order of past_names."""
     return [f"{PRESENT}.{i}.{kv}" for i in range(n_layer) for kv in KV]
-
-
-def io_names(n_layer: int) -> tuple[list[str], list[str]]:
-    """(inputs, outputs) of an exported graph, in the exporter's order."""
-    return [INPUT_IDS, POSITION_IDS, ATTENTION_MASK, *past_names(n_layer)], [LOGITS, *present_names(n_layer)]

@@ -16,10 +16,15 @@ import numpy as np
 
 from sgpt_cli.config import MAX_BLOCK_SIZE
 from sgpt_cli.errors import SgptError, UsageError, first_line, probe, shown
-from sgpt_cli.interface import ATTENTION_MASK, INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
+from sgpt_cli.interface import FORMAT, INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
 from sgpt_cli.tokenizer import CharTokenizer
 
-SUPPORTED_FORMATS = {"1"}
+# One intra-op thread, no spinning. Measured on the 2-core development machine (benchmarks/bench_decode.py
+# --threads, bench_batch.py): a decode step is ~130 small kernels, too small to split, so a second
+# thread only adds hand-offs (batch 1: 1 thread ~10% faster), and a spinning pool halves a 16-row
+# step's speed on a busy machine. $SGPT_THREADS overrides (a prefill-heavy use on an idle machine).
+DEFAULT_THREADS = 1
+THREADS_ENV = "SGPT_THREADS"
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")
 
@@ -53,11 +58,21 @@ def providers_for(device: str) -> list[str]:
     return [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
 
 
+def default_threads() -> int:
+    raw = os.environ.get(THREADS_ENV, "")
+    if not raw:
+        return DEFAULT_THREADS
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise UsageError(f"${THREADS_ENV} must be a whole number from 1 to 256 (got {shown(raw)})")
+    return int(raw)
+
+
 def session_options(threads: int | None = None):
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+    so.intra_op_num_threads = threads or default_threads()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1  # one decoder graph: no parallel branches worth a second pool
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return so
@@ -101,15 +116,7 @@ class OnnxModel:
         self.n_head = int(self.meta["sgpt.n_head"])
         self.n_embd = int(self.meta["sgpt.n_embd"])
         self.head_dim = self.n_embd // self.n_head
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.has_position_ids = POSITION_IDS in self.input_names
-        # optional input with a default ([[1]]): ONNX Runtime lists it among the overridable
-        # initializers, not the inputs; older exports have none, and run only rows of equal length
-        overridable = [i.name for i in session.get_overridable_initializers()]
-        self.has_attention_mask = ATTENTION_MASK in self.input_names + overridable
-        past_type = next(i.type for i in session.get_inputs() if i.name == past_names(1)[0])
-        self.cache_dtype = np.float16 if "float16" in past_type else np.float32
+        self.vocab_size = self.tokenizer.vocab_size
         self.provider = session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
 
@@ -121,38 +128,24 @@ class OnnxModel:
         except ValueError:
             return None
 
-    def empty_past(self, batch: int) -> list[np.ndarray]:
-        """Per layer [key, value] flattened, each (B, nh, 0, hs)."""
-        shape = (batch, self.n_head, 0, self.head_dim)
-        return [np.zeros(shape, dtype=self.cache_dtype) for _ in range(2 * self.n_layer)]
-
-    def feeds(self, ids: np.ndarray, past: list[np.ndarray], position_ids: np.ndarray | None = None,
-              attention_mask: np.ndarray | None = None) -> dict:
-        """attention_mask (B, past + T), 1 = real, 0 = padding: only for a model that has the input."""
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feed = {INPUT_IDS: ids}
-        if attention_mask is not None:
-            if not self.has_attention_mask:
-                raise SgptError(f"{self.path} has no attention_mask input (rows of different lengths); "
-                                "re-export it with this sgpt's `sgpt export`")
-            feed[ATTENTION_MASK] = np.ascontiguousarray(attention_mask, dtype=np.int64)
-        feed.update(zip(past_names(self.n_layer), past))
-        if self.has_position_ids:
-            if position_ids is None:
-                P = past[0].shape[2]
-                position_ids = np.broadcast_to(np.arange(P, P + ids.shape[1], dtype=np.int64), ids.shape)
-            feed[POSITION_IDS] = np.ascontiguousarray(position_ids, dtype=np.int64)
-        return feed
+    def empty_cache(self, batch: int) -> list[np.ndarray]:
+        """Per layer [key, value] flattened, each (B, block_size, n_embd) of zeros: rows with nothing written."""
+        return [np.zeros((batch, self.block_size, self.n_embd), dtype=np.float32) for _ in range(2 * self.n_layer)]
 
     def forward(self, ids: np.ndarray, past: list[np.ndarray] | None = None,
-                position_ids: np.ndarray | None = None,
-                attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """ids (B, T) -> logits (B, T, V), present (flattened [k0, v0, k1, v1, ...])."""
+                position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """ids (B, T) -> logits (B, T, V), present (flattened [k0, v0, k1, v1, ...]). Without `past`,
+        from empty rows at positions 0..T-1 (T <= block_size): a plain pass over a window. With plain
+        session.run ONNX Runtime copies the cache (sgpt_cli.engine binds it in place)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
         if past is None:
-            past = self.empty_past(ids.shape[0])
-        outs = self.session.run(None, self.feeds(ids, past, position_ids, attention_mask))
-        named = dict(zip(self.output_names, outs))
-        return named[LOGITS], [named[n] for n in present_names(self.n_layer)]
+            past = self.empty_cache(ids.shape[0])
+        if position_ids is None:
+            position_ids = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape)
+        feed = {INPUT_IDS: ids, POSITION_IDS: np.ascontiguousarray(position_ids, dtype=np.int64)}
+        feed.update(zip(past_names(self.n_layer), past))
+        outs = self.session.run([LOGITS] + present_names(self.n_layer), feed)
+        return outs[0], outs[1:]
 
 
 def check_file(path: Path) -> None:
@@ -205,18 +198,21 @@ def check_graph(meta: dict, session, path: Path) -> None:
     layers = sum(1 for name in inputs if name.startswith(PAST + ".") and name.endswith("." + KV[0]))
     if layers != n_layer:
         refuse(f"sgpt.n_layer {nl}, but the graph has {layers} layers of past keys")
+    for name in [INPUT_IDS, POSITION_IDS]:
+        if name not in inputs:
+            refuse(f"no input {name}")
     for name in past_names(n_layer):
         past = inputs.get(name)
         if past is None:
             refuse(f"no input {name}")
         shape = list(past.shape or [])
-        if len(shape) != 4:
-            refuse(f"{name} has {len(shape)} axes, not 4")
-        heads, width = _static(shape[1]), _static(shape[3])
-        if heads is not None and heads != n_head:
-            refuse(f"sgpt.n_head {nh}, but the cache has {heads} heads")
-        if width is not None and width != n_embd // n_head:
-            refuse(f"head size {n_embd // n_head} from sgpt.n_embd/sgpt.n_head, but the cache's is {width}")
+        if len(shape) != 3:
+            refuse(f"{name} has {len(shape)} axes, not 3 (batch, block_size, n_embd)")
+        width, channels = _static(shape[1]), _static(shape[2])
+        if width != block:
+            refuse(f"sgpt.block_size {b}, but the cache holds {shown(shape[1])} positions")
+        if channels != n_embd:
+            refuse(f"sgpt.n_embd {ne}, but the cache is {shown(shape[2])} wide")
     logits = outputs.get(LOGITS)
     if logits is None:
         refuse(f"no output {LOGITS}")
@@ -229,11 +225,13 @@ def check_graph(meta: dict, session, path: Path) -> None:
 def check_metadata(meta: dict, path: Path) -> None:
     if "sgpt.format" not in meta:
         raise SgptError(f"{path} is not an sgpt model (no sgpt metadata); export one with `sgpt export`")
-    if meta["sgpt.format"] not in SUPPORTED_FORMATS:
-        raise SgptError(
-            f"{path} is sgpt model format {meta['sgpt.format']!r}; this sgpt reads format "
-            f"{', '.join(sorted(SUPPORTED_FORMATS))}: upgrade sgpt or re-export the model"
-        )
+    got = meta["sgpt.format"]
+    if got == "1":
+        raise SgptError(f"{shown(path)} is sgpt model format 1 (a growing cache, from sgpt before 0.2); this sgpt "
+                        f"reads format {FORMAT}: make a new file with `sgpt export CHECKPOINT.pt --out {shown(path)}`")
+    if got != FORMAT:
+        raise SgptError(f"{shown(path)} is sgpt model format {shown(got)}; this sgpt reads format {FORMAT}: "
+                        "upgrade sgpt or re-export the model")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise SgptError(f"{path} lacks sgpt metadata {', '.join(missing)}; re-export it with `sgpt export`")

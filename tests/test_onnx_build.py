@@ -1,39 +1,48 @@
-"""The cache-trimming graph the engine builds without the onnx package (sgpt_cli.onnx_build): the
-onnx package (a test dependency only) reads it back as the graph onnx.helper would make, its checker
-accepts it, and ONNX Runtime runs it."""
+"""The row-writing graph the engine builds without the onnx package (sgpt_cli.onnx_build): the onnx
+package (a test dependency only) reads it back as the graph onnx.helper would make, its checker
+accepts it, and ONNX Runtime runs it in place."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from sgpt_cli.onnx_build import slice_graph
+from sgpt_cli.onnx_build import put_row_graph
 
 
-def helper_graph(n: int, elem: int) -> onnx.GraphProto:
-    inits = [numpy_helper.from_array(np.array([2], np.int64), "axes"),
-             numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "end")]
-    nodes = [helper.make_node("Slice", [f"x{i}", "drop", "end", "axes"], [f"y{i}"]) for i in range(n)]
+def helper_graph(n: int) -> onnx.GraphProto:
+    nodes = [helper.make_node("ScatterND", [f"x{i}", "row", f"r{i}"], [f"y{i}"]) for i in range(n)]
+    f = TensorProto.FLOAT
     return helper.make_graph(
-        nodes, "sgpt_cache_trim",
-        [helper.make_tensor_value_info("drop", TensorProto.INT64, [1])]
-        + [helper.make_tensor_value_info(f"x{i}", elem, ["b", "h", "p", "d"]) for i in range(n)],
-        [helper.make_tensor_value_info(f"y{i}", elem, ["b", "h", "q", "d"]) for i in range(n)], inits)
+        nodes, "sgpt_put_row",
+        [helper.make_tensor_value_info("row", TensorProto.INT64, [1, 1])]
+        + [helper.make_tensor_value_info(f"r{i}", f, [1, "s", "c"]) for i in range(n)]
+        + [helper.make_tensor_value_info(f"x{i}", f, ["b", "s", "c"]) for i in range(n)],
+        [helper.make_tensor_value_info(f"y{i}", f, ["b", "s", "c"]) for i in range(n)])
 
 
-@pytest.mark.parametrize("float16", [False, True])
-def test_the_hand_written_graph_is_the_one_onnx_helper_makes_and_runs(float16):
-    data = slice_graph(4, float16=float16)
+def test_the_hand_written_graph_is_the_one_onnx_helper_makes_and_writes_the_row_in_place():
+    data = put_row_graph(4)
     model = onnx.load_from_string(data)
     onnx.checker.check_model(model)
     assert model.ir_version == 8 and [(o.domain, o.version) for o in model.opset_import] == [("", 18)]
-    assert model.graph == helper_graph(4, TensorProto.FLOAT16 if float16 else TensorProto.FLOAT)
+    assert model.graph == helper_graph(4)
 
-    dtype = np.float16 if float16 else np.float32
-    xs = [np.random.default_rng(i).random((1, 2, 7, 4)).astype(dtype) for i in range(4)]
+    rng = np.random.default_rng(0)
+    xs = [rng.random((3, 5, 4)).astype(np.float32) for _ in range(4)]
+    rs = [rng.random((1, 5, 4)).astype(np.float32) for _ in range(4)]
+    want = [x.copy() for x in xs]
+    for w, r in zip(want, rs):
+        w[1] = r[0]
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    ys = session.run(None, {"drop": np.array([3], np.int64), **{f"x{i}": x for i, x in enumerate(xs)}})
-    assert all(np.array_equal(y, x[:, :, 3:]) for y, x in zip(ys, xs))
+    b = session.io_binding()
+    b.bind_cpu_input("row", np.array([[1]], np.int64))
+    values = [ort.OrtValue.ortvalue_from_numpy(x) for x in xs]
+    for i, (r, v) in enumerate(zip(rs, values)):
+        b.bind_cpu_input(f"r{i}", r)
+        b.bind_ortvalue_input(f"x{i}", v)
+        b.bind_ortvalue_output(f"y{i}", v)
+    session.run_with_iobinding(b)
+    assert all(np.array_equal(x, w) for x, w in zip(xs, want))  # the numpy arrays themselves changed
