@@ -119,8 +119,8 @@ def run_batch(engine, lines: list[BatchLine], out: TextIO, err: TextIO, batch_si
     try:
         write_ready()
         for ev in events:
-            i = good[ev.index]
-            texts[i].append(ev.piece)
+            i = good[ev.request]
+            texts[i].append(ev.text)
             if ev.stats is not None:
                 if ev.stats.stop_reason == "interrupted":
                     interrupted = True
@@ -162,13 +162,13 @@ def run_samples(engine, prompt: str, fed: str, params, n: int, batch_size: int |
     events = engine.generate_batch(reqs, batch_size)
     try:
         for ev in events:
-            texts[ev.index].append(ev.piece)
+            texts[ev.request].append(ev.text)
             if ev.stats is None:
                 continue
             if ev.stats.stop_reason == "interrupted":
                 interrupted = True
                 continue
-            done[ev.index] = ev.stats
+            done[ev.request] = ev.stats
             while not as_json and shown in done:
                 _write_sample(out, shown, n, seeds[shown], prompt if echo else "", "".join(texts[shown]), color)
                 shown += 1

@@ -256,6 +256,7 @@ class ChatSession:
         self.reply_start: int | None = None  # where the last reply begins in the script
         self.replies = 0  # replies generated since the last /reset or /set seed (seeds each one)
         self.choices: list[str | None] = []  # /regen N's alternatives (None: not finished), for /pick
+        self.last_stats = None  # the last reply's GenerationStats; None while one runs or if it was stopped
 
     # the script ------------------------------------------------------------------------------
 
@@ -319,15 +320,17 @@ class ChatSession:
         self.choices = []
         self.reply_start = len(self.script)
         self.replies += 1
-        pieces = engine.generate(self.context(), params)
+        self.last_stats = None
+        events = engine.stream(self.context(), params)
         try:
-            for piece in pieces:
-                self.script += piece
-                yield piece
+            for event in events:
+                self.last_stats = event.stats or self.last_stats
+                if event.text:
+                    self.script += event.text
+                    yield event.text
         finally:
-            pieces.close()
-            stats = engine.last_stats
-            if stats is not None and stats.stop_reason == "stop":
+            events.close()
+            if self.last_stats is not None and self.last_stats.stop_reason == "stop":
                 self.script += SPEECH_END
 
     def alternatives(self, engine, n: int) -> Iterator[tuple[int, str]]:
@@ -344,11 +347,11 @@ class ChatSession:
         events = engine.generate_batch([(self.context(), p) for p in params])
         try:
             for ev in events:
-                texts[ev.index].append(ev.piece)
+                texts[ev.request].append(ev.text)
                 if ev.stats is None or ev.stats.stop_reason == "interrupted":
                     continue
                 end = SPEECH_END if ev.stats.stop_reason == "stop" else ""  # as stream_reply gives it back
-                self.choices[ev.index] = "".join(texts[ev.index]) + end
+                self.choices[ev.request] = "".join(texts[ev.request]) + end
                 while given < n and self.choices[given] is not None:
                     yield given + 1, self.choices[given]
                     given += 1

@@ -253,7 +253,7 @@ def flag_params(values: dict):
     """SamplingParams from the flags (checked)."""
     from sgpt_cli.settings import SAMPLING_NAMES, SamplingParams
 
-    return SamplingParams(**{n: values[n] for n in SAMPLING_NAMES if n in values}).checked()
+    return SamplingParams(**{n: values[n] for n in SAMPLING_NAMES if n in values})
 
 
 def load_engine(model: str | None, device: str, verbose: bool, errs: TextIO):
@@ -284,7 +284,7 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     from sgpt_cli.settings import SamplingParams
 
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                            max_tokens=max_tokens, seed=seed, stop=stop).checked()
+                            max_tokens=max_tokens, seed=seed, stop=stop)
     engine, path, load_s = load_engine(model, device, verbose, errs)
 
     on_terminal = out.isatty()
@@ -303,13 +303,15 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
                           echo=out if echo and not as_json else None, bold=color)
     warn_unknown(read, errs)
     pieces: list[str] = []
-    for piece in engine.generate(read.fed, params):
-        pieces.append(piece)
-        if not as_json:
-            out.write(piece)
-            out.flush()  # a pipeline's reader sees each character as it comes
+    stats = None
+    for event in engine.stream(read.fed, params):
+        stats = event.stats or stats
+        if event.text:
+            pieces.append(event.text)
+            if not as_json:
+                out.write(event.text)
+                out.flush()  # a pipeline's reader sees each character as it comes
     text = "".join(pieces)
-    stats = engine.last_stats
     result = {
         "model": str(path),
         "prompt": read.kept,

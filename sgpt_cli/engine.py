@@ -302,9 +302,18 @@ class Engine:
 
     def step(self) -> list[Event]:
         """Admit waiting requests into free rows (prefill), choose one character for every running
-        row, feed them in one call. Returns the events made (each request's last one has stats)."""
-        cache = self._cache or self._make_cache()
+        row, feed them in one call. Returns the events made (each request's last one has stats).
+        Ctrl-C (KeyboardInterrupt) inside ends every request in flight: their last events say
+        "interrupted", after the text already chosen."""
         events: list[Event] = []
+        try:
+            self._step(events)
+        except KeyboardInterrupt:
+            events += self.interrupt_all()
+        return events
+
+    def _step(self, events: list[Event]) -> None:
+        cache = self._cache or self._make_cache()
         self._drop_cancelled(events)
         self._admit(cache, events)
         chars = self.tokenizer.shown  # control characters made visible: no escape reaches a terminal
@@ -327,7 +336,6 @@ class Engine:
                 if run.pos >= self.position_limit:  # re-base: the window again from position 0, alone
                     run.logits = cache.prefill(run.slot, np.array(run.context, dtype=np.int64))
                     run.pos = len(run.context)
-        return events
 
     def _make_cache(self) -> HostCache:
         self._cache = (DeviceCache if self.device_cache else HostCache)(self.model, self.max_rows)
@@ -385,12 +393,19 @@ class Engine:
 
     def run(self) -> Iterator[Event]:
         """Steps until no request is waiting or running. Ctrl-C (KeyboardInterrupt) ends every
-        request in flight with stop_reason "interrupted" (their last events) and returns."""
+        request in flight with stop_reason "interrupted" (their last events) and returns; a consumer
+        that stops iterating (closes the generator) ends them too, silently."""
+        finished = False
         try:
             while self.busy:
                 yield from self.step()
-        except KeyboardInterrupt:
+            finished = True
+        except KeyboardInterrupt:  # between steps, in the consumer's code
+            finished = True
             yield from self.interrupt_all()
+        finally:
+            if not finished:  # GeneratorExit, or an error: nothing may stay in flight
+                self.interrupt_all()
 
     def interrupt_all(self) -> list[Event]:
         with self._lock:
@@ -415,7 +430,7 @@ class Engine:
         source = iter(requests)
         limit = min(batch_size or self.max_rows, self.max_rows)
         base = self._next_id
-        exhausted = False
+        exhausted = finished = False
         try:
             while True:
                 while not exhausted and len(self._running) + len(self._waiting) < limit:
@@ -425,9 +440,18 @@ class Engine:
                     else:
                         self.submit(*item)
                 if not self.busy:
+                    finished = True
                     return
-                for e in self.step():
+                events = self.step()
+                for e in events:
                     yield Event(e.request - base, e.text, e.stats)
+                if any(e.stats is not None and e.stats.stop_reason == "interrupted" for e in events):
+                    finished = True  # Ctrl-C inside the step: start nothing more
+                    return
         except KeyboardInterrupt:
+            finished = True
             for e in self.interrupt_all():
                 yield Event(e.request - base, e.text, e.stats)
+        finally:
+            if not finished:
+                self.interrupt_all()

@@ -513,8 +513,8 @@ class Repl:
                     stream.close()
         printer.write("".join(pending))
         printer.end()
-        stats = self.engine.last_stats
-        if stats is not None and stats.stop_reason == "interrupted":
+        stats = self.session.last_stats  # None: stopped before the engine's last event
+        if stats is None or stats.stop_reason == "interrupted":
             self.notice("(stopped: the part written so far stays in the script; /regen tries again)")
         if stats is not None and self.session.settings.verbose:
             self.notice(f"{stats.chars:,} characters in {stats.seconds:.2f} s · first after "

@@ -84,12 +84,12 @@ def sample_next_token(logits: np.ndarray, rng: np.random.Generator, temperature:
 
 
 class Sampler:
-    """`sample_next_token` for a stream: arguments checked once, the penalised history kept as a
+    """`sample_next_token` for a stream: arguments trusted (a SamplingParams is checked when made), the penalised history kept as a
     count per id (add on entering the context window, remove on leaving it), O(V) per call."""
 
     def __init__(self, vocab_size: int, rng: np.random.Generator, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0):
-        validate_sampling(temperature, top_k, top_p, repetition_penalty)
+        """Arguments as a SamplingParams holds them: already checked (from_params), not checked again."""
         self.rng = rng
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
         self.repetition_penalty = float(repetition_penalty)

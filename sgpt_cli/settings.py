@@ -254,21 +254,21 @@ SAMPLING: tuple[Setting, ...] = (
 SAMPLING_NAMES = tuple(s.name for s in SAMPLING)
 
 
-def _validate(self) -> None:
-    """UsageError (one line, naming the flag) for values no sampler can use."""
-    check_values(SAMPLING, {n: getattr(self, n) for n in SAMPLING_NAMES})
-
-
-def _checked(self) -> "SamplingParams":
-    """A copy with every value normalised (5.0 -> 5, a list of stops -> a tuple); UsageError if bad."""
-    return type(self)(**check_values(SAMPLING, {n: getattr(self, n) for n in SAMPLING_NAMES}))
+def _post_init(self) -> None:
+    """Valid by construction: every value checked and normalised (5.0 -> 5, a list of stops -> a
+    tuple) where it enters; a one-line UsageError naming the flag otherwise. Nothing downstream
+    (the engine, the sampler) checks again."""
+    for name, value in check_values(SAMPLING, {n: getattr(self, n) for n in SAMPLING_NAMES}).items():
+        object.__setattr__(self, name, value)
 
 
 SamplingParams = make_dataclass(
     "SamplingParams",
     [(s.name, s.annotation(), field(default=s.default)) for s in SAMPLING],
-    namespace={"validate": _validate, "checked": _checked, "__module__": __name__,
-               "__doc__": "The engine's sampling parameters; fields, defaults and limits: sgpt_cli.settings.SAMPLING."},
+    namespace={"__post_init__": _post_init, "__module__": __name__,
+               "__doc__": "The engine's sampling parameters, valid by construction; fields, defaults and "
+                          "limits: sgpt_cli.settings.SAMPLING."},
+    frozen=True,
 )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sgpt_cli.engine import DROP_EVERY, Engine, SamplingParams
+from sgpt_cli.engine import Engine, HostCache, SamplingParams
 from sgpt_cli.errors import UsageError
 from sgpt_cli.onnx_model import OnnxModel
 
@@ -36,18 +36,18 @@ def requests(temperature: float, n: int = 8, **kw) -> list[tuple[str, SamplingPa
 
 
 def alone(engine: Engine, prompt: str, params: SamplingParams) -> tuple[str, str]:
-    text = "".join(engine.generate(prompt, params))
-    return text, engine.last_stats.stop_reason
+    events = list(engine.stream(prompt, params))
+    return "".join(e.text for e in events), events[-1].stats.stop_reason
 
 
 def batched(engine: Engine, reqs, batch_size=None) -> dict[int, tuple[str, str, int]]:
     texts: dict[int, list[str]] = {i: [] for i in range(len(reqs))}
     done = {}
     for ev in engine.generate_batch(reqs, batch_size):
-        assert ev.index not in done, "an event after the row's last one"
-        texts[ev.index].append(ev.piece)
+        assert ev.request not in done, "an event after the row's last one"
+        texts[ev.request].append(ev.text)
         if ev.stats is not None:
-            done[ev.index] = ("".join(texts[ev.index]), ev.stats.stop_reason, ev.stats.chars)
+            done[ev.request] = ("".join(texts[ev.request]), ev.stats.stop_reason, ev.stats.chars)
     return done
 
 
@@ -55,7 +55,6 @@ def batched(engine: Engine, reqs, batch_size=None) -> dict[int, tuple[str, str, 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_batched_rows_equal_single_runs_exactly(model, temperature, batch_size):
     engine = Engine(model)
-    assert engine.padded  # this export has attention_mask: the batched path really runs
     reqs = requests(temperature)
     singles = [alone(engine, p, s) for p, s in reqs]
     got = batched(engine, reqs, batch_size)
@@ -81,13 +80,13 @@ def test_a_row_does_not_depend_on_what_shares_its_batch(model):
 
 
 def test_rows_join_and_leave_a_capped_batch_and_stay_exact(model):
-    """More rows than --batch-size: rows leave when done and waiting rows join after a cache cut."""
+    """More rows than --batch-size: rows leave when done (the last row moves into the freed one) and
+    waiting rows join at the next step."""
     engine = Engine(model)
     reqs = [(p, SamplingParams(temperature=0.8, max_tokens=5 + 13 * i, seed=i)) for i, p in enumerate(PROMPTS * 2)]
     got = batched(engine, reqs, 3)
     for i, (p, s) in enumerate(reqs):
         assert got[i][:2] == alone(engine, p, s)
-    assert max(s.max_tokens for _, s in reqs) > DROP_EVERY * 4
 
 
 def test_positions_rebased_inside_a_batch_stay_exact(model):
@@ -102,8 +101,8 @@ def test_positions_rebased_inside_a_batch_stay_exact(model):
 def test_samples_of_one_prompt_share_one_prefill_and_differ_by_seed(model, monkeypatch):
     engine = Engine(model)
     calls = []
-    real = engine._prefill
-    monkeypatch.setattr(engine, "_prefill", lambda ids: calls.append(len(ids)) or real(ids))
+    real = HostCache.prefill
+    monkeypatch.setattr(HostCache, "prefill", lambda self, slot, ids: calls.append(len(ids)) or real(self, slot, ids))
     reqs = [("ROMEO:", SamplingParams(temperature=0.8, max_tokens=50, seed=3 + i)) for i in range(4)]
     got = batched(engine, reqs)
     assert calls == [len("ROMEO:")]  # prefilled once, its cache shared
@@ -119,72 +118,62 @@ def test_batch_edge_cases(model):
     got = batched(engine, [("ROMEO:", SamplingParams(max_tokens=0)), ("ROMEO:", SamplingParams(max_tokens=3, seed=1))])
     assert got[0] == ("", "max_tokens", 0) and len(got[1][0]) == 3
     with pytest.raises(UsageError, match="--temperature"):
-        engine.generate_batch([("x", SamplingParams(temperature=-1))])
-    with pytest.raises(UsageError, match="--batch-size"):
-        engine.generate_batch([("x", SamplingParams())], batch_size=0)
+        SamplingParams(temperature=-1)
 
 
 def test_ctrl_c_ends_running_rows_as_interrupted(model, monkeypatch):
     engine = Engine(model)
-    real = engine.session_run
+    real = HostCache.step
     steps = []
 
-    def run(feed):
+    def step(self, rows):
         steps.append(1)
         if len(steps) == 20:
             raise KeyboardInterrupt
-        return real(feed)
+        return real(self, rows)
 
-    monkeypatch.setattr(engine, "session_run", run)
+    monkeypatch.setattr(HostCache, "step", step)
     reqs = [(p, SamplingParams(temperature=0.8, max_tokens=10 if i == 0 else 200, seed=i)) for i, p in enumerate(PROMPTS[:4])]
     events = list(engine.generate_batch(reqs, 2))
-    final = {e.index: e.stats.stop_reason for e in events if e.stats}
+    final = {e.request: e.stats.stop_reason for e in events if e.stats}
     assert final[0] == "max_tokens"  # finished before Ctrl-C
     assert "interrupted" in final.values()
     assert 3 not in final or final[3] == "interrupted"  # rows never started get no event
+    assert not engine.busy
 
 
-def test_a_model_without_attention_mask_runs_rows_one_by_one_exactly(model):
+def test_batch_pulls_requests_only_as_rows_free_up(model):
+    """A stream of requests is read lazily: at most batch_size running and none waiting beyond them."""
     engine = Engine(model)
-    engine.padded = False  # as for an export without attention_mask (the old shipped model)
-    reqs = requests(0.8, n=4)
-    got = batched(engine, reqs, 4)
-    for i, (p, s) in enumerate(reqs):
-        assert got[i][:2] == alone(engine, p, s)
+    pulled = []
+
+    def source():
+        for i in range(12):
+            pulled.append(i)
+            yield PROMPTS[i % len(PROMPTS)], SamplingParams(max_tokens=5 + i, seed=i)
+
+    seen = 0
+    for ev in engine.generate_batch(source(), 3):
+        seen += ev.stats is not None
+        assert len(pulled) <= seen + 3
+    assert seen == 12
 
 
-def test_the_shipped_model_without_attention_mask_still_batches(tmp_path):
-    """models/shakespeare.onnx predates attention_mask: batches run row by row, equal to single runs."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "models" / "shakespeare.onnx"
-    shipped = OnnxModel(path, device="cpu")
-    engine = Engine(shipped)
-    if shipped.has_attention_mask:
-        assert engine.padded
-    reqs = [("ROMEO:", SamplingParams(temperature=0.8, max_tokens=20, seed=i)) for i in range(3)]
-    got = batched(engine, reqs)
-    assert [got[i][0] for i in range(3)] == [alone(engine, p, s)[0] for p, s in reqs]
-
-
-def test_padded_decode_logits_equal_single_rows_bitwise(model):
-    """The property the engine rests on, at the level of one forward: rows of one width, left-padded,
-    give bitwise the logits each gives alone."""
-    engine = Engine(model)
+def test_rows_in_one_step_are_bitwise_their_single_steps(model):
+    """The property the engine rests on, at the level of one step: rows at different positions in one
+    call give bitwise the logits each gives alone."""
     rng = np.random.default_rng(0)
     W = model.block_size
-    rows = []
-    for n in (1, 5, W - 1, 12):
-        _, cache = engine._prefill(rng.integers(0, model.tokenizer.vocab_size, n))
-        rows.append(engine._padded(cache, W - 1 + 3))
-    tokens = rng.integers(0, model.tokenizer.vocab_size, (len(rows), 1))
-    positions = np.array([[1], [5], [W - 1], [12]])
+    lengths = (1, 5, W - 1, 12)
+    prompts = [rng.integers(0, model.tokenizer.vocab_size, n) for n in lengths]
+    tokens = rng.integers(0, model.tokenizer.vocab_size, len(lengths))
 
     def run(sel):
-        feed = dict(zip(engine._names, [np.concatenate([rows[b][0][i] for b in sel]) for i in range(len(engine._names))]))
-        mask = np.concatenate([np.concatenate([rows[b][1] for b in sel]), np.ones((len(sel), 1), np.int64)], axis=1)
-        feed.update(input_ids=tokens[sel], position_ids=positions[sel], attention_mask=mask)
-        return engine.session_run(feed)[0][:, 0]
+        cache = HostCache(model, len(sel))
+        for slot, b in enumerate(sel):
+            cache.prefill(slot, prompts[b])
+            cache.tokens[slot, 0], cache.positions[slot, 0] = tokens[b], lengths[b]
+        return cache.step(len(sel)).copy()
 
     together = run([0, 1, 2, 3])
     for b in range(4):

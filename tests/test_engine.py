@@ -1,8 +1,9 @@
 """The generation engine (sgpt_cli.engine) on the tiny exported model, and model lookup
 (sgpt_cli.model_lookup).
 
-References are computed independently of the engine's cache: a full pass of the model over the whole
-text for every character (the nanoGPT way), through the same ONNX file.
+References are computed independently of the engine: a full pass of the model over the whole text
+for every character (the nanoGPT way), and past the window a ring cache driven by hand through plain
+`session.run` (no I/O binding, no engine), through the same ONNX file.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from sgpt_cli.engine import BoundCache, CpuCache, Engine, GenerationStats, SamplingParams, StopMatcher
+from sgpt_cli.engine import DeviceCache, Engine, GenerationStats, HostCache, SamplingParams
 from sgpt_cli.errors import SgptError, UsageError
 from sgpt_cli.onnx_model import OnnxModel
 from sgpt_cli.sampling import sample_next_token
+from sgpt_cli.stops import StopMatcher
 
 from conftest import run_env
 
@@ -31,8 +33,15 @@ def engine(model) -> Engine:
     return Engine(model)
 
 
+def run(engine: Engine, prompt: str = "ROMEO:", **kw) -> tuple[str, GenerationStats]:
+    """One request alone: its text and the stats of its last event (the one way stats are given)."""
+    events = list(engine.stream(prompt, SamplingParams(**kw)))
+    assert all(e.stats is None for e in events[:-1]) and events[-1].stats is not None
+    return "".join(e.text for e in events), events[-1].stats
+
+
 def gen(engine: Engine, prompt: str = "ROMEO:", **kw) -> str:
-    return "".join(engine.generate(prompt, SamplingParams(**kw)))
+    return run(engine, prompt, **kw)[0]
 
 
 def full_pass_logits(model: OnnxModel, ids: list[int]) -> np.ndarray:
@@ -55,47 +64,42 @@ def full_pass_reference(model: OnnxModel, prompt: str, n: int, seed: int | None 
     return model.tokenizer.decode(ids[-n:]) if n else ""
 
 
-def greedy_reference(model: OnnxModel, prompt: str, n: int) -> str:
-    return full_pass_reference(model, prompt, n)
-
-
 # --- correctness of the cache -------------------------------------------------------------
 
-def test_kv_decode_logits_equal_a_full_pass(model):
+def test_prefill_then_in_place_steps_equal_a_full_pass(model):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.tokenizer.vocab_size, model.block_size)
     expected, _ = model.forward(ids[None])  # (1, T, V)
-    cache = CpuCache(model)
-    got = [cache.run(ids[:5], 0, drop=-1)]
+    cache = HostCache(model, 2)
+    got = [cache.prefill(1, ids[:5])]
     for t in range(5, model.block_size):
-        got.append(cache.run(ids[t:t + 1], t))
-    assert cache.length == model.block_size
+        cache.tokens[0, 0] = cache.tokens[1, 0] = ids[t]
+        cache.positions[0, 0] = cache.positions[1, 0] = t
+        got.append(cache.step(2)[1].copy())
     assert np.abs(np.stack(got) - expected[0, 4:]).max() < 1e-4
+    assert np.abs(cache.buffers[0][1]).sum() > 0  # ONNX Runtime wrote into the numpy arrays themselves
 
 
-def test_io_binding_cache_equals_the_numpy_cache(model):
-    """BoundCache is the CUDA path; here its OrtValues live on the CPU, which tests everything but
-    the device placement: binding order, feeding presents back, the Slice graph that drops entries."""
+def test_device_cache_equals_the_host_cache(model):
+    """DeviceCache is the CUDA path; here its OrtValues live on the CPU, which tests everything but
+    the placement: binding, the placeholder rows, the graph that puts a prefilled row in place."""
     W = model.block_size
     ids = np.random.default_rng(1).integers(0, model.tokenizer.vocab_size, 3 * W)
-    plain, bound = CpuCache(model), BoundCache(model, "cpu")
-    for cache in (plain, bound):
-        cache.got = [cache.run(ids[:7], 0, drop=-1)]
+    host, device = HostCache(model, 3), DeviceCache(model, 3)
+    for cache in (host, device):
+        cache.got = [cache.prefill(2, ids[:7])]
         for t in range(7, len(ids)):
-            cache.got.append(cache.run(ids[t:t + 1], t, drop=max(cache.length - (W - 1), 0)))
-    assert plain.length == bound.length == W
-    assert np.abs(np.stack(plain.got) - np.stack(bound.got)).max() < 1e-5
-    again = bound.run(ids[:3], 0, drop=-1)  # a fresh prefill forgets the old cache
-    assert bound.length == 3 and np.allclose(again, plain.run(ids[:3], 0, drop=-1), atol=1e-5)
+            cache.tokens[2, 0], cache.positions[2, 0] = ids[t], t
+            cache.got.append(cache.step(3)[2].copy())
+    assert np.array_equal(np.stack(host.got), np.stack(device.got))
 
 
-def test_engine_with_io_binding_generates_the_same_text(model):
-    params = SamplingParams(temperature=1.0, seed=4, max_tokens=3 * model.block_size)
-    a = "".join(Engine(model).generate("ROMEO:", params))
-    bound = Engine(model, cache="bound")
-    assert bound.cache_kind == "bound" and Engine(model).cache_kind == "numpy"  # auto on the CPU: numpy
-    assert "".join(bound.generate("ROMEO:", params)) == a
-    assert "".join(bound.generate("ROMEO:", params)) == a  # a second generation reuses the Slice session
+def test_engine_on_device_buffers_generates_the_same_text(model):
+    a = gen(Engine(model), temperature=1.0, seed=4, max_tokens=3 * model.block_size)
+    device = Engine(model, cache="device")
+    assert device.device_cache and not Engine(model).device_cache  # auto on the CPU: host arrays
+    assert gen(device, temperature=1.0, seed=4, max_tokens=3 * model.block_size) == a
+    assert gen(device, temperature=1.0, seed=4, max_tokens=3 * model.block_size) == a  # its rows are reused
 
 
 def test_greedy_determinism_and_equal_to_full_pass_argmax(engine, model):
@@ -103,7 +107,7 @@ def test_greedy_determinism_and_equal_to_full_pass_argmax(engine, model):
     a = gen(engine, temperature=0, max_tokens=n)
     b = gen(engine, temperature=0, max_tokens=n)
     assert a == b and len(a) == n
-    assert a == greedy_reference(model, "ROMEO:", n)
+    assert a == full_pass_reference(model, "ROMEO:", n)
     sampled = gen(engine, temperature=1.0, seed=9, max_tokens=n)
     assert sampled == full_pass_reference(model, "ROMEO:", n, seed=9)
 
@@ -173,21 +177,20 @@ def test_stop_string_ends_generation_before_it(engine):
     text = gen(engine, temperature=1.0, seed=5, max_tokens=120)
     stop = text[30:33]
     first = text.find(stop)
-    pieces = list(engine.generate("ROMEO:", SamplingParams(temperature=1.0, seed=5, max_tokens=120, stop=(stop,))))
-    assert "".join(pieces) == text[:first]
-    assert engine.last_stats.stop_reason == "stop"
-    assert engine.last_stats.chars == first
+    got, stats = run(engine, temperature=1.0, seed=5, max_tokens=120, stop=(stop,))
+    assert got == text[:first]
+    assert stats.stop_reason == "stop" and stats.chars == first
 
 
 def test_partial_stop_match_that_fails_is_yielded(engine):
     text = gen(engine, temperature=1.0, seed=5, max_tokens=120)
     c = text[10]
     follower = next(x for x in engine.model.tokenizer.chars if c + x not in text)
-    pieces = list(engine.generate("ROMEO:", SamplingParams(temperature=1.0, seed=5, max_tokens=120,
-                                                           stop=(c + follower + "zz",))))
-    assert "".join(pieces) == text
-    assert any(len(p) > 1 for p in pieces)  # held-back text came out when the match failed
-    assert engine.last_stats.stop_reason == "max_tokens"
+    events = list(engine.stream("ROMEO:", SamplingParams(temperature=1.0, seed=5, max_tokens=120,
+                                                         stop=(c + follower + "zz",))))
+    assert "".join(e.text for e in events) == text
+    assert any(len(e.text) > 1 for e in events)  # held-back text came out when the match failed
+    assert events[-1].stats.stop_reason == "max_tokens"
 
 
 def test_stop_matcher_catches_strings_split_across_pieces():
@@ -205,34 +208,31 @@ def test_stop_matcher_catches_strings_split_across_pieces():
 
 @pytest.mark.parametrize("n", [0, 1, 17])
 def test_max_tokens_gives_exactly_n_characters(engine, n):
-    text = gen(engine, temperature=1.0, seed=0, max_tokens=n)
+    text, stats = run(engine, temperature=1.0, seed=0, max_tokens=n)
     assert len(text) == n
-    stats = engine.last_stats
     assert isinstance(stats, GenerationStats)
     assert stats.chars == n and stats.stop_reason == "max_tokens"
     assert 0 <= stats.ttft_s <= stats.seconds
 
 
 def test_stats_describe_the_run(engine):
-    gen(engine, "ROMEO:", temperature=1.0, seed=0, max_tokens=40)
-    s = engine.last_stats
+    _, s = run(engine, "ROMEO:", temperature=1.0, seed=0, max_tokens=40)
     assert s.prompt_chars == 6 and s.chars == 40 and s.chars_per_s > 0
     assert s.chars_per_s == pytest.approx(s.chars / s.seconds)
 
 
 # --- past the window ---------------------------------------------------------------------
 
-def manual_rolling_reference(model: OnnxModel, prompt: str, n: int, seed: int | None = None) -> str:
-    """Decoding with an explicitly rolled numpy cache: keep block_size - 1 entries, positions grow."""
+def ring_reference(model: OnnxModel, prompt: str, n: int, seed: int | None = None) -> str:
+    """Decoding with the ring cache driven by hand (plain session.run, which copies it): one id a step
+    at growing absolute positions; the graph keeps the latest block_size of them."""
     rng = None if seed is None else np.random.default_rng(seed)
-    W = model.block_size
     ids = model.tokenizer.encode(prompt)[None]
     logits, past = model.forward(ids)
     pos, out = ids.shape[1], []
     for _ in range(n):
         nxt = pick(logits[0, -1], rng)
         out.append(model.tokenizer.chars[nxt])
-        past = [np.ascontiguousarray(p[:, :, -(W - 1):]) for p in past]
         logits, past = model.forward(np.array([[nxt]]), past, np.array([[pos]]))
         pos += 1
     return "".join(out)
@@ -244,13 +244,11 @@ def test_generation_beyond_block_size_rolls_the_window(engine, model):
     assert len(greedy) == 3 * W
     # inside the first window the cache changes nothing: equal to full passes
     assert greedy[:W - 1] == full_pass_reference(model, "R", W - 1)
-    assert greedy == manual_rolling_reference(model, "R", 3 * W)
+    assert greedy == ring_reference(model, "R", 3 * W)
     # sampled text is far more sensitive to wrong positions or a wrong window than greedy text
     sampled = gen(engine, "R", temperature=1.0, seed=0, max_tokens=3 * W)
-    assert len(sampled) == 3 * W
     assert sampled[:W - 1] == full_pass_reference(model, "R", W - 1, seed=0)
-    # past it, exactly the rolling-window computation (block_size - 1 cached + 1 new, absolute positions)
-    assert sampled == manual_rolling_reference(model, "R", 3 * W, seed=0)
+    assert sampled == ring_reference(model, "R", 3 * W, seed=0)
 
 
 def test_position_rebase_keeps_generating(engine, model):
@@ -262,34 +260,12 @@ def test_position_rebase_keeps_generating(engine, model):
     assert rebased[:2 * W - 1] == reference[:2 * W - 1]  # identical until the first re-base
 
 
-def refill_reference(model: OnnxModel, prompt: str, n: int, seed: int) -> str:
-    """Full passes over the text since the last re-prefill, which keeps the latest half window
-    whenever block_size characters are cached."""
-    rng, W = np.random.default_rng(seed), model.block_size
-    ids, start = list(model.tokenizer.encode(prompt)), 0
-    for _ in range(n):
-        ids.append(pick(full_pass_logits(model, ids[start:]), rng))
-        if len(ids) - 1 - start >= W:
-            start = len(ids) - W // 2
-    return model.tokenizer.decode(ids[-n:])
-
-
-def test_refill_fallback_for_models_without_positions(engine, model):
-    W = model.block_size
-    reference = gen(engine, "R", temperature=1.0, seed=0, max_tokens=3 * W)
-    engine.rolling = False  # as for a graph without position_ids: re-prefill half a window when full
-    refilled = gen(engine, "R", temperature=1.0, seed=0, max_tokens=3 * W)
-    assert len(refilled) == 3 * W
-    assert refilled[:W - 1] == reference[:W - 1]
-    assert refilled == refill_reference(model, "R", 3 * W, seed=0)
-
-
 def test_prompt_longer_than_block_size_uses_its_tail(engine, model):
     rng = np.random.default_rng(4)
     long = "".join(rng.choice(model.tokenizer.chars, 3 * model.block_size))
     kw = dict(temperature=1.0, seed=2, max_tokens=40)
-    a = gen(engine, long, **kw)
-    assert engine.last_stats.prompt_chars == model.block_size
+    a, stats = run(engine, long, **kw)
+    assert stats.prompt_chars == model.block_size
     assert a == gen(engine, long[-model.block_size:], **kw)
     assert list(engine.prompt_ids(long)) == list(model.tokenizer.encode(long[-model.block_size:]))
 
@@ -297,8 +273,6 @@ def test_prompt_longer_than_block_size_uses_its_tail(engine, model):
 # --- odd prompts -----------------------------------------------------------------------------------
 
 def test_unknown_characters_are_dropped(engine):
-    assert engine.unknown_chars("RO\u2603ME\u00e9O\u2603") == ["\u2603", "\u00e9"]
-    assert engine.unknown_chars("ROMEO") == []
     kw = dict(temperature=1.0, seed=2, max_tokens=40)  # sampled text depends on the context
     assert gen(engine, "RO\u2603ME\u00e9O", **kw) == gen(engine, "ROMEO", **kw)
     assert list(engine.prompt_ids("RO\u2603ME\u00e9O")) == list(engine.tokenizer.encode("ROMEO"))
@@ -310,17 +284,82 @@ def test_empty_prompt_starts_from_a_line_break(engine):
     assert gen(engine, "", **kw) == reference
     assert gen(engine, "\u2603\u2603", **kw) == reference
     assert list(engine.prompt_ids("")) == [engine.tokenizer.stoi["\n"]]
-    assert engine.last_stats.prompt_chars == 1
+    assert run(engine, "", **kw)[1].prompt_chars == 1
+
+
+# --- requests: submit, step, cancel --------------------------------------------------------------------
+
+def drain(engine: Engine, limit: int = 10_000) -> dict[int, tuple[str, GenerationStats]]:
+    texts, done = {}, {}
+    for _ in range(limit):
+        if not engine.busy:
+            break
+        for e in engine.step():
+            assert e.request not in done, "an event after the request's last one"
+            texts[e.request] = texts.get(e.request, "") + e.text
+            if e.stats is not None:
+                done[e.request] = (texts[e.request], e.stats)
+    assert not engine.busy
+    return done
+
+
+def test_requests_join_a_running_batch_at_any_step_and_stay_exact(model):
+    engine = Engine(model, max_rows=3)
+    reqs = [("ROMEO:", dict(seed=1, max_tokens=70)), ("K", dict(seed=2, max_tokens=45)),
+            ("", dict(seed=3, max_tokens=90, temperature=0)), ("JULIET:\nO", dict(seed=4, max_tokens=30))]
+    alone = [run(Engine(model), p, **kw)[0] for p, kw in reqs]
+    ids = [engine.submit(*_req(reqs[0]))]
+    texts: dict[int, str] = {}
+    for step in range(400):  # one more request joins every 7 steps, while others run
+        if step % 7 == 6 and len(ids) < len(reqs):
+            ids.append(engine.submit(*_req(reqs[len(ids)])))
+        for e in engine.step():
+            texts[e.request] = texts.get(e.request, "") + e.text
+        assert engine.rows <= 3
+        if not engine.busy and len(ids) == len(reqs):
+            break
+    assert [texts[i] for i in ids] == alone
+
+
+def _req(item):
+    prompt, kw = item
+    return prompt, SamplingParams(**kw)
+
+
+def test_a_cancelled_request_frees_its_row_at_the_next_step(model):
+    engine = Engine(model, max_rows=1)
+    first = engine.submit("ROMEO:", SamplingParams(seed=1, max_tokens=10_000))
+    second = engine.submit("K", SamplingParams(seed=2, max_tokens=20))
+    for _ in range(5):
+        engine.step()
+    assert engine.rows == 1 and engine.queued == 1  # the second waits for the only row
+    engine.cancel(first)
+    done = drain(engine)
+    assert done[first][1].stop_reason == "cancelled"
+    assert done[second] == (gen(Engine(model), "K", seed=2, max_tokens=20), done[second][1])
+    engine.cancel(12345)  # unknown numbers are ignored
+    assert drain(engine) == {}
+
+
+def test_a_waiting_request_can_be_cancelled_before_it_runs(model):
+    engine = Engine(model, max_rows=1)
+    engine.submit("ROMEO:", SamplingParams(seed=1, max_tokens=30))
+    waiting = engine.submit("K", SamplingParams(seed=2, max_tokens=30))
+    engine.cancel(waiting)
+    done = drain(engine)
+    assert done[waiting] == ("", done[waiting][1]) and done[waiting][1].stop_reason == "cancelled"
 
 
 # --- interruption and bad parameters -------------------------------------------------------------------
 
-def test_consumer_stopping_records_interrupted_stats(engine):
-    pieces = engine.generate("ROMEO:", SamplingParams(temperature=1.0, seed=0, max_tokens=100))
-    got = [next(pieces) for _ in range(3)]
-    pieces.close()
-    assert len("".join(got)) == 3
-    assert engine.last_stats.stop_reason == "interrupted" and engine.last_stats.chars == 3
+def test_a_consumer_that_stops_iterating_leaves_nothing_in_flight(engine):
+    events = engine.stream("ROMEO:", SamplingParams(temperature=1.0, seed=0, max_tokens=100))
+    got = [next(events) for _ in range(3)]
+    events.close()
+    assert len("".join(e.text for e in got)) == 3
+    assert not engine.busy
+    assert gen(engine, temperature=1.0, seed=0, max_tokens=5) == gen(Engine(engine.model), temperature=1.0, seed=0,
+                                                                      max_tokens=5)
 
 
 class InterruptingSession:
@@ -330,11 +369,11 @@ class InterruptingSession:
     def __init__(self, session, at, error=KeyboardInterrupt):
         self.session, self.at, self.calls, self.error = session, at, 0, error
 
-    def run(self, *args, **kw):
+    def run_with_iobinding(self, *args, **kw):
         self.calls += 1
         if self.calls == self.at:
             raise self.error
-        return self.session.run(*args, **kw)
+        return self.session.run_with_iobinding(*args, **kw)
 
     def __getattr__(self, name):
         return getattr(self.session, name)
@@ -343,11 +382,10 @@ class InterruptingSession:
 def test_ctrl_c_ends_generation_quietly_with_stats(tiny_onnx):
     real = OnnxModel(tiny_onnx, device="cpu")
     model = OnnxModel(tiny_onnx, session=InterruptingSession(real.session, at=6))
-    engine = Engine(model)
-    text = "".join(engine.generate("ROMEO:", SamplingParams(temperature=0, max_tokens=50)))
+    text, stats = run(Engine(model), temperature=0, max_tokens=50)
     assert len(text) == 5  # prefill + 4 steps gave 5 characters; the 6th run was interrupted
     assert text == gen(Engine(real), temperature=0, max_tokens=5)
-    assert engine.last_stats.stop_reason == "interrupted" and engine.last_stats.chars == 5
+    assert stats.stop_reason == "interrupted" and stats.chars == 5
 
 
 def test_runtime_failure_is_a_one_line_error(tiny_onnx):
@@ -356,10 +394,10 @@ def test_runtime_failure_is_a_one_line_error(tiny_onnx):
     engine = Engine(OnnxModel(tiny_onnx, session=InterruptingSession(real.session, at=3, error=boom)))
     pieces = []
     with pytest.raises(SgptError) as err:
-        for piece in engine.generate("ROMEO:", SamplingParams(max_tokens=50, seed=0)):
-            pieces.append(piece)
+        for event in engine.stream("ROMEO:", SamplingParams(max_tokens=50, seed=0)):
+            pieces.append(event.text)
     assert "RUNTIME_EXCEPTION" in str(err.value) and "sgpt export" in str(err.value) and "\n" not in str(err.value)
-    assert len(pieces) == 2 and engine.last_stats.chars == 2
+    assert len("".join(pieces)) == 1 and not engine.busy  # the text of the failing step is not given
 
 
 class HidingSession:
@@ -393,12 +431,11 @@ def test_a_graph_without_the_cache_interface_is_refused(tiny_onnx):
     (dict(seed=-3), "--seed"),
     (dict(stop=("",)), "--stop"),
 ])
-def test_bad_params_fail_before_generation(engine, kw, flag):
+def test_sampling_params_are_valid_by_construction(kw, flag):
     with pytest.raises(UsageError) as err:
-        SamplingParams(**kw).validate()
+        SamplingParams(**kw)
     assert flag in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(UsageError):
-        engine.generate("ROMEO:", SamplingParams(**kw))  # raised at the call, not at the first next()
+    assert SamplingParams(max_tokens=5.0, stop=["a"]) == SamplingParams(max_tokens=5, stop=("a",))  # normalised
 
 
 # --- model lookup ---------------------------------------------------------------------------------------
