@@ -207,12 +207,12 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 # --- the training extra -------------------------------------------------------------------------
 
-TRAIN_EXTRA = {"train": ("torch", "matplotlib"), "export": ("torch", "onnx", "onnxscript")}
+TRAIN_EXTRA = {"train": ("torch", "matplotlib"), "export": ("torch", "onnx")}
 TRAIN_INSTALL = "pip install 'sgpt[train]' (from a source checkout: pip install -e '.[train]')"
 
 
 def require_train_extra(command: str) -> None:
-    """`sgpt train` and `sgpt export` need the `train` extra (torch, onnx, onnxscript, matplotlib),
+    """`sgpt train` and `sgpt export` need the `train` extra (torch, onnx, matplotlib),
     which the runtime install leaves out: say in one line how to install it, before any work."""
     import importlib.util
 

@@ -230,7 +230,7 @@ def check_metadata(meta: dict, path: Path) -> None:
         raise SgptError(f"{shown(path)} is sgpt model format 1 (a growing cache, from sgpt before 0.2); this sgpt "
                         f"reads format {FORMAT}: make a new file with `sgpt export CHECKPOINT.pt --out {shown(path)}`")
     if got != FORMAT:
-        raise SgptError(f"{shown(path)} is sgpt model format {shown(got)}; this sgpt reads format {FORMAT}: "
+        raise SgptError(f"{shown(path)} is sgpt model format '{shown(got)}'; this sgpt reads format {FORMAT}: "
                         "upgrade sgpt or re-export the model")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:

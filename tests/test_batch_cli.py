@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from sgpt_cli.batch import parse_batch, run_batch
-from sgpt_cli.engine import GenerationStats, RowEvent
+from sgpt_cli.engine import Event, GenerationStats
 from sgpt_cli.settings import SamplingParams
 
 from conftest import SGPT, run_env
@@ -133,7 +133,7 @@ def test_a_row_is_written_when_it_and_every_earlier_row_are_done():
                 seen.append(len(out.lines))
                 yield ev
 
-    events = [RowEvent(1, "xy", stats()), RowEvent(2, "zz", stats()), RowEvent(0, "ab", stats())]
+    events = [Event(1, "xy", stats()), Event(2, "zz", stats()), Event(0, "ab", stats())]
     assert run_batch(Watch(events), lines, out, err, None) == 0
     assert seen == [0, 0, 0]  # rows 1 and 2 waited for row 0
     assert [json.loads(x)["id"] for x in out.lines] == [1, 2, 3]
@@ -142,7 +142,7 @@ def test_a_row_is_written_when_it_and_every_earlier_row_are_done():
 def test_ctrl_c_writes_what_finished_and_exits_130():
     lines = parse_batch(["a", "b", "c", "d"], SamplingParams())
     out, err = Log(), Log()
-    events = [RowEvent(0, "ab", stats()), RowEvent(2, "cd", stats()), RowEvent(1, "x", stats("interrupted"))]
+    events = [Event(0, "ab", stats()), Event(2, "cd", stats()), Event(1, "x", stats("interrupted"))]
     assert run_batch(Scripted(events, interrupt=True), lines, out, err, None) == 130
     assert [json.loads(x)["id"] for x in out.lines] == [1, 3]  # finished rows, in input order
 

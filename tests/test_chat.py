@@ -28,10 +28,10 @@ class FakeEngine:
         self.replies = list(replies)  # [(pieces, stop_reason), ...]
         self.prompts: list[str] = []
         self.params: list = []
-        self.last_stats = None
 
-    def generate(self, prompt, params):
-        from sgpt_cli.engine import GenerationStats
+    def stream(self, prompt, params):
+        """As Engine.stream: text events, the last one with the stats."""
+        from sgpt_cli.engine import Event, GenerationStats
 
         self.prompts.append(prompt)
         self.params.append(params)
@@ -39,14 +39,10 @@ class FakeEngine:
 
         def run():
             done = 0
-            state = "interrupted"
-            try:
-                for piece in pieces:
-                    done += len(piece)
-                    yield piece
-                state = reason
-            finally:
-                self.last_stats = GenerationStats(len(prompt), done, 0.01, 0.02, done / 0.02, state)
+            for piece in pieces:
+                done += len(piece)
+                yield Event(0, piece)
+            yield Event(0, "", GenerationStats(len(prompt), done, 0.01, 0.02, done / 0.02, reason))
 
         return run()
 
@@ -154,7 +150,7 @@ def test_an_interrupted_reply_keeps_the_part_written_so_far():
     stream = session.stream_reply(engine)
     assert next(stream) == "O" and next(stream) == " Romeo"
     stream.close()  # what Ctrl-C does in the REPL
-    assert engine.last_stats.stop_reason == "interrupted"
+    assert session.last_stats is None  # no last event: the REPL says the reply was stopped
     assert session.script == "JULIET:\nO Romeo"
 
 

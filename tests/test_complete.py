@@ -204,6 +204,8 @@ def test_ctrl_c_exits_130_without_a_traceback(model):
     (["--model", "{foreign}"], "is not an sgpt model", 1),
     (["--model", "{damaged}"], "ONNX Runtime cannot load", 1),
     (["--model", "{future}"], "format '99'", 1),
+    (["--model", "{old}"], "is sgpt model format 1 (a growing cache, from sgpt before 0.2); this sgpt reads format 2: "
+                           "make a new file with `sgpt export CHECKPOINT.pt --out ", 1),
     (["--model", ""], "--model must be the path of an .onnx file (got '')", 2),
     (["--model", "{model}", "--device", "tpu"], "--device must be auto, cpu or cuda", 2),
     (["--model", "{model}", "-n", "-1"], "--max-tokens must be a whole number of 0 or more (got -1)", 2),

@@ -35,15 +35,16 @@ def write_bad_models(folder: Path, good: Path) -> dict[str, Path]:
     onnx.save(foreign, str(folder / "foreign.onnx"))
 
     proto = onnx.load(str(good))
-    for entry in proto.metadata_props:
-        if entry.key == "sgpt.format":
-            entry.value = "99"
-    onnx.save(proto, str(folder / "future.onnx"))
+    for name, version in (("future", "99"), ("old", "1")):  # old: a file of the growing-cache format
+        for entry in proto.metadata_props:
+            if entry.key == "sgpt.format":
+                entry.value = version
+        onnx.save(proto, str(folder / f"{name}.onnx"))
 
     data = good.read_bytes()
     (folder / "damaged.onnx").write_bytes(data[: len(data) // 2])
     (folder / "a-folder.onnx").mkdir(exist_ok=True)
-    return {name: folder / f"{name}.onnx" for name in ("foreign", "future", "damaged", "a-folder")}
+    return {name: folder / f"{name}.onnx" for name in ("foreign", "future", "old", "damaged", "a-folder")}
 
 
 def expected_loss(model_path: Path, text: str) -> tuple[float, int]:

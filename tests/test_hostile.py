@@ -241,31 +241,6 @@ def test_long_names_are_one_line_errors(command, tmp_path, tiny_ckpt, tiny_onnx,
     assert "too long a name" in line, proc.stderr
 
 
-def test_the_quantizers_temporaries_live_beside_the_output_under_our_name(tiny_onnx, tmp_path, monkeypatch):
-    """ONNX Runtime's quantizer writes full model copies to tempfile's folder: that folder must be one
-    of ours (cleaned as stale after kill -9), not $TMPDIR/ort.quant.*, and gone afterwards."""
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    from sgpt_cli import export as exporter
-
-    seen = []
-    real = MatMulNBitsQuantizer.process
-
-    def spy(self, *args, **kwargs):
-        seen.append(tempfile.gettempdir())
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MatMulNBitsQuantizer, "process", spy)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "elsewhere"))
-    dst = tmp_path / ".q.onnx.123.0123abcd.tmp"
-    exporter.quantize_int8(onnx.load(str(tiny_onnx)), dst)
-    assert seen == [str(dst) + ".quant"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]
-
-
 # --- 2, 3, 4. hostile model files ----------------------------------------------------------------------
 
 def edited_model(tiny_onnx: Path, dest: Path, edit=None, **meta) -> Path:

@@ -8,6 +8,7 @@ import pytest
 
 from sgpt_cli.errors import UsageError
 from sgpt_cli.sampling import Sampler, sample_next_token
+from sgpt_cli.settings import SamplingParams
 
 
 def draws(logits, n=4000, seed=0, **kw) -> np.ndarray:
@@ -119,8 +120,8 @@ def test_bad_arguments_raise_one_line_usage_errors(kw, flag):
     with pytest.raises(UsageError) as err:
         sample_next_token(np.zeros(3), np.random.default_rng(0), **kw)
     assert flag in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(UsageError):
-        Sampler(3, np.random.default_rng(0), **kw)
+    with pytest.raises(UsageError):  # the way values reach a Sampler: SamplingParams, checked when made
+        Sampler.from_params(3, SamplingParams(**kw))
 
 
 EXTREMES = [0.001, 0.01, 1.0, 100.0]  # the ends of the declared temperature range, and between
