@@ -300,7 +300,8 @@ class Run:
     saved_iter: int | None = None
     best_iter: int | None = None
     rng_at: tuple[int, list] | None = None  # every rank's random streams, gathered at this iteration
-    clock: tuple[float, float] = (0.0, 0.0)  # rank 0's (elapsed, reserve) at this step: the schedule's clock
+    # rank 0's (elapsed, reserve, forward pass of a batch) at this step: the schedule's clock
+    clock: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pace: Pace = field(default_factory=Pace)
 
     @property
@@ -571,15 +572,22 @@ def log_metrics(run: Run, row: dict) -> None:
 
 
 def estimate_due(run: Run, reason: str | None) -> bool:
-    """Whether to estimate now: at the end, every --eval-interval steps, and in a budgeted run also
-    once budget / CURVE_POINTS seconds have passed since the last (a slow machine still gets a curve).
-    Under DDP every rank reads rank 0's clock (`agree`), so all decide alike."""
+    """Whether to estimate now. At the end always; without a budget every --eval-interval steps.
+    With one, --eval-interval steps at most apart, and sooner once budget / CURVE_POINTS seconds
+    have passed (a slow machine still gets a curve); but never before the time since the last
+    estimate pays for one batch per split at EVAL_SHARE (a very slow machine gets fewer points,
+    not a run spent estimating). Under DDP every rank reads rank 0's clock (`agree`): all decide alike."""
     cfg = run.cfg
     if run.it <= run.evaluated_at:
         return False
-    if reason or run.it % cfg.eval_interval == 0:
+    if reason:
         return True
-    return bool(cfg.time_budget) and run.clock[0] - run.evaluated_clock >= cfg.time_budget / CURVE_POINTS
+    if not cfg.time_budget:
+        return run.it % cfg.eval_interval == 0
+    since = run.clock[0] - run.evaluated_clock
+    if EVAL_SHARE * since < 2 * run.clock[2]:
+        return False
+    return run.it - run.evaluated_at >= cfg.eval_interval or since >= cfg.time_budget / CURVE_POINTS
 
 
 def estimate_allowance(run: Run, final: bool) -> float | None:
@@ -632,7 +640,7 @@ def step(run: Run, stop: Stop) -> float:
     critical: a half-updated model is never saved."""
     cfg = run.cfg
     # every rank uses rank 0's clock (`agree`), so a time budget gives all ranks the same rate
-    run.lr = lr_at(cfg, run.it, schedule_progress(cfg, run.it, *run.clock))
+    run.lr = lr_at(cfg, run.it, schedule_progress(cfg, run.it, *run.clock[:2]))
     for group in run.optimizer.param_groups:
         group["lr"] = run.lr * group["lr_scale"]
     t0 = run.step_started = time.perf_counter()
@@ -865,7 +873,7 @@ def _restore_rng(resume: dict, gen: torch.Generator, cfg: TrainConfig, it: int, 
 
 def _agree(stop_reason: str | None, run: Run) -> str | None:
     """Under DDP all ranks must stop at the same step and share a clock: rank 0's values win."""
-    run.clock = (run.elapsed, run.reserve())
+    run.clock = (run.elapsed, run.reserve(), run.pace.forward_seconds() or 0.0)
     if run.dist.world <= 1:
         return stop_reason
     import torch.distributed as tdist
@@ -874,7 +882,7 @@ def _agree(stop_reason: str | None, run: Run) -> str | None:
     device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
     flag = torch.tensor([codes.index(stop_reason or ""), *run.clock], dtype=torch.float64, device=device)
     tdist.broadcast(flag, src=0)
-    run.clock = (float(flag[1]), float(flag[2]))
+    run.clock = (float(flag[1]), float(flag[2]), float(flag[3]))
     return codes[int(flag[0])] or None
 
 
