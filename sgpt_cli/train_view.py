@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import shlex
 import signal
@@ -197,19 +198,18 @@ def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_d
     if figures is None or device != "cpu" or world != 1 or result.elapsed <= 0 or result.iters == 0:
         return None
     chars = cfg.batch_size * cfg.block_size
-    rate = result.iters / result.elapsed
-    pace = (f"this run: {result.iters:,} iterations, {rate:.2f}/s ({rate * chars:,.0f} characters/s); "
-            f"{figures.machine}: ~{figures.iters_per_s:.2f}/s ({figures.iters_per_s * chars:,.0f} characters/s)")
-    if cfg.time_budget:
-        pace += f", ~{figures.iters_per_s * cfg.time_budget:,.0f} iterations in this budget"
-    slower = figures.iters_per_s / rate
-    why = (f": {slower:.1f}x slower here (a busy machine, or fewer cores), so fewer steps" if slower >= 1.25
-           else ": the idle pace")
-    line = f"{pace}{why}"
+    rate, idle = result.iters / result.elapsed, figures.iters_per_s
+    line = f"this run: {result.iters:,} iterations at {rate:.2f}/s ({rate * chars:,.0f} characters/s), "
+    slower = idle / rate
+    line += (f"{slower:.1f}x slower than" if slower >= 1.25 else "the pace of") + f" the {cfg.preset} preset on {figures.machine}"
+    expected = f", ~{idle * cfg.time_budget:,.0f} iterations in this budget" if cfg.time_budget else ""
+    line += f" (~{idle:.2f}/s, {idle * chars:,.0f} characters/s{expected})"
+    if slower >= 1.25:
+        line += "; a busy machine or fewer cores gives fewer steps"
     if default_data and cfg.time_budget == figures.budget:
         val, kind = (result.val_loss, "") if result.val_loss is not None else (result.best_val_loss, " estimate")
-        if val is not None and val == val and val != float("inf"):
-            line += (f"; val{kind} {val:.4f} vs {figures.val_loss:.4f} there ({val - figures.val_loss:+.4f})")
+        if val is not None and math.isfinite(val):
+            line += f"; val{kind} {val:.4f} vs {figures.val_loss:.4f} there ({val - figures.val_loss:+.4f})"
     return line
 
 

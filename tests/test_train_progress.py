@@ -227,11 +227,11 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
     slow = trainer.Result("time", 97, 2.39, 276.0, Path("m.pt"), Path("m.last.pt"), 97, 2.3861)
     line = idle_comparison(cfg, slow, "cpu", 1, default_data=True)
     chars = cfg.batch_size * cfg.block_size
-    assert "97 iterations" in line and f"{97 / 276 * chars:,.0f} characters/s" in line
-    assert f"{idle.iters_per_s * chars:,.0f} characters/s" in line
+    assert "97 iterations" in line and f"{97 / 276 * chars:,.0f} characters/s" in line and idle.machine in line
+    assert f"{idle.iters_per_s * chars:,.0f} characters/s" in line and "a busy machine or fewer cores" in line
     assert f"~{idle.iters_per_s * 280:,.0f} iterations in this budget" in line
     assert f"{idle.iters_per_s / (97 / 276):.1f}x slower" in line
-    assert "val 2.3861 vs 1.5522" in line and "+0.8339" in line
+    assert "val 2.3861 vs 1.5522 there (+0.8339)" in line
     pace = trainer.Result("time", round(idle.iters_per_s * 280), 1.6, 280.0, Path("m.pt"), Path("m.last.pt"),
                           1, 1.55)
     assert "slower" not in idle_comparison(cfg, pace, "cpu", 1, default_data=True)
@@ -250,7 +250,7 @@ def test_a_cpu_preset_run_ends_with_the_idle_comparison(tmp_path, text_file):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     done = next(i for i, line in enumerate(lines) if line.startswith("done: 2 iterations"))
-    assert lines[done + 1].startswith("  this run: 2 iterations") and IDLE_FIGURES["cpu"].machine in lines[done + 1]
+    assert lines[done + 1].startswith("  this run: 2 iterations at ") and IDLE_FIGURES["cpu"].machine in lines[done + 1]
 
 
 # --- 3. the resume header ---
