@@ -54,7 +54,7 @@ def loss_figure(rows: list[dict], title: str = "sgpt training"):
     points = f"{len(rows)} estimate{'' if len(rows) == 1 else 's'}"
     ax.set_title(f"{title}: best val {best['val_loss']:.4f} at iteration {best['iter']} ({points})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")  # clear of the curves
     fig.tight_layout()
     return fig
 

@@ -221,7 +221,7 @@ def _interrupted_line(result, cfg: TrainConfig, device: str, out: Path, data: Pa
     hint = "; --preset cpu is the one made for CPUs" if device == "cpu" and cfg.preset == "gpu" else ""
     if result.iters == 0:
         ran = (f" (it had run {result.unfinished_step:.0f} s; a step takes longer than that here{hint})"
-               if result.unfinished_step is not None else "")
+               if result.unfinished_step is not None and result.unfinished_step >= 0.5 else "")
         return f"sgpt: interrupted before the first step finished{ran}, so there was nothing to save"
     step = f" (a step takes {result.step_seconds:.1f} s here)" if result.step_seconds else ""
     return f"sgpt: interrupted at iteration {result.iters}, before anything was saved{step}"

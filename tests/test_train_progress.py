@@ -335,3 +335,16 @@ def test_once_a_step_has_finished_a_stop_leaves_it_on_disk(tmp_path, text_file, 
     saved = torch.load(checkpoint.last_path(out), weights_only=True)["iter"]
     assert saved >= 1 and f"iteration {saved} is saved" in result.stderr
     assert saved <= 2  # within a step of the signal: the stop did not wait for the run to go on
+
+
+def test_under_torchrun_the_ranks_agree_on_estimates_scheduled_by_the_clock(tmp_path, text_file):
+    # estimates come by rank 0's clock and pace (`agree`): a rank deciding by its own would wait in
+    # the estimate's collective for ever (the run would hang, not end)
+    from test_ddp import torchrun
+
+    out = tmp_path / "m.pt"
+    proc = torchrun("--data", str(text_file), "--out", str(out), "--max-iters", "1000000", "--eval-interval",
+                    "1000000", "--time-budget", "8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("time budget spent") == 1
+    assert len(rows_of(out)) >= 3  # by the clock (8 s / 8), not by --eval-interval
