@@ -79,7 +79,8 @@ class TrainDisplay:
             self.val = e.val_loss
             mark = " [green]saved best[/green]" if e.saved else ""
             batches = e.info.get("batches")
-            few = f" ({batches} batch{'' if batches == 1 else 'es'})" if batches and batches < e.info["eval_iters"] else ""
+            few = (f" ({batches} batch{'' if batches == 1 else 'es'})"  # fewer than --eval-iters: the budget's
+                   if batches and batches < e.info["eval_iters"] else "")
             self.console.print(
                 f"[bold cyan]iter {e.iter:>6}[/bold cyan]  estimates{few}: train {e.train_loss:.4f}  "
                 f"val {e.val_loss:.4f}  best {e.best_val_loss:.4f}  {_fmt_time(e.elapsed)}{mark}"
@@ -201,7 +202,8 @@ def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_d
     rate, idle = result.iters / result.elapsed, figures.iters_per_s
     line = f"this run: {result.iters:,} iterations at {rate:.2f}/s ({rate * chars:,.0f} characters/s), "
     slower = idle / rate
-    line += (f"{slower:.1f}x slower than" if slower >= 1.25 else "the pace of") + f" the {cfg.preset} preset on {figures.machine}"
+    line += f"{slower:.1f}x slower than" if slower >= 1.25 else "the pace of"
+    line += f" the {cfg.preset} preset on {figures.machine}"
     expected = f", ~{idle * cfg.time_budget:,.0f} iterations in this budget" if cfg.time_budget else ""
     line += f" (~{idle:.2f}/s, {idle * chars:,.0f} characters/s{expected})"
     if slower >= 1.25:

@@ -82,7 +82,6 @@ class Result:
     val_note: str = ""  # why val_loss is None, when it is
     step_seconds: float | None = None  # the recent steps' median (None: no step finished)
     unfinished_step: float | None = None  # seconds the step a stop cut short had run (None: none was cut)
-    tokens_per_step: int = 0  # characters per optimizer step, all processes together
 
 
 @dataclass
@@ -295,7 +294,7 @@ class Run:
     last_val: float = float("nan")
     lr: float = 0.0
     evaluated_at: int = 0
-    evaluated_clock: float = 0.0  # rank 0's elapsed seconds when the last estimate ended (or the session began)
+    evaluated_clock: float = 0.0  # rank 0's elapsed seconds when the last estimate began (or the session)
     step_started: float | None = None  # perf_counter when the step in progress began (None: between steps)
     saved_iter: int | None = None
     best_iter: int | None = None
@@ -819,7 +818,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
                  info={"status": status, "saved_iter": run.saved_iter, "val_note": note,
                        "step_seconds": run.pace.step_seconds(), "unfinished_step": unfinished}))
     return Result(status, run.it, run.best_val, run.elapsed, run.out, checkpoint.last_path(run.out),
-                  run.saved_iter, val, note, run.pace.step_seconds(), unfinished, run.tokens_per_step)
+                  run.saved_iter, val, note, run.pace.step_seconds(), unfinished)
 
 
 # --- random streams and DDP ---

@@ -273,7 +273,7 @@ def test_the_resume_header_shows_the_budget_added_and_the_total(tmp_path, text_f
 
 # --- 4. what a stop leaves ---
 
-def signal_at(monkeypatch, where: str, after_steps: int, clock: SlowMachine | None = None):
+def signal_at(monkeypatch, where: str, after_steps: int):
     """Send this process SIGTERM (to the handler `sgpt train` installs) at `where`, once `after_steps`
     steps have finished: inside a step, between steps, inside an estimate or inside a sample."""
     state = {"done": False}
@@ -327,14 +327,18 @@ def test_a_stop_before_the_first_step_finished_says_so_and_how_long_it_ran(tmp_p
 def test_once_a_step_has_finished_a_stop_leaves_it_on_disk(tmp_path, text_file, monkeypatch, where):
     signal_at(monkeypatch, where, 1)
     out = tmp_path / "m.pt"
+    interval = "1" if where in ("estimate", "sample") else "50"
     args = ["train", "--preset", "tiny", "--eval-iters", "2", "--device", "cpu", "--data", str(text_file),
-            "--out", str(out), "--max-iters", "100", "--eval-interval", "1" if where in ("estimate", "sample") else "50",
-            "--sample-chars", "40"]
+            "--out", str(out), "--max-iters", "100", "--eval-interval", interval, "--sample-chars", "40"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 130, result.output
     saved = torch.load(checkpoint.last_path(out), weights_only=True)["iter"]
     assert saved >= 1 and f"iteration {saved} is saved" in result.stderr
     assert saved <= 2  # within a step of the signal: the stop did not wait for the run to go on
+    if where == "sample":  # a sample is only for show: the stop cut it, the estimate's line came alone
+        lines = result.stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("iter      1  estimates"))
+        assert lines[at + 1].startswith("val loss estimate"), lines
 
 
 def test_under_torchrun_the_ranks_agree_on_estimates_scheduled_by_the_clock(tmp_path, text_file):
@@ -348,3 +352,26 @@ def test_under_torchrun_the_ranks_agree_on_estimates_scheduled_by_the_clock(tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("time budget spent") == 1
     assert len(rows_of(out)) >= 3  # by the clock (8 s / 8), not by --eval-interval
+
+
+def test_a_stop_while_the_last_checkpoint_is_written_skips_the_whole_split_measurement(tmp_path, text_file,
+                                                                                       monkeypatch):
+    # the request waits for the checkpoint (critical), then cuts what comes next before it starts:
+    # the whole split may take minutes on a busy machine, and it is only a measurement
+    from sgpt_cli.train_view import StopRequest
+
+    stop = StopRequest(announce=False)
+    real_save = checkpoint.save
+
+    def save_under_fire(path, payload):
+        stop.handle(signal.SIGTERM, None)
+        real_save(path, payload)
+
+    monkeypatch.setattr(checkpoint, "save", save_under_fire)
+    measured = []
+    monkeypatch.setattr(trainer, "whole_split_loss", lambda *a, **k: measured.append(1) or 1.0)
+    cfg = build_train_config("tiny", {**FAST, "max_iters": 4, "eval_interval": 100})
+    text, sha = read_text(text_file)
+    result = trainer.train(cfg, text, sha, tmp_path / "m.pt", device="cpu", should_stop=stop)
+    assert (result.status, result.saved_iter, result.val_loss) == ("interrupted", 4, None)
+    assert measured == [] and torch.load(checkpoint.last_path(tmp_path / "m.pt"), weights_only=True)["iter"] == 4
