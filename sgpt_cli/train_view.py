@@ -200,12 +200,12 @@ def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_d
         return None
     chars = cfg.batch_size * cfg.block_size
     rate, idle = result.iters / result.elapsed, figures.iters_per_s
-    line = f"this run: {result.iters:,} iterations at {rate:.2f}/s ({rate * chars:,.0f} characters/s), "
+    line = f"this run: {result.iters:,} iterations at {rate:.2f}/s ({rate * chars:,.0f} tokens/s), "
     slower = idle / rate
     line += f"{slower:.1f}x slower than" if slower >= 1.25 else "the pace of"
     line += f" the {cfg.preset} preset on {figures.machine}"
     expected = f", ~{idle * cfg.time_budget:,.0f} iterations in this budget" if cfg.time_budget else ""
-    line += f" (~{idle:.2f}/s, {idle * chars:,.0f} characters/s{expected})"
+    line += f" (~{idle:.2f}/s, {idle * chars:,.0f} tokens/s{expected})"
     if slower >= 1.25:
         line += "; a busy machine or fewer cores gives fewer steps"
     if default_data and cfg.time_budget == figures.budget:

@@ -227,8 +227,8 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
     slow = trainer.Result("time", 97, 2.39, 276.0, Path("m.pt"), Path("m.last.pt"), 97, 2.3861)
     line = idle_comparison(cfg, slow, "cpu", 1, default_data=True)
     chars = cfg.batch_size * cfg.block_size
-    assert "97 iterations" in line and f"{97 / 276 * chars:,.0f} characters/s" in line and idle.machine in line
-    assert f"{idle.iters_per_s * chars:,.0f} characters/s" in line and "a busy machine or fewer cores" in line
+    assert "97 iterations" in line and f"{97 / 276 * chars:,.0f} tokens/s" in line and idle.machine in line
+    assert f"{idle.iters_per_s * chars:,.0f} tokens/s" in line and "a busy machine or fewer cores" in line
     assert f"~{idle.iters_per_s * 280:,.0f} iterations in this budget" in line
     assert f"{idle.iters_per_s / (97 / 276):.1f}x slower" in line
     assert "val 2.3861 vs 1.5522 there (+0.8339)" in line
