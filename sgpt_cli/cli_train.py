@@ -101,8 +101,10 @@ OPTIONS = (
     _hyper("optimizer", "adamw, or muon (Muon for the blocks' matrices, AdamW for the rest).").but(metavar="adamw|muon"),
     _hyper("muon_lr_scale", "Muon's learning rate as a multiple of --learning-rate."),
     _hyper("muon_momentum", "Muon's momentum."),
-    _hyper("eval_interval", "Steps between evaluations and checkpoints."),
-    _hyper("eval_iters", "Batches per evaluation."),
+    _hyper("eval_interval", "Most steps between estimates and checkpoints (with a time budget, also one "
+           "every eighth of the budget at least: a curve on a slow machine)."),
+    _hyper("eval_iters", "Batches per estimate (with a time budget, fewer where they would cost more than "
+           "5% of the training since the last)."),
     _hyper("sample_chars", "Characters sampled at each evaluation (0 = none)."),
     _hyper("seed", "Random seed."),
     _hyper("compile", "torch.compile the model (worth it on CUDA for long runs)."),

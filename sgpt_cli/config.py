@@ -157,6 +157,39 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@dataclass(frozen=True)
+class IdleFigures:
+    """What a preset does on an idle machine: the yardstick a run's summary is held against (a run
+    far below it was starved of steps, by a busy machine or fewer cores, not badly configured)."""
+
+    machine: str  # where they were measured
+    how: str  # the commands (README, Benchmarks)
+    iters_per_s: float  # optimizer steps per second of time budget, estimates and final measurement included
+    budget: float  # the preset's own time budget, the one val_loss belongs to
+    val_loss: float  # whole validation split of tiny-shakespeare after that budget
+
+
+IDLE_FIGURES: dict[str, IdleFigures] = {
+    "cpu": IdleFigures(
+        machine="an idle 2-core AMD EPYC VM, 2 threads",
+        how="benchmarks/bench_train.py: --optimizers --budget 150 (Muon, 601 iterations in 150 s) and "
+            "--default-run --repeats 2 (val 1.5522, median; README, Benchmarks)",
+        iters_per_s=601 / 150, budget=280.0, val_loss=1.5522,
+    ),
+}
+
+
+def idle_figures(cfg: TrainConfig) -> IdleFigures | None:
+    """The idle machine's figures for a run of `cfg`, if measured: same preset, and the same model
+    shape, batch and optimizer as the preset's (they set the cost of a step)."""
+    figures = IDLE_FIGURES.get(cfg.preset)
+    if figures is None:
+        return None
+    preset = build_train_config(cfg.preset, {})
+    same = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "optimizer")
+    return figures if all(getattr(cfg, k) == getattr(preset, k) for k in same) else None
+
+
 def build_train_config(preset: str, overrides: dict) -> TrainConfig:
     """Defaults, then the preset, then every override that is not None."""
     if preset not in PRESETS:
@@ -185,6 +218,6 @@ def model_config_from_dict(values: dict) -> ModelConfig:
 
 
 __all__ = [
-    "ModelConfig", "TrainConfig", "PRESETS", "build_train_config", "train_config_from_dict",
-    "model_config_from_dict",
+    "ModelConfig", "TrainConfig", "PRESETS", "IdleFigures", "IDLE_FIGURES", "idle_figures", "build_train_config",
+    "train_config_from_dict", "model_config_from_dict",
 ]

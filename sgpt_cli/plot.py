@@ -32,7 +32,9 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def write_png(rows: list[dict], png: Path, title: str = "sgpt training") -> None:
+def loss_figure(rows: list[dict], title: str = "sgpt training"):
+    """The curves as a matplotlib figure: every estimate a marked point (one estimate is still
+    seen), the best val as a star, its value in the title (no label to collide with anything)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,17 +42,27 @@ def write_png(rows: list[dict], png: Path, title: str = "sgpt training") -> None
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     its = [r["iter"] for r in rows]
-    ax.plot(its, [r["train_loss"] for r in rows], label="train", color="#4c72b0")
-    ax.plot(its, [r["val_loss"] for r in rows], label="validation", color="#dd8452")
+    ax.plot(its, [r["train_loss"] for r in rows], "o-", markersize=4, label="train", color="#4c72b0")
+    ax.plot(its, [r["val_loss"] for r in rows], "o-", markersize=4, label="validation", color="#dd8452")
     best = min(rows, key=lambda r: r["val_loss"])
-    ax.annotate(f"best val {best['val_loss']:.4f}", (best["iter"], best["val_loss"]),
-                textcoords="offset points", xytext=(-60, 20), arrowprops=dict(arrowstyle="->"))
+    ax.plot([best["iter"]], [best["val_loss"]], "*", markersize=14, color="#c44e52",
+            label=f"best val {best['val_loss']:.4f}", zorder=3)
+    if len(rows) == 1:  # one iteration alone gives no width: centre it in a visible span
+        ax.set_xlim(its[0] * 0.5 - 1, its[0] * 1.5 + 1)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy (nats/char)")
-    ax.set_title(title)
+    points = f"{len(rows)} estimate{'' if len(rows) == 1 else 's'}"
+    ax.set_title(f"{title}: best val {best['val_loss']:.4f} at iteration {best['iter']} ({points})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="best")  # clear of the curves
     fig.tight_layout()
+    return fig
+
+
+def write_png(rows: list[dict], png: Path, title: str = "sgpt training") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(rows, title)
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -75,6 +87,11 @@ def render_curves(metrics: Path, png: Path, ascii_only: bool = False) -> Text:
     write_png(rows, png)
     vals = [r["val_loss"] for r in rows]
     t = Text()
+    if len(vals) == 1:  # one point is no curve: say what there is
+        t.append("val loss estimate  ", style="bold")
+        t.append(f"{vals[0]:.3f}", style="bold")
+        t.append(f" (one estimate, at iteration {rows[0]['iter']}; loss curve: {png})", style="dim")
+        return t
     t.append("val loss estimates  ", style="bold")
     t.append(f"{vals[0]:.3f} ", style="dim")
     t.append(sparkline(vals, bars=ASCII_BARS if ascii_only else BARS), style="green")

@@ -16,8 +16,9 @@ from typing import Callable, Iterator
 
 class Stop:
     """How the loop and whoever stops it cooperate. `requested` is polled between steps. Work inside
-    `abortable()` may be cut short by a stop request (its results are thrown away: an estimate, or
-    a step's forward and backward, which change no weights); work inside `critical()` (writing the
+    `abortable()` may be cut short by a stop request (its results are thrown away: an estimate, a
+    sample, or a step's forward and backward, which change no weights), and does not start once one
+    is requested; work inside `critical()` (writing the
     checkpoints, the optimizer's update) never is. The CLI's signal handler subclasses this; a
     plain callable given as `should_stop` is wrapped in it."""
 
@@ -39,6 +40,10 @@ class Stop:
             self.mode = before
 
     def abortable(self):
+        """A region a stop request cuts short; one already requested cuts it before it starts (a
+        signal that came between steps does not wait for a whole step, or estimate, to pass)."""
+        if self.requested:
+            raise KeyboardInterrupt
         return self._in("abortable")
 
     def critical(self):

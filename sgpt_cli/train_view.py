@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import shlex
 import signal
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from sgpt_cli import checkpoint
-from sgpt_cli.config import build_train_config
+from sgpt_cli.config import TrainConfig, build_train_config, idle_figures
 from sgpt_cli.console import Console as _Console
 from sgpt_cli.plot import can_draw
 from sgpt_cli.data import DEFAULT_DATA, read_text
@@ -54,6 +55,7 @@ class TrainDisplay:
         self.last_line = 0.0
         self.data, self.out = data, out
         self.budget = 0.0
+        self.device, self.world = "cpu", 1
         self.bars = ("█", "░") if can_draw(console, "█░") else ("#", "-")
 
     def __call__(self, e) -> None:
@@ -76,8 +78,11 @@ class TrainDisplay:
         elif e.kind == "eval":
             self.val = e.val_loss
             mark = " [green]saved best[/green]" if e.saved else ""
+            batches = e.info.get("batches")
+            few = (f" ({batches} batch{'' if batches == 1 else 'es'})"  # fewer than --eval-iters: the budget's
+                   if batches and batches < e.info["eval_iters"] else "")
             self.console.print(
-                f"[bold cyan]iter {e.iter:>6}[/bold cyan]  estimates: train {e.train_loss:.4f}  "
+                f"[bold cyan]iter {e.iter:>6}[/bold cyan]  estimates{few}: train {e.train_loss:.4f}  "
                 f"val {e.val_loss:.4f}  best {e.best_val_loss:.4f}  {_fmt_time(e.elapsed)}{mark}"
             )
             if e.sample:
@@ -89,9 +94,14 @@ class TrainDisplay:
         """What is happening, in two lines: the model and where it runs; the text and where it goes."""
         i = e.info
         self.budget = i.get("time_budget") or 0.0
+        self.device, self.world = i["device"], i["world"]
         what = f"resuming from iteration {e.iter}:" if i["resumed"] else "training"
         init = f", starting from {escape(i['init_from'])}" if i.get("init_from") else ""
-        budget = f", time budget {_fmt_time(i['time_budget'])}" if i.get("time_budget") else ""
+        budget = ""
+        if i.get("time_budget") and i["resumed"]:  # --time-budget on --resume means this much more
+            budget = f", time budget {_fmt_time(i['budget_added'])} more, {_fmt_time(i['time_budget'])} in all"
+        elif i.get("time_budget"):
+            budget = f", time budget {_fmt_time(i['time_budget'])}"
         self.console.print(
             f"[bold]{what}[/bold] preset {escape(i['preset'])} ({i['optimizer']}{budget}{init}): "
             f"{i['params'] / 1e6:.2f}M parameters on {escape(i['hardware'])}"
@@ -181,6 +191,44 @@ class StopRequest(Stop):
                 signal.signal(sig, handler)
 
 
+def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_data: bool) -> str | None:
+    """How far this run is from what its preset does on an idle machine, and why: its iterations
+    and characters per second against the idle figures (config.IDLE_FIGURES); the val loss too when
+    the run was the one those figures measure (the preset's budget on tiny-shakespeare)."""
+    figures = idle_figures(cfg)
+    if figures is None or device != "cpu" or world != 1 or result.elapsed <= 0 or result.iters == 0:
+        return None
+    chars = cfg.batch_size * cfg.block_size
+    rate, idle = result.iters / result.elapsed, figures.iters_per_s
+    line = f"this run: {result.iters:,} iterations at {rate:.2f}/s ({rate * chars:,.0f} tokens/s), "
+    slower = idle / rate
+    line += f"{slower:.1f}x slower than" if slower >= 1.25 else "the pace of"
+    line += f" the {cfg.preset} preset on {figures.machine}"
+    expected = f", ~{idle * cfg.time_budget:,.0f} iterations in this budget" if cfg.time_budget else ""
+    line += f" (~{idle:.2f}/s, {idle * chars:,.0f} tokens/s{expected})"
+    if slower >= 1.25:
+        line += "; a busy machine or fewer cores gives fewer steps"
+    if default_data and cfg.time_budget == figures.budget:
+        val, kind = (result.val_loss, "") if result.val_loss is not None else (result.best_val_loss, " estimate")
+        if val is not None and math.isfinite(val):
+            line += f"; val{kind} {val:.4f} vs {figures.val_loss:.4f} there ({val - figures.val_loss:+.4f})"
+    return line
+
+
+def _interrupted_line(result, cfg: TrainConfig, device: str, out: Path, data: Path | None) -> str:
+    """What an interrupted run says: the iteration saved and how to resume, or why nothing was saved."""
+    if result.saved_iter is not None:
+        return (f"sgpt: interrupted; iteration {result.saved_iter} is saved in {result.last}. "
+                f"Resume with: {_resume_hint(out, data)}")
+    hint = "; --preset cpu is the one made for CPUs" if device == "cpu" and cfg.preset == "gpu" else ""
+    if result.iters == 0:
+        ran = (f" (it had run {result.unfinished_step:.0f} s; a step takes longer than that here{hint})"
+               if result.unfinished_step is not None and result.unfinished_step >= 0.5 else "")
+        return f"sgpt: interrupted before the first step finished{ran}, so there was nothing to save"
+    step = f" (a step takes {result.step_seconds:.1f} s here)" if result.step_seconds else ""
+    return f"sgpt: interrupted at iteration {result.iters}, before anything was saved{step}"
+
+
 def _resume_hint(out: Path, data: Path | None) -> str:
     launcher = "torchrun ... -m sgpt_cli train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "sgpt train"
     data_flag = f" --data {shlex.quote(str(data))}" if data is not None else ""
@@ -249,13 +297,7 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         except OSError as exc:
             errors.print(f"sgpt: warning: could not write the loss curve: {exc.strerror or exc}", markup=False)
     if result.status == "interrupted":
-        if result.saved_iter is None:
-            errors.print(f"sgpt: interrupted at iteration {result.iters}, before anything was saved", markup=False)
-        else:
-            errors.print(
-                f"sgpt: interrupted; iteration {result.saved_iter} is saved in {result.last}. "
-                f"Resume with: {_resume_hint(out, data)}", markup=False,
-            )
+        errors.print(_interrupted_line(result, cfg, display.device, out, data), markup=False)
         return 130
     why = "time budget spent" if result.status == "time" else "done"
     if result.val_loss is not None:
@@ -266,5 +308,9 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         f"[bold green]{why}[/bold green]: {result.iters} iterations in {_fmt_time(result.elapsed)}, "
         f"{val} -> {escape(str(out))}"
     )
+    comparison = idle_comparison(cfg, result, display.device, display.world,
+                                 default_data=data is None and init is None)
+    if comparison:
+        console.print(f"  {comparison}", markup=False)
     console.print(f"next: sgpt export {out}", markup=False)
     return 0

@@ -44,6 +44,10 @@ from sgpt_cli.tokenizer import CharTokenizer
 
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
+# the schedule of estimates in a budgeted run, whatever the machine's speed
+CURVE_POINTS = 8  # at least one estimate per budget / CURVE_POINTS seconds: a curve even at 0.3 steps/s
+EVAL_SHARE = 0.05  # an estimate and its sample take at most this share of the training since the last one
+
 
 @dataclass
 class Event:
@@ -76,6 +80,8 @@ class Result:
     saved_iter: int | None = None  # iteration of the newest resumable checkpoint (None: none saved)
     val_loss: float | None = None  # the whole validation split, measured once at the end (None: not measured)
     val_note: str = ""  # why val_loss is None, when it is
+    step_seconds: float | None = None  # the recent steps' median (None: no step finished)
+    unfinished_step: float | None = None  # seconds the step a stop cut short had run (None: none was cut)
 
 
 @dataclass
@@ -244,12 +250,20 @@ class Pace:
     def __init__(self) -> None:
         self.steps: deque[float] = deque(maxlen=20)  # seconds of compute of the last steps
         self.wall: deque[tuple[float, int]] = deque(maxlen=200)  # (clock, iteration) after each step
-        self.eval_seconds: float | None = None
+        self.batch_seconds: float | None = None  # one forward pass of a batch, as the last estimate measured it
         self.save_seconds = 0.1  # until one is measured
 
     def step_seconds(self) -> float | None:
         """The median of the recent steps: the first (slow: allocations, warm-up) does not count for long."""
         return sorted(self.steps)[len(self.steps) // 2] if self.steps else None
+
+    def forward_seconds(self) -> float | None:
+        """One batch's forward pass (what an estimate costs per batch): measured by the last estimate,
+        or before one, a third of a training step (forward, backward and update)."""
+        if self.batch_seconds is not None:
+            return self.batch_seconds
+        step = self.step_seconds()
+        return None if step is None else step / 3
 
     def wall_per_iter(self) -> float | None:
         (t0, i0), (t1, i1) = (self.wall[0], self.wall[-1]) if len(self.wall) >= 2 else ((0, 0), (0, 0))
@@ -280,10 +294,13 @@ class Run:
     last_val: float = float("nan")
     lr: float = 0.0
     evaluated_at: int = 0
+    evaluated_clock: float = 0.0  # rank 0's elapsed seconds when the last estimate began (or the session)
+    step_started: float | None = None  # perf_counter when the step in progress began (None: between steps)
     saved_iter: int | None = None
     best_iter: int | None = None
     rng_at: tuple[int, list] | None = None  # every rank's random streams, gathered at this iteration
-    clock: tuple[float, float] = (0.0, 0.0)  # rank 0's (elapsed, reserve) at this step: the schedule's clock
+    # rank 0's (elapsed, reserve, forward pass of a batch) at this step: the schedule's clock
+    clock: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pace: Pace = field(default_factory=Pace)
 
     @property
@@ -298,24 +315,37 @@ class Run:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else contextlib.nullcontext()
 
     def whole_split_seconds(self) -> float:
-        """What measuring the whole validation split should take: at the speed of the last estimate
-        (forward passes only), or before one, at a third of a training step per character."""
-        chars = self.cfg.batch_size * self.cfg.block_size
-        if self.pace.eval_seconds is not None:
-            return len(self.val_ids) * self.pace.eval_seconds / (2 * self.cfg.eval_iters * chars)
-        step = self.pace.step_seconds()
-        return 0.0 if step is None else len(self.val_ids) * step / chars / 3
+        """What measuring the whole validation split should take, at the pace of forward passes."""
+        forward = self.pace.forward_seconds()
+        return 0.0 if forward is None else len(self.val_ids) * forward / (self.cfg.batch_size * self.cfg.block_size)
+
+    def whole_split_reserve(self) -> float:
+        """The whole-split measurement with half again as margin for a busy machine; nothing when it
+        would take more than a quarter of the budget (it is skipped then, and said so)."""
+        whole = 1.5 * self.whole_split_seconds()
+        return whole if whole <= self.cfg.time_budget / 4 else 0.0
+
+    def final_estimate_seconds(self) -> float:
+        """What the budget holds back for the last estimate: its full --eval-iters batches where they
+        cost at most EVAL_SHARE of the budget, else that share (the estimate shrinks to the time it
+        gets), and one batch per split at least."""
+        forward = self.pace.forward_seconds() or 0.0
+        full, least = 2 * self.cfg.eval_iters * forward, 2 * forward
+        return max(least, min(full, EVAL_SHARE * self.cfg.time_budget))
+
+    def estimate_batches(self, seconds: float) -> int:
+        """Batches per split an estimate can do in `seconds`: from 1 to --eval-iters."""
+        forward = self.pace.forward_seconds()
+        if forward is None or forward <= 0:
+            return self.cfg.eval_iters
+        return max(1, min(self.cfg.eval_iters, int(seconds / (2 * forward))))
 
     def reserve(self) -> float:
-        """Seconds the end of a budgeted run needs: a last estimate, the whole-split measurement
-        (with half again as margin for a busy machine) and the saves. A measurement that would take
-        more than a quarter of the budget is not reserved for: it is skipped, and said so."""
-        step = self.pace.step_seconds()
-        if step is None:
+        """Seconds the end of a budgeted run needs: the last estimate (sized to the budget), the
+        whole-split measurement and the saves."""
+        if self.pace.step_seconds() is None:
             return 0.0
-        estimate = self.pace.eval_seconds or 2 * self.cfg.eval_iters * step / 3
-        whole = 1.5 * self.whole_split_seconds()
-        return estimate + (whole if whole <= self.cfg.time_budget / 4 else 0.0) + 3 * self.pace.save_seconds
+        return self.final_estimate_seconds() + self.whole_split_reserve() + 3 * self.pace.save_seconds
 
 
 def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, resume: dict | None,
@@ -354,7 +384,7 @@ def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, re
         optimizer.load_state_dict(resume["optimizer"])  # after .to(): state follows the params' device
         run.it = run.evaluated_at = run.saved_iter = int(resume["iter"])
         run.best_val = float(resume.get("best_val_loss", float("inf")))
-        run.seconds_before = float(resume.get("train_seconds", 0.0))
+        run.seconds_before = run.evaluated_clock = float(resume.get("train_seconds", 0.0))
         run.last_val = float(resume.get("val_loss_estimate", resume.get("val_loss", float("nan"))))
         _restore_rng(resume, gen, cfg, run.it, dist)
     if cfg.compile:
@@ -399,29 +429,33 @@ def stop_reason(run: Run, stop: Stop) -> str | None:
 
 
 @torch.no_grad()
-def estimate_loss(run: Run, stop: Stop, deadline: float | None = None) -> tuple[float, float]:
-    """Train and val loss on eval_iters fixed batches each: a cheap, smooth estimate for the curve
-    and for choosing the best checkpoint (the whole split is measured once, at the end). Past
-    `deadline` (the end of a time budget) each split stops after the batches done, one at least."""
+def estimate_loss(run: Run, stop: Stop, n_batches: int | None = None, deadline: float | None = None
+                  ) -> tuple[float, float, int]:
+    """Train and val loss on the first `n_batches` (default --eval-iters) of fixed batches each: a
+    cheap, smooth estimate for the curve and for choosing the best checkpoint (the whole split is
+    measured once, at the end). Each split gets half the time to `deadline` (a perf_counter time)
+    and stops there after one batch at least. Returns (train, val, the fewest batches a split got)."""
     t0 = time.perf_counter()
+    n_batches = n_batches or run.cfg.eval_iters
     run.raw_model.eval()
-    losses, done = {}, 0
+    losses, done, fewest = {}, 0, n_batches
     try:
         with stop.abortable():  # a stop request throws the estimate away: the step it belongs to is whole
-            for name, batches in (("val", run.val_batches), ("train", run.train_batches)):
+            for k, (name, batches) in enumerate((("val", run.val_batches), ("train", run.train_batches))):
+                ends = None if deadline is None else t0 + (deadline - t0) * (k + 1) / 2
                 g = torch.Generator().manual_seed(run.cfg.seed + 1)  # the same batches every time: a smooth curve
                 total, n = 0.0, 0
-                while n < run.cfg.eval_iters and (n == 0 or deadline is None or time.perf_counter() < deadline):
+                while n < n_batches and (n == 0 or ends is None or time.perf_counter() < ends):
                     x, y = batches.sample(g)
                     with run.autocast():
                         logits, _ = run.raw_model(x)
                     total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1)).item()
                     n += 1
-                losses[name], done = total / n, done + n
+                losses[name], done, fewest = total / n, done + n, min(fewest, n)
     finally:
         run.raw_model.train()
-    run.pace.eval_seconds = (time.perf_counter() - t0) * 2 * run.cfg.eval_iters / done  # as if complete
-    return losses["train"], losses["val"]
+    run.pace.batch_seconds = (time.perf_counter() - t0) / done
+    return losses["train"], losses["val"], fewest
 
 
 @torch.no_grad()
@@ -452,16 +486,30 @@ def whole_split_loss(model: GPT, ids: torch.Tensor, deadline: float | None = Non
     return total / count
 
 
-def sample_text(run: Run) -> str:
-    if run.cfg.sample_chars <= 0:
+SAMPLE_CHUNK = 20  # characters generated between looks at the clock
+
+
+def sample_text(run: Run, stop: Stop | None = None, deadline: float | None = None) -> str:
+    """Up to --sample-chars characters, fewer when `deadline` (a perf_counter time) comes first. A stop
+    request cuts it short (a sample is only for show). The model recomputes its whole window for
+    each character, so generating in chunks gives the same text as at once."""
+    if run.cfg.sample_chars <= 0 or (deadline is not None and time.perf_counter() >= deadline):
         return ""
     model, device = run.raw_model, run.device
-    model.eval()
     g = torch.Generator(device=device).manual_seed(run.cfg.seed)  # its own stream: training's stays put
-    start = torch.tensor([[run.tokenizer.stoi.get("\n", 0)]], device=device)
-    with run.autocast():
-        idx = model.generate(start, run.cfg.sample_chars, temperature=0.8, top_k=None, generator=g)
-    model.train()
+    idx = torch.tensor([[run.tokenizer.stoi.get("\n", 0)]], device=device)
+    model.eval()
+    try:
+        with (stop or Stop()).abortable(), run.autocast():
+            while idx.shape[1] - 1 < run.cfg.sample_chars and (deadline is None or time.perf_counter() < deadline):
+                n = min(SAMPLE_CHUNK, run.cfg.sample_chars - (idx.shape[1] - 1))
+                idx = model.generate(idx, n, temperature=0.8, top_k=None, generator=g)
+    except KeyboardInterrupt:
+        if stop is None or not stop.requested:
+            raise
+        # a stop request: the loop sees it at the next step boundary
+    finally:
+        model.train()
     return run.tokenizer.decode(idx[0, 1:].tolist())
 
 
@@ -522,27 +570,65 @@ def log_metrics(run: Run, row: dict) -> None:
             raise checkpoint.WriteError(f"cannot write {checkpoint.metrics_path(run.out)}: {exc.strerror or exc}") from None
 
 
+def estimate_due(run: Run, reason: str | None) -> bool:
+    """Whether to estimate now. At the end always; without a budget every --eval-interval steps.
+    With one, --eval-interval steps at most apart, and sooner once budget / CURVE_POINTS seconds
+    have passed (a slow machine still gets a curve); but never before the time since the last
+    estimate pays for one batch per split at EVAL_SHARE (a very slow machine gets fewer points,
+    not a run spent estimating). Under DDP every rank reads rank 0's clock (`agree`): all decide alike."""
+    cfg = run.cfg
+    if run.it <= run.evaluated_at:
+        return False
+    if reason:
+        return True
+    if not cfg.time_budget:
+        return run.it % cfg.eval_interval == 0
+    since = run.clock[0] - run.evaluated_clock
+    if EVAL_SHARE * since < 2 * run.clock[2]:
+        return False
+    return run.it - run.evaluated_at >= cfg.eval_interval or since >= cfg.time_budget / CURVE_POINTS
+
+
+def estimate_allowance(run: Run, final: bool) -> float | None:
+    """Seconds this estimate (with its sample) may take; None: no bound (a run without a budget).
+    The last one gets what the budget has left after the whole-split measurement and the saves; the
+    others EVAL_SHARE of the training since the previous one."""
+    if not run.cfg.time_budget:
+        return None
+    if final:
+        left = run.cfg.time_budget - run.elapsed
+        return max(left - run.whole_split_reserve() - 3 * run.pace.save_seconds, 0.0)
+    return EVAL_SHARE * max(run.clock[0] - run.evaluated_clock, 0.0)
+
+
 def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None], final: bool = False) -> None:
-    """Estimate the losses, save (the best checkpoint only when val improved), log, report."""
+    """Estimate the losses (as many batches as the budget allows), save (the best checkpoint only
+    when val improved), log, report with a sample (in what time the estimate left)."""
+    allowance = estimate_allowance(run, final)
     run.evaluated_at = run.it
     run.rng_at = (run.it, _gather_rng(run.gen, run.device, run.dist))  # a collective: every rank joins
+    run.evaluated_clock = run.clock[0]  # rank 0's clock as the loop agreed it: every rank keeps the same
     if not run.dist.master:
         return
-    deadline = None
-    if final and run.cfg.time_budget:  # the budget's end, less the saves
-        deadline = time.perf_counter() + run.cfg.time_budget - run.elapsed - 3 * run.pace.save_seconds
-    tl, vl = estimate_loss(run, stop, deadline)
+    t0 = time.perf_counter()
+    if allowance is None:
+        tl, vl, n = estimate_loss(run, stop)
+    else:  # three quarters of the allowance for the estimate, what it leaves for the sample
+        n = run.estimate_batches(allowance if final else 0.75 * allowance)
+        tl, vl, n = estimate_loss(run, stop, n, deadline=t0 + allowance)
     run.last_val = vl
     improved = vl < run.best_val
     run.best_val = min(run.best_val, vl)
     save(run, stop, run.rng_at[1], best=improved)
     step_s = run.pace.step_seconds()
     log_metrics(run, {"iter": run.it, "train_loss": tl, "val_loss": vl, "lr": run.lr, "elapsed": round(run.elapsed, 2),
-                      "tokens_per_s": round(run.tokens_per_step / step_s) if step_s else None})
+                      "tokens_per_s": round(run.tokens_per_step / step_s) if step_s else None, "eval_batches": n})
+    # a budget's last seconds belong to the measurement: no sample then
+    sample = "" if final and allowance is not None else sample_text(
+        run, stop, None if allowance is None else t0 + allowance)
     report(Event("eval", run.it, run.cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=run.best_val,
-                 elapsed=run.elapsed, saved=improved,
-                 # a budget's last seconds belong to the measurement: no sample then (200 forward passes)
-                 sample="" if final and run.cfg.time_budget else sample_text(run)))
+                 elapsed=run.elapsed, saved=improved, sample=sample,
+                 info={"batches": n, "eval_iters": run.cfg.eval_iters}))
 
 
 def step(run: Run, stop: Stop) -> float:
@@ -553,10 +639,10 @@ def step(run: Run, stop: Stop) -> float:
     critical: a half-updated model is never saved."""
     cfg = run.cfg
     # every rank uses rank 0's clock (`agree`), so a time budget gives all ranks the same rate
-    run.lr = lr_at(cfg, run.it, schedule_progress(cfg, run.it, *run.clock))
+    run.lr = lr_at(cfg, run.it, schedule_progress(cfg, run.it, *run.clock[:2]))
     for group in run.optimizer.param_groups:
         group["lr"] = run.lr * group["lr_scale"]
-    t0 = time.perf_counter()
+    t0 = run.step_started = time.perf_counter()
     before = _rng_state(run.gen, run.device)
     # under DDP backward is a collective: no rank may leave it alone, so only one process aborts
     cut_short = stop.abortable() if run.dist.world == 1 else contextlib.nullcontext()
@@ -576,6 +662,7 @@ def step(run: Run, stop: Stop) -> float:
     with stop.critical():
         run.optimizer.step()
         run.it += 1
+        run.step_started = None
     run.pace.steps.append(time.perf_counter() - t0)
     run.pace.wall.append((time.perf_counter(), run.it))
     loss_value = _mean_over_ranks(loss, run.dist)  # the same value on every rank: all stop together
@@ -685,8 +772,11 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
         "optimizer": cfg.optimizer, "vocab_size": run.tokenizer.vocab_size, "train_chars": len(run.train_batches.ids),
         "val_chars": len(run.val_ids), "resumed": resume is not None, "time_budget": cfg.time_budget,
         "init_from": init.get("source") if init else None,
+        # a resumed run's budget is a total: what this session adds is the part not yet spent
+        "budget_added": cfg.time_budget - run.seconds_before if cfg.time_budget else 0.0,
+        "seconds_before": run.seconds_before,
     }))
-    status, val, note = "done", None, "interrupted"
+    status, val, note, unfinished = "done", None, "interrupted", None
     run.model.train()
     try:
         while True:
@@ -698,7 +788,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
                 # so gathering the random streams (a collective) is safe
                 status, run.rng_at = reason, (run.it, _gather_rng(run.gen, run.device, run.dist))
                 break
-            if run.it > run.evaluated_at and (run.it % cfg.eval_interval == 0 or reason):
+            if estimate_due(run, reason):
                 evaluate_and_save(run, stop, report, final=reason is not None)
             if reason:
                 status = reason
@@ -713,6 +803,9 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
         # a stop request cut an estimate or a step short: the weights are those of the last
         # whole step, and the batch stream is wound back to it, so that step is what is kept
         status = "interrupted"
+        if run.step_started is not None:
+            unfinished = time.perf_counter() - run.step_started
+            run.step_started = None
         save_on_interrupt(run, stop)
     finally:
         _leave_group(run.dist)
@@ -722,9 +815,10 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
         except KeyboardInterrupt:
             status, note = "interrupted", "interrupted during the whole-split measurement"
     report(Event("end", run.it, cfg.max_iters, best_val_loss=run.best_val, val_loss=val, elapsed=run.elapsed,
-                 info={"status": status, "saved_iter": run.saved_iter, "val_note": note}))
+                 info={"status": status, "saved_iter": run.saved_iter, "val_note": note,
+                       "step_seconds": run.pace.step_seconds(), "unfinished_step": unfinished}))
     return Result(status, run.it, run.best_val, run.elapsed, run.out, checkpoint.last_path(run.out),
-                  run.saved_iter, val, note)
+                  run.saved_iter, val, note, run.pace.step_seconds(), unfinished)
 
 
 # --- random streams and DDP ---
@@ -778,7 +872,7 @@ def _restore_rng(resume: dict, gen: torch.Generator, cfg: TrainConfig, it: int, 
 
 def _agree(stop_reason: str | None, run: Run) -> str | None:
     """Under DDP all ranks must stop at the same step and share a clock: rank 0's values win."""
-    run.clock = (run.elapsed, run.reserve())
+    run.clock = (run.elapsed, run.reserve(), run.pace.forward_seconds() or 0.0)
     if run.dist.world <= 1:
         return stop_reason
     import torch.distributed as tdist
@@ -787,7 +881,7 @@ def _agree(stop_reason: str | None, run: Run) -> str | None:
     device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
     flag = torch.tensor([codes.index(stop_reason or ""), *run.clock], dtype=torch.float64, device=device)
     tdist.broadcast(flag, src=0)
-    run.clock = (float(flag[1]), float(flag[2]))
+    run.clock = (float(flag[1]), float(flag[2]), float(flag[3]))
     return codes[int(flag[0])] or None
 
 
