@@ -52,37 +52,10 @@ def prompts_for(model: OnnxModel, n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     text = next((p.read_text(encoding="utf-8") for p in TEXTS if p.exists()), None)
     if text is None:
-        text = "".join(Engine(model).generate("\n", SamplingParams(max_tokens=5000, seed=seed)))
+        text = "".join(e.text for e in Engine(model).stream("\n", SamplingParams(max_tokens=5000, seed=seed)))
     lengths = rng.integers(20, 201, n)
     starts = rng.integers(0, len(text) - 201, n)
     return [text[s:s + k] for s, k in zip(starts, lengths)]
-
-
-def stand_in(model: OnnxModel, folder: Path) -> tuple[Path, str]:
-    """`model` re-exported with attention_mask (int8, unverified: for timing only): from the
-    checkpoint beside it (NAME.pt) when there is one, else random weights of its shape."""
-    import torch
-
-    from sgpt_cli import export as ex
-    from sgpt_cli.config import ModelConfig
-    from sgpt_cli.model import GPT
-
-    ckpt_path = model.path.with_suffix(".pt")
-    if ckpt_path.exists():
-        gpt, ckpt = ex.load_model(ckpt_path)
-        what = f"its checkpoint {ckpt_path}, re-exported with attention_mask (int8)"
-    else:
-        torch.manual_seed(0)
-        cfg = ModelConfig(vocab_size=model.tokenizer.vocab_size, block_size=model.block_size,
-                          n_layer=model.n_layer, n_head=model.n_head, n_embd=model.n_embd)
-        gpt, ckpt = GPT(cfg).eval(), {"vocab": model.meta["sgpt.vocab"]}
-        what = "a stand-in of its shape (random weights, int8) with attention_mask"
-    proto = ex.torch_export(gpt, ex.DEFAULT_OPSET)
-    out = folder / "batched.int8.onnx"
-    q = ex.quantize_int8(proto, out)["proto"]
-    ex.set_metadata(q, ex.metadata_for(gpt, ckpt, None, "int8"))
-    ex.save_checked(q, out)
-    return out, what
 
 
 def run_batch(engine: Engine, prompts: list[str], chars: int, batch_size: int | None, seed: int = 0) -> float:
@@ -97,7 +70,7 @@ def run_singles(engine: Engine, prompts: list[str], chars: int, seed: int = 0) -
     t0 = time.perf_counter()
     n = 0
     for i, p in enumerate(prompts):
-        n += len("".join(engine.generate(p, SamplingParams(max_tokens=chars, seed=seed + i))))
+        n += sum(len(e.text) for e in engine.stream(p, SamplingParams(max_tokens=chars, seed=seed + i)))
     return n / (time.perf_counter() - t0)
 
 
@@ -153,19 +126,26 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=32, help="prompts timed one after another (a subset)")
     ap.add_argument("--processes", type=int, default=6, help="prompts timed one process each (a subset)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: the engine's default)")
+    ap.add_argument("--against", type=Path, metavar="CHECKOUT",
+                    help="only: 64 prompts x 200 characters through `sgpt complete --batch`, this code and "
+                         "shipped model against CHECKOUT's (a git worktree of an earlier commit)")
     ap.add_argument("--no-chat", action="store_true", help="skip the chat-vs-complete streaming figure")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.against:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from versions import compare
+
+        res = compare(args.against, ("batch",))
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+        return
     t_start = time.perf_counter()
     res: dict = {"cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()[0], "threads": args.threads}
     path = args.model
     with tempfile.TemporaryDirectory() as tmp:
-        model = OnnxModel(path, session=open_session(str(path), "cpu", args.threads))
-        if not model.has_attention_mask:
-            path, what = stand_in(model, Path(tmp))
-            print(f"{args.model} has no attention_mask (exported before batching): timing {what}", flush=True)
-            model = OnnxModel(path, session=open_session(str(path), "cpu", args.threads))
+        model = OnnxModel(path, session=open_session(str(path), "cpu", args.threads or None))
         res["model"] = str(path)
         engine = Engine(model)
         prompts = prompts_for(model, args.prompts)

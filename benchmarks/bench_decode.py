@@ -4,10 +4,11 @@
         [--n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --vocab 65] [--onnx PATH]
         [--device cpu|cuda] [--no-int8] [--no-baseline] [--no-tiny] [--json PATH]
     python benchmarks/bench_decode.py --window-quality --onnx TRAINED.onnx [--text PATH]
+    python benchmarks/bench_decode.py --against CHECKOUT    # this code and file vs an earlier commit's
 
 Builds models with random weights of the given dimensions (default: ~10M parameters, nanoGPT's
 shakespeare_char shape), saved as sgpt checkpoints and exported with `sgpt_cli.export.export`
-(verified against PyTorch), plus an int8 copy (`quantize_int8`). Then, for --chars characters end
+(verified against PyTorch), plus an int8 copy (`sgpt_cli.onnx_graph.build(int8=True)`). Then, for --chars characters end
 to end from a one-character prompt, it times:
 
   * baseline: nanoGPT's sample.py loop in PyTorch eager: the whole (cropped) window re-run per
@@ -23,9 +24,13 @@ which other load on the machine disturbs less. --onnx PATH times an existing fil
 baseline then gets random weights of its shape).
 
 --window-quality checks the rolling window's quality instead: the loss on text past block_size
-with the engine's rolling cache, with re-prefilling the latest half window when full, and with a
-fresh full pass over the latest block_size characters per character (nanoGPT; the reference).
+with the engine's rolling cache (the ring), with re-prefilling the latest half window when full, and
+with a fresh full pass over the latest block_size characters per character (nanoGPT; the reference).
 It needs a trained model (--onnx) and scores the validation split (last 10%) of --text.
+
+--against CHECKOUT times batch-1 decoding (1000 characters) and the whole `complete -n 200` process
+of this checkout's code and shipped model against another checkout's, interleaved (benchmarks/versions.py).
+--threads 0 (the default) is the engine's own choice (sgpt_cli.onnx_model.DEFAULT_THREADS).
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import statistics
 import sys
@@ -72,7 +76,8 @@ def build_models(dims: dict, folder: Path, int8: bool) -> tuple[Path, Path | Non
 
     from sgpt_cli import checkpoint
     from sgpt_cli.config import ModelConfig, TrainConfig
-    from sgpt_cli.export import export, quantize_int8, save_checked, set_metadata
+    from sgpt_cli import onnx_graph
+    from sgpt_cli.export import export, save_checked, set_metadata
     from sgpt_cli.model import GPT
     from sgpt_cli.tokenizer import CharTokenizer
 
@@ -95,7 +100,7 @@ def build_models(dims: dict, folder: Path, int8: bool) -> tuple[Path, Path | Non
         # the export's own int8 path also scores the validation split twice; for timing, quantize only
         q = folder / "random.int8.onnx"
         proto = onnx.load(str(fp32))
-        quantized = quantize_int8(proto, q)["proto"]
+        quantized = onnx_graph.build({k: v.numpy() for k, v in model.state_dict().items()}, cfg, int8=True)
         set_metadata(quantized, {**{p.key: p.value for p in proto.metadata_props}, "sgpt.quantization": "int8"})
         save_checked(quantized, q)
     return fp32, q, model
@@ -103,17 +108,17 @@ def build_models(dims: dict, folder: Path, int8: bool) -> tuple[Path, Path | Non
 
 def time_engine(path: Path, chars: int, repeats: int, threads: int,
                 device: str = "cpu") -> tuple[list[float], list[float]]:
-    """Engine.generate end to end (prefill included), one figure per repeat: characters per wall
+    """One request end to end (prefill included), one figure per repeat: characters per wall
     second, and CPU milliseconds per character (all threads; less sensitive to other load). On
     "cuda" the engine keeps its cache on the GPU (I/O binding), as `sgpt complete --device cuda` does."""
-    engine = Engine(OnnxModel(path, session=open_session(str(path), device, threads)))
+    engine = Engine(OnnxModel(path, session=open_session(str(path), device, threads or None)))
     params = SamplingParams(temperature=1.0, max_tokens=chars, seed=0)
-    for _ in engine.generate("\n", dataclasses.replace(params, max_tokens=20)):
+    for _ in engine.stream("\n", dataclasses.replace(params, max_tokens=20)):
         pass  # warm-up: first-run allocations
     rates, cpu_ms = [], []
     for r in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        n = sum(len(p) for p in engine.generate("\n", dataclasses.replace(params, seed=r)))
+        n = sum(len(e.text) for e in engine.stream("\n", dataclasses.replace(params, seed=r)))
         rates.append(n / (time.perf_counter() - t0))
         cpu_ms.append((time.process_time() - c0) * 1e3 / n)
     return rates, cpu_ms
@@ -143,11 +148,12 @@ def time_baseline(model, chars: int, repeats: int, threads: int, device: str = "
 
 def window_quality(path: Path, text_path: Path, segments: int, length: int) -> dict:
     """Mean loss (nats/char) on characters past the first block_size of each segment, predicted with
-    teacher forcing by: the engine's rolling cache; re-prefilling the latest half window whenever the
-    window is full; and a fresh full pass over the latest block_size characters per character (nanoGPT's
-    sample.py, the reference). Segments are evenly spaced over the validation split of the text."""
+    teacher forcing by: the engine's ring (the window rolls, positions grow); re-prefilling the latest
+    half window whenever the window is full; and a fresh full pass over the latest block_size
+    characters per character (nanoGPT's sample.py, the reference). Segments are evenly spaced over
+    the validation split of the text."""
     from sgpt_cli.data import split_text
-    from sgpt_cli.engine import CpuCache
+    from sgpt_cli.engine import HostCache
     from sgpt_cli.onnx_model import log_softmax
 
     model = OnnxModel(path, session=open_session(str(path), "cpu"))
@@ -162,17 +168,16 @@ def window_quality(path: Path, text_path: Path, segments: int, length: int) -> d
     for s in range(segments):
         seg = ids[s * (len(ids) // segments):][:length]
         for how in ("rolling", "refill"):
-            cache = CpuCache(model)
-            logits = cache.run(seg[:W], 0, drop=-1)
-            start = 0  # absolute position of seg[0] in the cache's numbering
-            for t in range(W, len(seg)):
-                losses[how].append(nll(logits, seg[t]))
-                if how == "refill" and cache.length >= W:
-                    keep = seg[t + 1 - W // 2:t + 1]
-                    logits = cache.run(keep, 0, drop=-1)
-                    start = t + 1 - W // 2
+            cache = HostCache(model, 1)
+            logits, pos = cache.prefill(0, seg[:W - 1]), W - 1
+            for t in range(W - 1, len(seg)):
+                if t >= W:
+                    losses[how].append(nll(logits, seg[t]))
+                if how == "refill" and pos >= W:
+                    logits, pos = cache.prefill(0, seg[t + 1 - W // 2:t + 1]), W // 2
                 else:
-                    logits = cache.run(seg[t:t + 1], t - start, drop=max(cache.length - (W - 1), 0))
+                    cache.tokens[0, 0], cache.positions[0, 0] = seg[t], pos
+                    logits, pos = cache.step(1)[0].copy(), pos + 1
         windows = np.stack([seg[t - W:t] for t in range(W, len(seg))])  # (n, W): the latest W characters
         for b in range(0, len(windows), 16):
             out, _ = model.forward(windows[b:b + 16])
@@ -198,7 +203,10 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=1000, help="characters per run (default 1000)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per engine figure (median)")
     ap.add_argument("--baseline-repeats", type=int, default=3, help="runs of the slow PyTorch baseline")
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime and PyTorch threads (default 2)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="ONNX Runtime threads (0: the engine's default) and PyTorch's (0: 2)")
+    ap.add_argument("--against", type=Path, metavar="CHECKOUT",
+                    help="compare this code and shipped model with CHECKOUT's (a git worktree of an earlier commit)")
     ap.add_argument("--n-layer", type=int, default=6)
     ap.add_argument("--n-head", type=int, default=6)
     ap.add_argument("--n-embd", type=int, default=384)
@@ -218,8 +226,15 @@ def main() -> None:
     ap.add_argument("--segment-chars", type=int, default=1000, help="--window-quality: characters per stretch")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice on pre-processing
 
+    if args.against:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from versions import compare
+
+        results = compare(args.against, ("decode", "startup"))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        return
     results: dict = {"chars": args.chars, "threads": args.threads, "device": args.device, "cpu_count": os.cpu_count(),
                      "load_avg_before": os.getloadavg()[0]}
     if args.window_quality:
@@ -275,7 +290,7 @@ def bench_speed(args, results: dict) -> None:
                 torch.manual_seed(0)
                 model = GPT(ModelConfig(vocab_size=dims["vocab"], block_size=dims["block_size"],
                                         n_layer=dims["n_layer"], n_head=dims["n_head"], n_embd=dims["n_embd"])).eval()
-            rates = time_baseline(model, args.chars, args.baseline_repeats, args.threads, args.device)
+            rates = time_baseline(model, args.chars, args.baseline_repeats, args.threads or 2, args.device)
             results["baseline"] = median(rates)
             print(f"baseline      : {median(rates):7.0f} chars/s  (PyTorch eager, the whole window re-run per "
                   f"character; median of {len(rates)}: {', '.join(f'{r:.1f}' for r in rates)})", flush=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -428,6 +428,8 @@ class Engine:
         running and one waiting), each exactly its single run. Events carry the request's place in
         `requests` as their number."""
         source = iter(requests)
+        if batch_size and batch_size > self.max_rows and self._cache is None:
+            self.max_rows = batch_size  # the cache is made at the first step, this many rows wide
         limit = min(batch_size or self.max_rows, self.max_rows)
         base = self._next_id
         exhausted = finished = False
