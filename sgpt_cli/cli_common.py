@@ -26,8 +26,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def err(message: str) -> None:
     """One line on stderr, prefixed so it is clearly sgpt's; nothing when stderr cannot take it."""
-    try:
-        sys.stderr.write(f"sgpt: error: {message}\n")
+    from sgpt_cli.errors import visible
+
+    try:  # every one-line error, whatever name or library text it quotes, shown safely
+        sys.stderr.write(f"sgpt: error: {visible(message)}\n")
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):  # 2>/dev/full, 2>&-: nowhere to say it
         silence(2)

@@ -13,6 +13,7 @@ import shlex
 import sys
 from typing import Iterator
 
+from sgpt_cli.errors import visible
 from sgpt_cli.cli_common import require_train_extra, terminate_as_interrupt, typer_command, use_color
 from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, OPSET, QUANTIZE
 
@@ -71,7 +72,7 @@ def stage_display() -> Iterator[tuple]:
     try:
         with console.status("", spinner="dots") as spinner:
             def status(message: str) -> None:
-                stage["text"] = message
+                stage["text"] = message = visible(message)  # "loading NAME": shown safely
                 spinner.update(message)
 
             def progress(done: int, total: int) -> None:
@@ -123,4 +124,4 @@ def render(r: dict) -> str:
         f"time        {r['seconds']:.1f} s",
         f"next        sgpt chat --model {shlex.quote(r['out'])}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(visible(line) for line in lines) + "\n"  # names shown safely (errors.visible)

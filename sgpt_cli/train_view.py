@@ -16,7 +16,7 @@ from typing import Iterator
 
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.text import Text
 
 from sgpt_cli import checkpoint
@@ -24,9 +24,15 @@ from sgpt_cli.config import build_train_config
 from sgpt_cli.console import Console as _Console
 from sgpt_cli.plot import can_draw
 from sgpt_cli.data import DEFAULT_DATA, read_text
-from sgpt_cli.errors import SgptError, check_writable_target, probe
+from sgpt_cli.errors import SgptError, check_writable_target, probe, shown, visible
 from sgpt_cli.fetch_view import fetch_default_data
 from sgpt_cli.stop import Stop
+
+
+def escape(text) -> str:
+    """A name or value inside rich markup: its control and format characters made visible
+    (errors.visible), its brackets taken literally."""
+    return _markup_escape(visible(text))
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -62,7 +68,7 @@ class TrainDisplay:
             if self.live:
                 self.live.start()
         elif e.kind == "warning":
-            self.errors.print(f"sgpt: warning: {e.info['message']}", markup=False, highlight=False)
+            self.errors.print(visible(f"sgpt: warning: {e.info['message']}"), markup=False, highlight=False)
         elif e.kind == "final":
             self.console.print(
                 f"[bold]val loss {e.val_loss:.4f}[/bold] on the whole validation split "
@@ -253,8 +259,8 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
             errors.print(f"sgpt: interrupted at iteration {result.iters}, before anything was saved", markup=False)
         else:
             errors.print(
-                f"sgpt: interrupted; iteration {result.saved_iter} is saved in {result.last}. "
-                f"Resume with: {_resume_hint(out, data)}", markup=False,
+                visible(f"sgpt: interrupted; iteration {result.saved_iter} is saved in {result.last}. "
+                        f"Resume with: {_resume_hint(out, data)}"), markup=False,
             )
         return 130
     why = "time budget spent" if result.status == "time" else "done"
@@ -266,5 +272,5 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         f"[bold green]{why}[/bold green]: {result.iters} iterations in {_fmt_time(result.elapsed)}, "
         f"{val} -> {escape(str(out))}"
     )
-    console.print(f"next: sgpt export {out}", markup=False)
+    console.print(visible(f"next: sgpt export {shlex.quote(str(out))}"), markup=False)
     return 0
