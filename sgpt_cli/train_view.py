@@ -147,7 +147,8 @@ def _check_out(out: Path) -> None:
 
 
 class StopRequest(Stop):
-    """Ctrl-C, or SIGTERM (`timeout`, systemd, a scheduler's preemption), stops the run within
+    """Ctrl-C, SIGTERM (`timeout`, systemd, a scheduler's preemption) or SIGHUP (the terminal was
+    closed) stops the run within
     seconds: an estimate in progress is abandoned, a step in progress too (the last whole step is
     kept), and the resumable checkpoint is saved. A checkpoint being written is always finished
     first (`Stop.critical`), however many signals come. Under torchrun (`escalate` False) a
@@ -179,7 +180,10 @@ class StopRequest(Stop):
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread
             return
-        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        from sgpt_cli.cli_common import END_SIGNALS
+
+        # Ctrl-C, SIGTERM and SIGHUP (the terminal closed): the same stop, the same saved checkpoint
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, *END_SIGNALS)}
         try:
             yield self
         finally:
