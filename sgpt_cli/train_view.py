@@ -220,8 +220,11 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
     _check_out(out)
     if master:
         checkpoint.check_unlocked(out)  # a run in progress is the likelier story than a finished one
-    if not resume and not force and (out.exists() or checkpoint.last_path(out).exists()):
+    if not resume and not force and checkpoint.last_path(out).exists():
         raise SgptError(f"{out} already holds a checkpoint; pass --resume to continue it or --force to start over")
+    if not resume and not force and out.exists():  # weights only: --resume has nothing to continue
+        raise SgptError(f"{out} already holds a model's weights (no resumable {checkpoint.last_path(out).name}); "
+                        f"pass --force to start over, or fine-tune it with --init-from {out} --out ANOTHER.pt")
 
     data_path = Path(data) if data is not None else DEFAULT_DATA
     if data is None and not data_path.exists():
