@@ -58,7 +58,7 @@ def stage_display() -> Iterator[tuple]:
     """(status, progress) callbacks: a transient spinner on a terminal, plain lines elsewhere."""
     if not use_color(sys.stdout):
         def plain(message: str) -> None:
-            sys.stdout.write(f"{message} ...\n")  # a full stdout: cli_common notes it, the export goes on
+            sys.stdout.write(f"{visible(message)} ...\n")  # a full stdout: cli_common notes it, the export goes on
             sys.stdout.flush()
 
         yield plain, None

@@ -51,22 +51,28 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     return visible(text.split("\n")[0][:limit]) if text else type(exc).__name__
 
 
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _escape(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def visible(text) -> str:
+def visible(text, keep: str = "") -> str:
     """`text` with every character a terminal could obey or hide escaped as Python writes it
     (`\\x1b`, `\\u202e`, `\\n`): C0/C1 controls, DEL, format characters (bidirectional overrides,
     zero-width ones), line and paragraph separators, lone surrogates, unassigned and private-use
     code points. THE one function through which every user- or file-controlled string reaches a
     terminal in a message (names of files, settings, ids, library error text); model text goes
-    through `CharTokenizer.shown`, which keeps line breaks and tabs as text."""
+    through `CharTokenizer.shown`, which keeps line breaks and tabs as text. `keep`: characters
+    left as they are (a transcript of several lines keeps "\\n\\t")."""
     text = str(text)
     if text.isprintable():  # the common case, at C speed
         return text
-    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
+    return "".join(c if c.isprintable() or c == " " or c in keep else _escape(c) for c in text)
 
 
 SHOWN_NAME = 80  # characters of a refused file name worth repeating in a one-line message

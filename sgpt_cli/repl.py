@@ -402,7 +402,7 @@ class Repl:
     def echo(self, text: str) -> None:
         """Piped input is not on the screen: write it into the transcript as a prompt line."""
         marker = CONTINUATION if self.joiner.open else PROMPT
-        self.out.print(Text.assemble((marker, "bold green"), (text, "bold")), soft_wrap=True)
+        self.out.print(Text.assemble((marker, "bold green"), (visible(text, keep="\n\t"), "bold")), soft_wrap=True)
 
     def handle(self, text: str) -> str | None:
         """One complete input: a command or text for the script. "quit" ends the loop."""
