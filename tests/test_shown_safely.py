@@ -131,8 +131,8 @@ def test_the_chat_banner_show_save_and_unknown_command_show_names_safely(hostile
     done = sgpt("chat", "--model", str(hostile_copy), "--seed", "1", "--max-tokens", "20", stdin=script, cwd=tmp_path)
     out = (done.stdout + done.stderr).decode("utf-8")
     assert not raw_controls(out), out
-    assert "x\\x1b]0;PWNED" in out  # the banner (/show cuts the long path to the width)
-    assert "unknown command /bogus\\x1b[2J\\x07" in out
+    assert "x\\x1b]0;PWNED" in out  # /show (its table cuts a long path to the width)
+    assert "unknown command /bogus\\x1b[2j\\x07" in out  # (commands are read in lower case)
     assert "saved" in out and "s\\x1b]0;T\\x07.txt" in out
     assert (tmp_path / "s\x1b]0;T\x07.txt").exists()  # the file has the name asked for; only its display is escaped
 
