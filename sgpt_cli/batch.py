@@ -72,7 +72,9 @@ def parse_line(number: int, line: str, defaults) -> BatchLine | None:
     try:
         value = json.loads(text, parse_constant=_no_constant)
     except RecursionError:  # 100,000 nested brackets: the decoder's stack, not ours
-        return BatchLine(number, number, error="not valid JSON (it nests too deep)")
+        if text.lstrip().startswith("{"):
+            return BatchLine(number, number, error="not valid JSON (it nests too deep)")
+        return BatchLine(number, number, text, params=defaults)  # not an object: a plain prompt
     except ValueError as exc:
         if text.lstrip().startswith("{"):
             where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
@@ -169,7 +171,7 @@ def read_lines(f: BinaryIO, limit: int = None) -> Iterator[str]:
                 skipped += len(piece)
             elif size + len(piece) > limit:
                 skipped, parts, size = size + len(piece), [], 0
-            else:
+            elif piece:
                 parts.append(piece)
                 size += len(piece)
             if nl < 0:
