@@ -281,14 +281,19 @@ def check_weights(mcfg, state) -> None:
 
 
 def check_optimizer(state, damaged) -> None:
-    """An optimizer state dict's shape as torch's load_state_dict reads it: {"state": {...},
+    """An optimizer state's shape as sgpt_cli.optim reads it: {"chained": [one per optimizer]} (or
+    one, from before the chain), each as torch's load_state_dict reads it: {"state": {...},
     "param_groups": [{"params": [ids], ...}, ...]} (load_state_dict itself checks the sizes)."""
-    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) \
-            or not isinstance(state.get("param_groups"), list):
-        raise damaged("its optimizer state is not one torch wrote")
-    for group in state["param_groups"]:
-        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
-            raise damaged("its optimizer state is not one torch wrote")
+    states = state.get("chained", [state]) if isinstance(state, dict) else None
+    if not isinstance(states, list) or not states:
+        raise damaged("its optimizer state is not one sgpt wrote")
+    for one in states:
+        if not isinstance(one, dict) or not isinstance(one.get("state"), dict) \
+                or not isinstance(one.get("param_groups"), list):
+            raise damaged("its optimizer state is not one sgpt wrote")
+        for group in one["param_groups"]:
+            if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+                raise damaged("its optimizer state is not one sgpt wrote")
 
 
 def vocab_from(ckpt: dict) -> list[str]:

@@ -77,13 +77,14 @@ def _varint(buf, i: int, end: int) -> tuple[int, int]:
 class _Budget:
     """How many fields a walk may still read (MAX_FIELDS): the walk's cost is bounded by it."""
 
-    def __init__(self, fields: int = MAX_FIELDS):
-        self.left = fields
+    def __init__(self, fields: int | None = None):
+        self.limit = MAX_FIELDS if fields is None else fields
+        self.left = self.limit
 
     def spend(self) -> None:
         self.left -= 1
         if self.left < 0:
-            raise MalformedModel(f"it has more than {MAX_FIELDS:,} protobuf fields, far more than any model "
+            raise MalformedModel(f"it has more than {self.limit:,} protobuf fields, far more than any model "
                                  "sgpt writes")
 
 
