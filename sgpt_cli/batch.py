@@ -1,9 +1,12 @@
 """`sgpt complete --batch FILE` and `--num-samples N`: many continuations in one batched run.
 
-What it holds: reading a JSON Lines batch (`parse_batch`: one request per line, or a plain line
-that is a prompt; a malformed line becomes an error for that line only), running requests through
-`Engine.generate_batch` and writing each result in input order as soon as it and every earlier one
-are done (`run_batch`), and the N samples of one prompt (`run_samples`).
+What it holds: reading a JSON Lines batch as a stream (`read_lines`: split on b"\\n" only, at most
+MAX_LINE_BYTES a line; `iter_batch`/`parse_line`: one request per line, or a plain line that is a
+prompt; whatever a line holds, a malformed one becomes an error for that line only), running
+requests through `Engine.generate_batch` as its rows free up, never more than AHEAD_ROWS x the batch
+size lines ahead of the output, and writing each result in input order as soon as it and every
+earlier one are done (`run_batch`), as strict JSON (`dumps`: no NaN, terminal controls escaped),
+and the N samples of one prompt (`run_samples`).
 
 What it does not do: sample or run ONNX (sgpt_cli.engine does), parse flags (sgpt_cli.complete),
 import Typer, rich or torch.

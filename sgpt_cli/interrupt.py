@@ -135,7 +135,3 @@ class RunGuard(contextlib.AbstractContextManager):
                 raise KeyboardInterrupt from None
             raise
 
-
-def interrupted(exc: BaseException, run_options) -> bool:
-    """True when `exc`, raised by a run with `run_options`, is the run ending on a signal."""
-    return bool(getattr(run_options, "terminate", False)) and isinstance(exc, Exception)
