@@ -191,3 +191,12 @@ def test_a_batch_id_with_c1_and_format_controls_is_written_escaped_and_reads_bac
     (line,) = out.lines
     assert not any(c in line for c in "\x9b\u202e\u2028\ud800") and "\\u009b" in line
     assert json.loads(line)["id"] == hostile_id
+
+
+@pytest.mark.parametrize("args", [["complete", "--bogus\x1b[2J", "hi"], ["complete", "--temperature", "\x1b]0;T\x07"],
+                                  ["complete", "--device", "\u202ecuda"], ["eval", "--split", "\x9b2J"]],
+                         ids=["unknown flag", "bad number", "bad choice", "bad split"])
+def test_usage_errors_quoting_hostile_values_are_one_safe_line(args, tmp_path):
+    done = sgpt(*args, cwd=tmp_path)
+    err = done.stderr.decode("utf-8")
+    assert done.returncode == 2 and len(err.strip().splitlines()) == 1 and not raw_controls(err), err
