@@ -143,7 +143,7 @@ def parse_command(text: str) -> Command:
     if name not in COMMANDS:
         near = difflib.get_close_matches(word, list(COMMANDS) + list(ALIASES), n=1)
         hint = f"did you mean {near[0]}? " if near else ""
-        raise UsageError(f"unknown command {word}; {hint}/help lists the commands")
+        raise UsageError(f"unknown command {shown(word)}; {hint}/help lists the commands")
     arg = arg.strip()
     if name in _NO_ARGS and arg:
         raise UsageError(f"{name} takes no arguments (got {arg!r})")
@@ -399,8 +399,10 @@ class ChatSession:
         if not self.script:
             raise UsageError("nothing to save yet: the script is empty; type something first")
         try:
-            target = check_writable_target(Path(raw), "/save", create_parents=False)
-            atomic_write_text(target, self.script, "/save", create_parents=False)
+            # "file" names what is written (the script): "cannot write file NAME: ..." (the command
+            # itself must not read as part of the name)
+            target = check_writable_target(Path(raw), "file", create_parents=False)
+            atomic_write_text(target, self.script, "file", create_parents=False)
         except OSError as exc:  # a full disk, a folder that vanished meanwhile
             raise SgptError(f"cannot write {shown(raw)}: {exc.strerror or exc}") from None
         return Path(raw)

@@ -20,13 +20,14 @@ import json
 import os
 import pickle
 import socket
+import stat
 import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from sgpt_cli.errors import SgptError, atomic_path, first_line, probe
+from sgpt_cli.errors import SgptError, atomic_path, first_line, kind_of, probe, shown
 
 FORMAT = "sgpt-checkpoint"
 VERSION = 1
@@ -151,10 +152,14 @@ def _held_message(out: Path, holder: bytes) -> str:
 
 def load(path: Path, map_location="cpu") -> dict:
     path = Path(path)
-    if probe(path, "checkpoint") is None:
-        raise SgptError(f"checkpoint {path} does not exist; train one with `sgpt train --out {path}`")
-    if path.is_dir():
-        raise SgptError(f"checkpoint path {path} is a folder; give a .pt file from `sgpt train`")
+    st = probe(path, "checkpoint")
+    if st is None:
+        raise SgptError(f"checkpoint {shown(path)} does not exist; train one with `sgpt train --out {shown(path)}`")
+    if stat.S_ISDIR(st.st_mode):
+        raise SgptError(f"checkpoint path {shown(path)} is a folder; give a .pt file from `sgpt train`")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the zip check forever, a device never end
+        raise SgptError(f"checkpoint path {shown(path)} is {kind_of(st.st_mode)}, not a regular file; give a .pt "
+                        "file from `sgpt train`")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
         raise SgptError(
             f"{path} is not a readable sgpt checkpoint (not a PyTorch file, or cut short); "
@@ -178,7 +183,117 @@ def load(path: Path, map_location="cpu") -> dict:
     for key in ("model", "model_config", "vocab"):
         if key not in ckpt:
             raise SgptError(f"{path} is an incomplete sgpt checkpoint (no {key!r}); retrain it")
+    check_contents(ckpt, path)
     return ckpt
+
+
+# --- what every reader may take for granted: one check, in `load` --------------------------------
+
+NUMBERS = ("val_loss", "val_loss_estimate", "best_val_loss", "train_seconds")  # floats a reader uses
+
+
+def check_contents(ckpt: dict, path: Path) -> None:
+    """SgptError in one line unless the checkpoint holds what export, `train --init-from` and
+    `train --resume` all use without further checks: a model config that builds a valid model, a
+    vocabulary of characters that fits it, weights that are dense tensors of exactly the shapes and
+    dtypes that model has (a sparse, int64, float16 or complex64 weight is refused, never converted),
+    and, when it holds training state, an iteration count, numbers and an optimizer state of the
+    right kinds. Shapes are compared on the meta device: no memory for a config that claims much."""
+    from sgpt_cli.config import model_config_from_dict, train_config_from_dict
+    from sgpt_cli.tokenizer import CharTokenizer
+
+    name = shown(path)
+
+    def damaged(what: str) -> SgptError:
+        return SgptError(f"{name} does not hold a model this sgpt can build ({what}); retrain it with `sgpt train`")
+
+    if not isinstance(ckpt["model_config"], dict):
+        raise damaged("its model_config is not a table of settings")
+    try:
+        mcfg = model_config_from_dict(ckpt["model_config"])
+        mcfg.validate()
+    except (TypeError, ValueError, SgptError) as exc:
+        raise damaged(f"its model_config: {first_line(exc, 100)}") from None
+    try:
+        vocab = CharTokenizer.from_json(ckpt["vocab"])
+    except SgptError as exc:
+        raise damaged(str(exc)) from None
+    if vocab.vocab_size != mcfg.vocab_size:
+        raise damaged(f"{vocab.vocab_size} characters in the vocabulary, {mcfg.vocab_size} in the model")
+    try:
+        check_weights(mcfg, ckpt["model"])
+    except ValueError as exc:
+        raise damaged(str(exc)) from None
+    def damaged_state(what: str) -> SgptError:
+        return SgptError(f"{name} holds a damaged training record ({what}); give a checkpoint written by "
+                         "`sgpt train`, or start over with --force")
+
+    damaged = damaged_state  # the rest is the training record beside the model
+    if "iter" in ckpt and (isinstance(ckpt["iter"], bool) or not isinstance(ckpt["iter"], int) or ckpt["iter"] < 0):
+        raise damaged(f"its iteration count is {_cut(ckpt['iter'])}, not a whole number")
+    for key in NUMBERS:
+        value = ckpt.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise damaged(f"its {key} is {_cut(value)}, not a number")
+    if "train_config" in ckpt:
+        try:
+            if not isinstance(ckpt["train_config"], dict):
+                raise TypeError("not a table of settings")
+            train_config_from_dict(ckpt["train_config"]).validate()
+        except (TypeError, ValueError, SgptError) as exc:
+            raise damaged(f"its train_config: {first_line(exc, 100)}") from None
+    if "optimizer" in ckpt:
+        check_optimizer(ckpt["optimizer"], damaged)
+
+
+def _cut(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def check_weights(mcfg, state) -> None:
+    """ValueError unless `state` has exactly the tensors of GPT(mcfg): names, shapes and dtypes,
+    dense (strided) ones only. (export's own shape check says the same; this one is every reader's.)"""
+    from sgpt_cli.model import GPT
+
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ValueError("its weights are not a state dict")
+    with torch.device("meta"):  # shapes only: a claim of n_embd 4096 costs nothing to check
+        expected = GPT(mcfg).state_dict()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{_cut(key)} is {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided:
+            raise ValueError(f"{_cut(key)} is a {str(value.layout).replace('torch.', '')} tensor; sgpt writes dense ones")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"no weights for {missing[0]}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise ValueError(f"weights {_cut(unexpected[0])} that the config's model does not have")
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise ValueError(f"the config implies {key} of shape {list(want.shape)}, the file holds {list(got.shape)}")
+        if got.dtype != want.dtype:
+            raise ValueError(f"{key} is {str(got.dtype).replace('torch.', '')}, the model's weights are "
+                             f"{str(want.dtype).replace('torch.', '')}; sgpt converts no weights")
+
+
+def check_optimizer(state, damaged) -> None:
+    """An optimizer state's shape as sgpt_cli.optim reads it: {"chained": [one per optimizer]} (or
+    one, from before the chain), each as torch's load_state_dict reads it: {"state": {...},
+    "param_groups": [{"params": [ids], ...}, ...]} (load_state_dict itself checks the sizes)."""
+    states = state.get("chained", [state]) if isinstance(state, dict) else None
+    if not isinstance(states, list) or not states:
+        raise damaged("its optimizer state is not one sgpt wrote")
+    for one in states:
+        if not isinstance(one, dict) or not isinstance(one.get("state"), dict) \
+                or not isinstance(one.get("param_groups"), list):
+            raise damaged("its optimizer state is not one sgpt wrote")
+        for group in one["param_groups"]:
+            if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+                raise damaged("its optimizer state is not one sgpt wrote")
 
 
 def vocab_from(ckpt: dict) -> list[str]:

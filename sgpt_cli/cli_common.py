@@ -6,7 +6,7 @@ Exit statuses, the same for every command:
     0    done (also when the reader of our output went away: `| head`)
     1    a failure: a missing or damaged file, a model that cannot run, a chat input refused in a pipe
     2    a usage error: an unknown flag, a value out of range, a bad combination
-    130  interrupted (Ctrl-C, or SIGTERM during training/export)
+    130  interrupted (Ctrl-C, or SIGTERM/SIGHUP during training/export)
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def err(message: str) -> None:
     """One line on stderr, prefixed so it is clearly sgpt's; nothing when stderr cannot take it."""
-    try:
-        sys.stderr.write(f"sgpt: error: {message}\n")
+    from sgpt_cli.errors import visible
+
+    try:  # every one-line error, whatever name or library text it quotes, shown safely
+        sys.stderr.write(f"sgpt: error: {visible(message)}\n")
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):  # 2>/dev/full, 2>&-: nowhere to say it
         silence(2)
@@ -187,10 +189,15 @@ def quiet_broken_pipe() -> None:
         pass
 
 
+# the signals that end a command as Ctrl-C does, so that it unwinds (temporaries removed, what is
+# finished kept): SIGTERM (`kill`, `timeout`, a scheduler) and SIGHUP (the terminal was closed)
+END_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a scheduler) unwinds like Ctrl-C, so temporary files are removed on the way
-    out instead of being left behind by the default handler's instant exit."""
+    """SIGTERM and SIGHUP (END_SIGNALS) unwind like Ctrl-C, so temporary files are removed on the way
+    out instead of being left behind by the default handler's instant exit (exit status 130)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -198,11 +205,12 @@ def terminate_as_interrupt() -> Iterator[None]:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in END_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --- the training extra -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from sgpt_cli.errors import visible
 from sgpt_cli.cli_common import typer_command
 from sgpt_cli.settings import DATA, DEVICE, JSON, MODEL, Setting
 
@@ -75,7 +76,7 @@ def render(r: dict) -> str:
         lines.append(f"recorded    {r['recorded_val_loss']:.4f} nats/char validation loss, in the model file")
     if r["same_text"] is False and r["split"] != "all":
         lines.append("note        the model was trained on another text, so this split was not held out from it")
-    return "\n".join(lines) + "\n"
+    return "\n".join(visible(line) for line in lines) + "\n"  # names shown safely (errors.visible)
 
 
 class progress_bar:

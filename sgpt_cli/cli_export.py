@@ -12,6 +12,7 @@ import shlex
 import sys
 from typing import Iterator
 
+from sgpt_cli.errors import visible
 from sgpt_cli.cli_common import require_train_extra, terminate_as_interrupt, typer_command, use_color
 from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, QUANTIZE
 
@@ -55,7 +56,7 @@ def stage_display() -> Iterator[tuple]:
     """(status, progress) callbacks: a transient spinner on a terminal, plain lines elsewhere."""
     if not use_color(sys.stdout):
         def plain(message: str) -> None:
-            sys.stdout.write(f"{message} ...\n")  # a full stdout: cli_common notes it, the export goes on
+            sys.stdout.write(f"{visible(message)} ...\n")  # a full stdout: cli_common notes it, the export goes on
             sys.stdout.flush()
 
         yield plain, None
@@ -66,7 +67,7 @@ def stage_display() -> Iterator[tuple]:
     stage = {"text": ""}
     with console.status("", spinner="dots") as spinner:
         def status(message: str) -> None:
-            stage["text"] = message
+            stage["text"] = message = visible(message)  # "loading NAME": shown safely
             spinner.update(message)
 
         def progress(done: int, total: int) -> None:
@@ -118,4 +119,4 @@ def render(r: dict) -> str:
         f"time        {r['seconds']:.1f} s",
         f"next        sgpt chat --model {shlex.quote(r['out'])}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(visible(line) for line in lines) + "\n"  # names shown safely (errors.visible)

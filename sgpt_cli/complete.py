@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
+import io
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from typing import BinaryIO, Iterable, Iterator, TextIO
 
 from sgpt_cli.batch import DEFAULT_BATCH_SIZE, MAX_ROWS
 from sgpt_cli.cli_common import report, use_color
-from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.errors import SgptError, UsageError, visible
 from sgpt_cli.settings import DEVICE, FLAG, JSON, MODEL, SAMPLING, Setting, argparse_parser, check_values
 
 # The command's flags: the sampling settings, the shared model/device options, and its own three.
@@ -222,7 +224,7 @@ def run(values: dict) -> int:
 
 def batch_command(values: dict, stdin: BinaryIO | None) -> int:
     """`sgpt complete --batch FILE`: exit status 0, 1 when a line was malformed, 130 on Ctrl-C."""
-    from sgpt_cli.batch import parse_batch, run_batch
+    from sgpt_cli.batch import iter_batch, read_lines, run_batch
 
     if values.get("prompt") is not None:
         raise UsageError("--batch reads its prompts from FILE; give no PROMPT argument")
@@ -230,23 +232,35 @@ def batch_command(values: dict, stdin: BinaryIO | None) -> int:
         raise UsageError("--batch writes JSON Lines; it takes neither --num-samples nor --echo "
                          "(give each row its own seed instead)")
     source = values["batch"]
-    if source == "-":
-        raw = stdin.read() if stdin is not None else b""
-    else:
-        try:
-            with open(source, "rb") as f:
-                raw = f.read()
-        except OSError as exc:
-            raise SgptError(f"cannot read --batch {source}: {exc.strerror or exc}") from None
     defaults = flag_params(values)
-    engine, _, _ = load_engine(values["model"], values["device"], values["verbose"], sys.stderr)
-    lines = parse_batch(decode_stdin(raw).splitlines(), defaults)
-    for line in lines:
-        if not line.error:
-            read = read_for_model([line.prompt], engine.model.tokenizer.stoi, engine.model.block_size)
+    with _open_batch(source, stdin) as f:
+        engine, _, _ = load_engine(values["model"], values["device"], values["verbose"], sys.stderr)
+        stoi, window = engine.model.tokenizer.stoi, engine.model.block_size
+
+        def prepare(line) -> None:  # what the model reads of the prompt, its unknown characters said
+            read = read_for_model([line.prompt], stoi, window)
             warn_unknown(read, sys.stderr, f"line {line.number}: ")
             line.prompt = read.fed
-    return run_batch(engine, lines, sys.stdout, sys.stderr, values["batch_size"])
+
+        # streamed: lines are read as the engine takes requests (sgpt_cli.batch.run_batch's bound)
+        lines = iter_batch(read_lines(f), defaults, prepare)
+        return run_batch(engine, lines, sys.stdout, sys.stderr, values["batch_size"])
+
+
+@contextlib.contextmanager
+def _open_batch(source: str, stdin: BinaryIO | None):
+    """--batch's input as a binary stream: stdin for "-", else the file (its errors in one line)."""
+    if source == "-":
+        yield stdin if stdin is not None else io.BytesIO()
+        return
+    from sgpt_cli.errors import shown
+
+    try:
+        f = open(source, "rb")
+    except (OSError, ValueError) as exc:
+        raise SgptError(f"cannot read --batch {shown(source)}: {getattr(exc, 'strerror', None) or exc}") from None
+    with f:
+        yield f
 
 
 def flag_params(values: dict):
@@ -268,7 +282,7 @@ def load_engine(model: str | None, device: str, verbose: bool, errs: TextIO):
     engine = Engine(OnnxModel(path, device=device))
     load_s = time.perf_counter() - t0
     if verbose:
-        errs.write(f"sgpt: model {path} ({source}), on {engine.model.device}, loaded in {load_s:.2f} s\n")
+        errs.write(visible(f"sgpt: model {path} ({source}), on {engine.model.device}, loaded in {load_s:.2f} s") + "\n")
         errs.flush()
     return engine, path, load_s
 

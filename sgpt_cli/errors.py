@@ -45,9 +45,34 @@ class UsageError(SgptError):
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type's name if it has none), at most `limit`
-    characters: what a one-line error quotes from a library's multi-line report."""
+    characters, made `visible`: what a one-line error quotes from a library's multi-line report
+    (ONNX Runtime's text quotes file and node names, which may hold any character)."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    return visible(text.split("\n")[0][:limit]) if text else type(exc).__name__
+
+
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def visible(text, keep: str = "") -> str:
+    """`text` with every character a terminal could obey or hide escaped as Python writes it
+    (`\\x1b`, `\\u202e`, `\\n`): C0/C1 controls, DEL, format characters (bidirectional overrides,
+    zero-width ones), line and paragraph separators, lone surrogates, unassigned and private-use
+    code points. THE one function through which every user- or file-controlled string reaches a
+    terminal in a message (names of files, settings, ids, library error text); model text goes
+    through `CharTokenizer.shown`, which keeps line breaks and tabs as text. `keep`: characters
+    left as they are (a transcript of several lines keeps "\\n\\t")."""
+    text = str(text)
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(c if c.isprintable() or c == " " or c in keep else _escape(c) for c in text)
 
 
 SHOWN_NAME = 80  # characters of a refused file name worth repeating in a one-line message
@@ -56,8 +81,8 @@ _TEMP = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp(?:\..+)?$")
 
 
 def shown(path) -> str:
-    """A path as a one-line message can hold it: control characters escaped, long names cut."""
-    text = repr(str(path))[1:-1]
+    """A path (or any name) as a one-line message can hold it: made `visible`, long names cut."""
+    text = visible(path)
     return text if len(text) <= SHOWN_NAME else text[:SHOWN_NAME - 1] + "…"
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from sgpt_cli.errors import visible
+
 from sgpt_cli import data as corpus
 
 
@@ -18,7 +20,7 @@ def fetch_default_data(path: Path, console: Console) -> Path:
     `console`: a transfer bar on a terminal, two plain lines in a log or a pipe."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    console.print(f"[dim]{escape(str(path))} is missing: downloading tiny-shakespeare from "
+    console.print(f"[dim]{escape(visible(path))} is missing: downloading tiny-shakespeare from "
                   f"{escape(corpus.TINY_SHAKESPEARE_URL)}[/dim]", soft_wrap=True)
     if not console.is_terminal:
         corpus.ensure_default_data(path)
@@ -28,5 +30,5 @@ def fetch_default_data(path: Path, console: Console) -> Path:
             task = progress.add_task(path.name, total=None)
             corpus.ensure_default_data(
                 path, progress=lambda done, total: progress.update(task, completed=done, total=total))
-    console.print(f"[dim]saved {escape(str(path))} (SHA-256 verified)[/dim]", soft_wrap=True)
+    console.print(f"[dim]saved {escape(visible(path))} (SHA-256 verified)[/dim]", soft_wrap=True)
     return path

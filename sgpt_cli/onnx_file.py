@@ -11,7 +11,12 @@ Why by hand: the inference path imports neither torch nor onnx, and ONNX Runtime
 list a model's external data (older releases read such paths without asking; see pyproject's floor).
 The file is mapped, not read: only the structure is walked, weight bytes are skipped by length.
 
-What it does not do: check shapes, operators or metadata (sgpt_cli.onnx_model does).
+The same walk refuses what sgpt never runs: a node whose attribute carries a subgraph (Loop, If,
+Scan: control flow, which sgpt's export never writes and whose run need not end), a file that is a
+PyTorch checkpoint (said so, with the export command), one over protobuf's 2 GiB, and a crafted one
+of more than MAX_FIELDS fields or of zeros (field number 0), each in bounded time.
+
+What it does not do: check shapes, other operators or metadata (sgpt_cli.onnx_model does).
 """
 
 from __future__ import annotations
@@ -32,13 +37,28 @@ _CHILDREN = {
     _FUNCTION: {7: _NODE},  # node
     _TRAINING: {1: _GRAPH, 2: _GRAPH},  # initialization, algorithm
 }
+_SUBGRAPH_FIELDS = (6, 11)  # AttributeProto.g, .graphs: a body graph (Loop, If, Scan, SequenceMap, ...)
+_OP_TYPE = 4  # NodeProto.op_type
+_NAME = 3  # NodeProto.name
 _EXTERNAL_DATA = 13  # TensorProto.external_data: repeated StringStringEntryProto (key 1, value 2)
 _DATA_LOCATION = 14  # TensorProto.data_location: 1 = EXTERNAL
-MAX_DEPTH = 64  # subgraphs nest (If/Loop bodies); a deeper file is a crafted one
+MAX_DEPTH = 64  # messages nest (graph > node > attribute > tensor); a deeper file is a crafted one
+MAX_FIELDS = 200_000  # protobuf fields walked: the shipped model has 4,260; the walk of 200,000
+# takes under half a second, so a crafted file of tiny fields is refused in bounded time
+MAX_BYTES = (2 << 30) - 1  # protobuf's own limit for one message: a bigger file cannot be a model file
+# what a file that is not ONNX starts with, when it is a file sgpt users have at hand
+_OTHER_KINDS = ((b"PK\x03\x04", "a PyTorch checkpoint (a zip archive), not an ONNX file; export it with "
+                                  "`sgpt export {name}` and pass the .onnx file it writes"),
+                (b"\x80\x02", "a PyTorch checkpoint (a pickle), not an ONNX file; export it with "
+                              "`sgpt export {name}` and pass the .onnx file it writes"))
 
 
 class MalformedModel(ValueError):
     """The bytes are not a well-formed ModelProto."""
+
+
+class Refused(MalformedModel):
+    """A well-formed file sgpt will not run; the message says why, as a whole clause."""
 
 
 def _varint(buf, i: int, end: int) -> tuple[int, int]:
@@ -54,13 +74,35 @@ def _varint(buf, i: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf, start: int, end: int):
+class _Budget:
+    """How many fields a walk may still read (MAX_FIELDS): the walk's cost is bounded by it."""
+
+    def __init__(self, fields: int | None = None):
+        self.limit = MAX_FIELDS if fields is None else fields
+        self.left = self.limit
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise MalformedModel(f"it has more than {self.limit:,} protobuf fields, far more than any model "
+                                 "sgpt writes")
+
+
+_UNBOUNDED = _Budget(1 << 62)
+
+
+def _fields(buf, start: int, end: int, budget: _Budget = _UNBOUNDED):
     """(field number, wire type, value) for each field in buf[start:end]; a length-delimited value
-    is its (start, end) span, a varint its integer, fixed-width values None."""
+    is its (start, end) span, a varint its integer, fixed-width values None. Field number 0 (never
+    valid: a run of zero bytes reads as it) ends the walk at once."""
     i = start
     while i < end:
+        budget.spend()
         key, i = _varint(buf, i, end)
         field, wire = key >> 3, key & 7
+        if field == 0:
+            raise MalformedModel("it holds field number 0, which protobuf never writes (zeros where a model "
+                                 "should be?)")
         if wire == 0:
             value, i = _varint(buf, i, end)
             yield field, wire, value
@@ -129,34 +171,77 @@ def _external_locations(buf, start: int, end: int) -> list[str]:
     return locations
 
 
-def _walk(buf, kind: str, start: int, end: int, depth: int, found: list[str]) -> None:
+def _text(buf, span) -> str:
+    return bytes(buf[span[0]:span[1]][:200]).decode("utf-8", errors="replace")
+
+
+def _control_flow(buf, start: int, end: int, budget: _Budget) -> str:
+    """The node (op type and name) of an attribute that carries a graph, for the refusal."""
+    op = name = ""
+    for field, wire, value in _fields(buf, start, end, budget):
+        if wire == 2 and field == _OP_TYPE:
+            op = _text(buf, value)
+        elif wire == 2 and field == _NAME:
+            name = _text(buf, value)
+    return f"{op or 'a'} node" + (f" {name!r}" if name else "")
+
+
+def _walk(buf, kind: str, start: int, end: int, depth: int, found: list[str], budget: _Budget) -> None:
     if depth > MAX_DEPTH:
-        raise MalformedModel(f"graphs nest more than {MAX_DEPTH} deep")
+        raise MalformedModel(f"its messages nest more than {MAX_DEPTH} deep")
     if kind == _TENSOR:
         found.extend(_external_locations(buf, start, end) or [])
         return
     children = _CHILDREN[kind]
-    for field, wire, value in _fields(buf, start, end):
+    for field, wire, value in _fields(buf, start, end, budget):
+        if kind == _NODE and field == 5 and wire == 2 and _has_subgraph(buf, *value, budget):
+            raise Refused(f"its {_control_flow(buf, start, end, budget)} carries a subgraph (control flow: "
+                          "Loop, If, Scan ...), which sgpt's export never writes and whose run could "
+                          "never end; give an .onnx file from `sgpt export`")
         child = children.get(field)
         if child is not None and wire == 2:
-            _walk(buf, child, *value, depth + 1, found)
+            _walk(buf, child, *value, depth + 1, found, budget)
 
 
-def external_locations(path: Path) -> list[str]:
-    """Every external-data location named by a tensor of the model file (usually none)."""
+def _has_subgraph(buf, start: int, end: int, budget: _Budget) -> bool:
+    """An AttributeProto that holds a graph (`g`) or graphs (`graphs`)."""
+    return any(wire == 2 and field in _SUBGRAPH_FIELDS for field, wire, _ in _fields(buf, start, end, budget))
+
+
+def _other_kind(buf, name: str) -> str | None:
+    head = bytes(buf[:4])
+    for magic, what in _OTHER_KINDS:
+        if head.startswith(magic):
+            return what.format(name=name)
+    return None
+
+
+def check_structure(path: Path) -> list[str]:
+    """Walk the model file once, in time linear in its fields (at most MAX_FIELDS), never in its
+    bytes (weights are skipped by length): Refused for a file that is another known kind (a
+    PyTorch checkpoint), larger than protobuf allows, or holding control flow (a node with a
+    subgraph); MalformedModel for bytes that are not a ModelProto. Returns the external-data
+    locations its tensors name (usually none)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return []
+        if size > MAX_BYTES:
+            raise Refused(f"it is {size / (1 << 30):.1f} GiB, more than one protobuf file can hold (2 GiB); "
+                          "sgpt models are one file well below that")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            # protobuf stores strings as they are: a file that never spells the key "location" names
-            # no external file (EXTERNAL without a location is an error ONNX Runtime reports itself);
-            # a C-speed search spares sgpt's own files the walk (35 ms for the shipped model)
-            if buf.find(b"location") < 0:
-                return []
+            other = _other_kind(buf, str(path))
+            if other:
+                raise Refused(f"it is {other}")
             found: list[str] = []
-            _walk(buf, _MODEL, 0, size, 0, found)
+            _walk(buf, _MODEL, 0, size, 0, found, _Budget())
             return found
+
+
+def external_locations(path: Path) -> list[str]:
+    """Every external-data location named by a tensor of the model file (usually none); the
+    structure is checked on the way (check_structure)."""
+    return check_structure(path)
 
 
 def escapes(location: str, folder: Path) -> bool:

@@ -151,7 +151,7 @@ class OnnxModel:
 def check_file(path: Path) -> None:
     """Before ONNX Runtime opens it: a regular file, well-formed, reading no data from outside its
     own folder (sgpt_cli.onnx_file)."""
-    from sgpt_cli.onnx_file import MalformedModel, external_data_escapes
+    from sgpt_cli.onnx_file import MalformedModel, Refused, external_data_escapes
 
     st = probe(path, "model file")
     if st is None:
@@ -162,6 +162,8 @@ def check_file(path: Path) -> None:
         raise SgptError(f"model path {shown(path)} is not a regular file; give an .onnx file")
     try:
         escaping = external_data_escapes(path)
+    except Refused as exc:  # control flow, a PyTorch checkpoint, too large: the reason is whole
+        raise SgptError(f"refused {shown(path)}: {exc}") from None
     except MalformedModel as exc:
         raise SgptError(f"{shown(path)} is not a well-formed ONNX file ({exc}); give an .onnx file from "
                         "`sgpt export`") from None

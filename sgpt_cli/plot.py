@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from sgpt_cli.errors import atomic_path
+from sgpt_cli.errors import atomic_path, shown
 
 BARS = "▁▂▃▄▅▆▇█"
 ASCII_BARS = "_.-=+*#@"  # for a terminal whose encoding has no block characters (PYTHONIOENCODING=ascii)
@@ -96,5 +96,5 @@ def render_curves(metrics: Path, png: Path, ascii_only: bool = False) -> Text:
     t.append(f"{vals[0]:.3f} ", style="dim")
     t.append(sparkline(vals, bars=ASCII_BARS if ascii_only else BARS), style="green")
     t.append(f" {vals[-1]:.3f}", style="bold")
-    t.append(f"   (taller = lower; loss curves: {png})", style="dim")
+    t.append(f"   (taller = lower; loss curves: {shown(png)})", style="dim")
     return t

@@ -31,7 +31,7 @@ from sgpt_cli.chat_session import (
 )
 from sgpt_cli.cli_common import use_color
 from sgpt_cli.console import Console as _Console
-from sgpt_cli.errors import SgptError, shown
+from sgpt_cli.errors import SgptError, shown, visible
 
 # rich styles for what is printed; the prompt-toolkit styles below match them
 REPLY = "cyan"
@@ -351,11 +351,12 @@ class Repl:
     # output helpers ----------------------------------------------------------------------------
 
     def notice(self, message: str) -> None:
-        self.err.print(Text(message, style=DIM), soft_wrap=True)  # one line, whatever the width
+        # one line, whatever the width; names and values in it shown safely (errors.visible)
+        self.err.print(Text(visible(message), style=DIM), soft_wrap=True)
 
     def hint(self, message: str) -> None:
         self.failures += 1
-        self.err.print(Text(message, style=HINT), soft_wrap=True)
+        self.err.print(Text(visible(message), style=HINT), soft_wrap=True)
 
     def rows(self, rows: list[tuple[str, str]]) -> None:
         """Two aligned columns; a long value wraps under its own column."""
@@ -365,7 +366,7 @@ class Repl:
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
         for label, value in rows:
-            table.add_row(label, value)
+            table.add_row(Text(visible(label)), Text(visible(value)))  # no markup, no raw controls
         self.out.print(table)
 
     # the loop ------------------------------------------------------------------------------------
@@ -401,7 +402,7 @@ class Repl:
     def echo(self, text: str) -> None:
         """Piped input is not on the screen: write it into the transcript as a prompt line."""
         marker = CONTINUATION if self.joiner.open else PROMPT
-        self.out.print(Text.assemble((marker, "bold green"), (text, "bold")), soft_wrap=True)
+        self.out.print(Text.assemble((marker, "bold green"), (visible(text, keep="\n\t"), "bold")), soft_wrap=True)
 
     def handle(self, text: str) -> str | None:
         """One complete input: a command or text for the script. "quit" ends the loop."""
@@ -527,7 +528,7 @@ class Repl:
 
 def banner(console: Console, summary: dict, source: str, interactive: bool, load_s: float | None) -> None:
     loss = summary.get("val_loss")
-    head = Text.assemble(("sgpt chat", "bold"), ("  ·  ", DIM), (summary["path"], "bold"),
+    head = Text.assemble(("sgpt chat", "bold"), ("  ·  ", DIM), (shown(summary["path"]), "bold"),
                          (f" ({source})", DIM), ("  ·  ", DIM), summary["device"],
                          ("  ·  ", DIM), f"val loss {loss:.4f}" if loss is not None else "val loss unknown")
     if load_s is not None:

@@ -54,6 +54,11 @@ def _number(x) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else repr(float(x))
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    """A refused value as a one-line message quotes it: at most `limit` characters."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 @dataclass(frozen=True)
 class Setting:
     """One knob. `name` is the keyword (and the /set name); `flags` its command-line spellings."""
@@ -74,6 +79,8 @@ class Setting:
     escapes: bool = False  # text given on a command line reads \n, \t and \\ as escapes
     metavar: str | None = None
     valid: str | None = None  # what a valid value is, where the rule for its type says too little
+    most: int | None = None  # a repeated setting: at most this many values
+    longest: int | None = None  # text: at most this many characters
 
     def but(self, **changes) -> "Setting":
         """The same setting with another default or help text (chat's max_tokens, say)."""
@@ -142,7 +149,7 @@ class Setting:
     # --- checking and reading values ------------------------------------------------------------
 
     def _bad(self, value, style: str) -> UsageError:
-        return UsageError(f"{self.label(style)} must be {self.rule(style)} (got {value!r})")
+        return UsageError(f"{self.label(style)} must be {self.rule(style)} (got {_cut(repr(value))})")
 
     def check(self, value, style: str = FLAG):
         """`value` as the setting holds it (5.0 -> 5 for whole numbers, a list -> a tuple), or a
@@ -150,8 +157,12 @@ class Setting:
         if value is None and (self.none is not None or self.default is None):
             return None
         if self.repeat:
-            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-                raise UsageError(f"{self.label(style)} must be a list of strings (got {value!r})")
+            # a list (or tuple) of values: a string, a mapping ({"a": 1} is not the list ["a"]) or a
+            # set is refused, whatever iterates
+            if not isinstance(value, (list, tuple)):
+                raise UsageError(f"{self.label(style)} must be a list of strings (got {_cut(repr(value))})")
+            if self.most is not None and len(value) > self.most:
+                raise UsageError(f"{self.label(style)} takes at most {self.most:,} values (got {len(value):,})")
             return tuple(self._check_one(v, style) for v in value)
         return self._check_one(value, style)
 
@@ -177,6 +188,9 @@ class Setting:
             value = str(value)
         if not isinstance(value, str) or value == "":
             raise self._bad(value, style)
+        if self.longest is not None and len(value) > self.longest:
+            raise UsageError(f"{self.label(style)} must be at most {self.longest:,} characters long "
+                             f"(got {len(value):,})")
         if self.choices and value not in self.choices:
             raise self._bad(value, style)
         return Path(value) if self.kind is Path else value
@@ -230,6 +244,9 @@ def check_values(settings: Sequence[Setting], values: dict, style: str = FLAG, *
 
 # --- the sampling settings: one declaration for complete, chat, the engine and JSONL rows ----------
 
+STOP_MOST = 1000  # stop strings per request: far beyond any real use (llama.cpp's users give a few)
+STOP_LONGEST = 256  # characters per stop string: twice the cpu preset's window
+
 SAMPLING: tuple[Setting, ...] = (
     Setting("temperature", ("--temperature", "-t"), float, 0.8,  # nanoGPT's sample.py: lively, coherent
             "Sampling temperature: lower is safer, higher is wilder; 0 always takes the likeliest character.",
@@ -249,7 +266,10 @@ SAMPLING: tuple[Setting, ...] = (
             low=0, high=2**64 - 1, none="random", metavar="N"),
     Setting("stop", ("--stop",), str, (),  # generation ends before the first of these strings
             "Stop before this string would be written; repeat for several. \\n, \\t and \\\\ are a "
-            "line break, a tab and a backslash.", shown="none", repeat=True, escapes=True, metavar="TEXT"),
+            "line break, a tab and a backslash.", shown="none", repeat=True, escapes=True, metavar="TEXT",
+            # matching costs the same whatever the count (sgpt_cli.stops); the caps bound the
+            # matcher's table (count x length characters) and what one request may ask for
+            most=STOP_MOST, longest=STOP_LONGEST),
 )
 SAMPLING_NAMES = tuple(s.name for s in SAMPLING)
 

@@ -1,9 +1,71 @@
-"""Stop strings: holding back generated text while it may still become one.
+"""Stop strings at a cost that does not grow with their number.
 
-What it holds: `StopMatcher`. What it does not do: generate, or know about terminals.
+What it holds: `StopMatcher`, with the interface and the behaviour of the engine's first one
+(`StopMatcher(stops)`, `.push(piece) -> (text certainly not part of a stop string, stopped)`,
+`.flush() -> held-back text`), over an Aho-Corasick automaton of the stop strings: each character
+generated costs amortized O(1) steps of the automaton whatever the number of stop strings (the first
+matcher searched every stop string in the held-back text at every character: 100,000 stop strings
+made 200 characters take 20.8 s). The automaton of a set of stop strings is built once
+(O(total characters)) and shared by every row that asks for the same set (a batch, N samples).
+
+The held-back text is the longest tail of the text so far that begins some stop string: exactly the
+automaton state's depth, so it never exceeds the longest stop string (settings.STOP_LONGEST).
+When a push completes stop strings, the text given out ends before the earliest-starting one, as the
+first matcher's `min(pending.find(s) for s in stops)` does.
+
+What it does not do: import numpy or onnxruntime, know about terminals.
 """
 
 from __future__ import annotations
+
+import functools
+
+
+class _Automaton:
+    """Aho-Corasick over `stops`: a trie (children), failure links, and for each state the length
+    of the longest stop string that ends there (0: none)."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        children: list[dict[str, int]] = [{}]
+        depth = [0]
+        terminal = [0]  # length of the stop string spelled by the state, if it is one
+        for s in stops:
+            node = 0
+            for ch in s:
+                nxt = children[node].get(ch)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][ch] = nxt
+                    children.append({})
+                    depth.append(depth[node] + 1)
+                    terminal.append(0)
+                node = nxt
+            terminal[node] = len(s)
+        fail = [0] * len(children)
+        longest = list(terminal)  # the longest stop string that is a suffix of the state's text
+        queue = list(children[0].values())
+        for node in queue:  # breadth first: a failure link points to a shallower, finished state
+            for ch, child in children[node].items():
+                f = fail[node]
+                while f and ch not in children[f]:
+                    f = fail[f]
+                fail[child] = children[f].get(ch, 0) if children[f].get(ch, 0) != child else 0
+                longest[child] = terminal[child] or longest[fail[child]]
+                queue.append(child)
+        self.children, self.fail, self.depth, self.longest = children, fail, depth, longest
+        self.empty_stop = "" in stops  # an empty stop string matches before anything
+
+    def step(self, state: int, ch: str) -> int:
+        children, fail = self.children, self.fail
+        while state and ch not in children[state]:
+            state = fail[state]
+        return children[state].get(ch, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def automaton(stops: tuple[str, ...]) -> _Automaton:
+    """One automaton per set of stop strings, shared by every row that uses it."""
+    return _Automaton(stops)
 
 
 class StopMatcher:
@@ -12,27 +74,36 @@ class StopMatcher:
 
     def __init__(self, stops: tuple[str, ...]):
         self.stops = tuple(stops)
-        self.pending = ""
+        self.auto = automaton(self.stops) if self.stops else None
+        self.state = 0
+        self.pending = ""  # the held-back text: the automaton state's text
 
     def push(self, piece: str) -> tuple[str, bool]:
-        if not self.stops:
+        auto = self.auto
+        if auto is None:
             return piece, False
-        self.pending += piece
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[:min(hits)], ""
-            return out, True
-        # keep the longest tail of the pending text that begins some stop string
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
-                if self.pending.endswith(s[:n]):
-                    keep = n
-                    break
-        out = self.pending[:len(self.pending) - keep]
-        self.pending = self.pending[len(self.pending) - keep:]
-        return out, False
+        text = self.pending + piece
+        if auto.empty_stop:
+            self.pending, self.state = "", 0
+            return "", True
+        base = len(self.pending)
+        state, longest, step = self.state, auto.longest, auto.step
+        best = -1  # where the earliest-starting stop string completed in this push begins
+        for j, ch in enumerate(piece):
+            state = step(state, ch)
+            n = longest[state]
+            if n:
+                start = base + j + 1 - n
+                if best < 0 or start < best:
+                    best = start
+        if best >= 0:
+            self.pending, self.state = "", 0
+            return text[:best], True
+        keep = auto.depth[state]
+        self.state = state
+        self.pending = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep], False
 
     def flush(self) -> str:
-        out, self.pending = self.pending, ""
+        out, self.pending, self.state = self.pending, "", 0
         return out

@@ -6,12 +6,16 @@ metadata (`sgpt.vocab`). No torch here: the inference path uses it.
 What a model writes is shown through `shown`, not `chars`: a vocabulary may hold control characters
 (ESC, BEL, a carriage return: a text with them, or an edited file), and no model output may reach a
 terminal as a control sequence. Line breaks and tabs are text; every other C0 control becomes its
-visible Unicode control picture (ESC -> U+241B), DEL U+2421, and C1 controls U+FFFD.
+visible Unicode control picture (ESC -> U+241B), DEL U+2421, and C1 controls, format controls
+(U+202E RIGHT-TO-LEFT OVERRIDE, zero-width characters) and the line/paragraph separators U+FFFD.
+A vocabulary that holds something no text holds (a lone surrogate, a noncharacter) is refused when
+it is read: it could never be written to a file (`/save`) or a UTF-8 stream.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import numpy as np
 
@@ -22,6 +26,11 @@ class CharTokenizer:
     def __init__(self, chars: list[str]):
         if not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
             raise SgptError("the vocabulary is damaged: it must be a list of single characters")
+        bad = next((c for c in chars if _not_text(c)), None)
+        if bad is not None:  # checked when the file is opened, not when /save fails to encode it
+            raise SgptError(f"the vocabulary is damaged: it holds U+{ord(bad):04X}, which is not a character "
+                            "of any text (a lone surrogate or a noncharacter); re-export the model from a "
+                            "checkpoint trained on UTF-8 text")
         if len(set(chars)) != len(chars):
             raise SgptError("the vocabulary is damaged: it repeats a character")
         self.chars = list(chars)
@@ -70,6 +79,16 @@ class CharTokenizer:
 
 
 TEXT_CONTROLS = frozenset("\n\t")  # controls that are text: a model writes lines and indents
+# invisible characters that change how a terminal shows what follows: format controls (U+202E
+# RIGHT-TO-LEFT OVERRIDE reverses the rest of the line, zero-width ones hide text), the line and
+# paragraph separators; shown as U+FFFD, as C1 controls are
+_HIDDEN_CATEGORIES = frozenset(("Cf", "Zl", "Zp"))
+
+
+def _not_text(char: str) -> bool:
+    """A lone surrogate (UTF-8 cannot encode it) or a noncharacter (U+FDD0..U+FDEF, U+xFFFE/F)."""
+    code = ord(char)
+    return 0xD800 <= code < 0xE000 or 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
 
 
 def printable(char: str) -> str:
@@ -83,4 +102,6 @@ def printable(char: str) -> str:
         return "\u2421"  # SYMBOL FOR DELETE
     if 0x80 <= code < 0xA0:
         return "\ufffd"  # C1 controls (CSI is 0x9B) have no pictures
+    if code > 0xA0 and unicodedata.category(char) in _HIDDEN_CATEGORIES:
+        return "\ufffd"  # format controls (bidirectional overrides, zero-width), U+2028, U+2029
     return char

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.text import Text
 
 from sgpt_cli import checkpoint
@@ -25,9 +25,15 @@ from sgpt_cli.config import TrainConfig, build_train_config, idle_figures
 from sgpt_cli.console import Console as _Console
 from sgpt_cli.plot import can_draw
 from sgpt_cli.data import DEFAULT_DATA, read_text
-from sgpt_cli.errors import SgptError, check_writable_target, probe
+from sgpt_cli.errors import SgptError, check_writable_target, probe, shown, visible
 from sgpt_cli.fetch_view import fetch_default_data
 from sgpt_cli.stop import Stop
+
+
+def escape(text) -> str:
+    """A name or value inside rich markup: its control and format characters made visible
+    (errors.visible), its brackets taken literally."""
+    return _markup_escape(visible(text))
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -64,7 +70,7 @@ class TrainDisplay:
             if self.live:
                 self.live.start()
         elif e.kind == "warning":
-            self.errors.print(f"sgpt: warning: {e.info['message']}", markup=False, highlight=False)
+            self.errors.print(visible(f"sgpt: warning: {e.info['message']}"), markup=False, highlight=False)
         elif e.kind == "final":
             self.console.print(
                 f"[bold]val loss {e.val_loss:.4f}[/bold] on the whole validation split "
@@ -151,7 +157,8 @@ def _check_out(out: Path) -> None:
 
 
 class StopRequest(Stop):
-    """Ctrl-C, or SIGTERM (`timeout`, systemd, a scheduler's preemption), stops the run within
+    """Ctrl-C, SIGTERM (`timeout`, systemd, a scheduler's preemption) or SIGHUP (the terminal was
+    closed) stops the run within
     seconds: an estimate in progress is abandoned, a step in progress too (the last whole step is
     kept), and the resumable checkpoint is saved. A checkpoint being written is always finished
     first (`Stop.critical`), however many signals come. Under torchrun (`escalate` False) a
@@ -183,7 +190,10 @@ class StopRequest(Stop):
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread
             return
-        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        from sgpt_cli.cli_common import END_SIGNALS
+
+        # Ctrl-C, SIGTERM and SIGHUP (the terminal closed): the same stop, the same saved checkpoint
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, *END_SIGNALS)}
         try:
             yield self
         finally:
@@ -258,8 +268,11 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
     _check_out(out)
     if master:
         checkpoint.check_unlocked(out)  # a run in progress is the likelier story than a finished one
-    if not resume and not force and (out.exists() or checkpoint.last_path(out).exists()):
+    if not resume and not force and checkpoint.last_path(out).exists():
         raise SgptError(f"{out} already holds a checkpoint; pass --resume to continue it or --force to start over")
+    if not resume and not force and out.exists():  # weights only: --resume has nothing to continue
+        raise SgptError(f"{out} already holds a model's weights (no resumable {checkpoint.last_path(out).name}); "
+                        f"pass --force to start over, or fine-tune it with --init-from {out} --out ANOTHER.pt")
 
     data_path = Path(data) if data is not None else DEFAULT_DATA
     if data is None and not data_path.exists():
@@ -297,7 +310,7 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         except OSError as exc:
             errors.print(f"sgpt: warning: could not write the loss curve: {exc.strerror or exc}", markup=False)
     if result.status == "interrupted":
-        errors.print(_interrupted_line(result, cfg, display.device, out, data), markup=False)
+        errors.print(visible(_interrupted_line(result, cfg, display.device, out, data)), markup=False)
         return 130
     why = "time budget spent" if result.status == "time" else "done"
     if result.val_loss is not None:
@@ -312,5 +325,5 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
                                  default_data=data is None and init is None)
     if comparison:
         console.print(f"  {comparison}", markup=False)
-    console.print(f"next: sgpt export {out}", markup=False)
+    console.print(visible(f"next: sgpt export {shlex.quote(str(out))}"), markup=False)
     return 0

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sgpt_cli import checkpoint
 from sgpt_cli.config import TrainConfig, model_config_from_dict, train_config_from_dict
 from sgpt_cli.data import split_text
-from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.errors import SgptError, UsageError, first_line
 from sgpt_cli.model import GPT
 from sgpt_cli.optim import build_optimizer
 from sgpt_cli.stop import Stop
@@ -193,8 +193,9 @@ def load_resume_state(out: Path, text_sha: str, tokenizer: CharTokenizer | None,
         raise SgptError(f"nothing to resume: {out} does not exist; drop --resume to start a new run")
     ckpt = checkpoint.load(source)
     if "optimizer" not in ckpt or "train_config" not in ckpt:
-        raise SgptError(f"{source} holds weights only, no training state; drop --resume to start a new run, "
-                        f"or fine-tune it with --init-from {source}")
+        raise SgptError(f"{source} holds weights only, no training state, so there is nothing to resume; "
+                        f"start over with --force instead of --resume, or fine-tune it into another --out "
+                        f"with --init-from {source}")
     foreign = (
         f"{source} was trained on a different text; pass the same --data it was trained on, "
         "or start a new run with another --out"
@@ -381,12 +382,17 @@ def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, re
               extra={"data_sha256": text_sha, "data_path": data_path,
                      "init_from": init["source"] if init else (resume or {}).get("init_from")})
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])  # after .to(): state follows the params' device
-        run.it = run.evaluated_at = run.saved_iter = int(resume["iter"])
-        run.best_val = float(resume.get("best_val_loss", float("inf")))
-        run.seconds_before = run.evaluated_clock = float(resume.get("train_seconds", 0.0))
-        run.last_val = float(resume.get("val_loss_estimate", resume.get("val_loss", float("nan"))))
-        _restore_rng(resume, gen, cfg, run.it, dist)
+        try:  # checkpoint.load checked the kinds; torch checks the sizes here
+            optimizer.load_state_dict(resume["optimizer"])  # after .to(): state follows the params' device
+            run.it = run.evaluated_at = run.saved_iter = int(resume["iter"])
+            run.best_val = float(resume.get("best_val_loss", float("inf")))
+            run.seconds_before = run.evaluated_clock = float(resume.get("train_seconds", 0.0))
+            run.last_val = float(resume.get("val_loss_estimate", resume.get("val_loss", float("nan"))))
+            _restore_rng(resume, gen, cfg, run.it, dist)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise SgptError(f"the training state in {checkpoint.last_path(out).name} does not fit its model "
+                            f"({first_line(exc, 100)}); start over with --force, or fine-tune its weights with "
+                            "--init-from") from None
     if cfg.compile:
         run.model = torch.compile(run.model)
     if dist.world > 1:
@@ -556,9 +562,20 @@ def _disk_errors(run: Run) -> Iterator[None]:
     try:
         yield
     except checkpoint.WriteError as exc:
-        kept = (f"iteration {run.saved_iter} is still safe in {checkpoint.last_path(run.out)}; free some space, "
-                "then continue with --resume") if run.saved_iter is not None else "nothing was saved yet"
-        raise SgptError(f"{exc} ({kept})") from None
+        raise SgptError(f"{exc} ({on_disk(run)})") from None
+
+
+def on_disk(run: Run) -> str:
+    """What a failed save leaves, said from the files themselves, with advice that leads somewhere."""
+    last = checkpoint.last_path(run.out)
+    if run.saved_iter is not None and last.exists():
+        return (f"iteration {run.saved_iter} is still safe in {last}; free some space, then continue "
+                "with --resume")
+    if run.best_iter is not None and Path(run.out).exists():
+        return (f"{run.out} holds the weights of iteration {run.best_iter} but no resumable state; free some "
+                "space, then start over with --force, or fine-tune those weights with --init-from "
+                f"{run.out} --out ANOTHER.pt")
+    return "nothing was saved yet; free some space, then start again"
 
 
 def log_metrics(run: Run, row: dict) -> None:

@@ -102,6 +102,7 @@ class Scripted:
         self.events, self.interrupt = events, interrupt
 
     def generate_batch(self, reqs, batch_size=None):
+        list(reqs)  # an engine takes its requests before it yields their events
         for ev in self.events:
             yield ev
         if self.interrupt:

@@ -202,7 +202,7 @@ def test_ctrl_c_exits_130_without_a_traceback(model):
 @pytest.mark.parametrize("args, needle, status", [
     (["--model", "missing.onnx"], "does not exist", 1),
     (["--model", "{foreign}"], "is not an sgpt model", 1),
-    (["--model", "{damaged}"], "ONNX Runtime cannot load", 1),
+    (["--model", "{damaged}"], "is not a well-formed ONNX file", 1),
     (["--model", "{future}"], "format '99'", 1),
     (["--model", "{old}"], "is sgpt model format 1 (a growing cache, from sgpt before 0.2); this sgpt reads format 2: "
                            "make a new file with `sgpt export CHECKPOINT.pt --out ", 1),

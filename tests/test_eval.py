@@ -192,7 +192,7 @@ BAD_INPUTS = {
     "model is a folder": (["--data", "{text}", "--model", "{a-folder}"], "is a folder"),
     "not an sgpt model": (["--data", "{text}", "--model", "{foreign}"], "is not an sgpt model"),
     "future format": (["--data", "{text}", "--model", "{future}"], "format '99'"),
-    "damaged model": (["--data", "{text}", "--model", "{damaged}"], "ONNX Runtime cannot load"),
+    "damaged model": (["--data", "{text}", "--model", "{damaged}"], "is not a well-formed ONNX file"),
 }
 
 
