@@ -38,6 +38,7 @@ import numpy as np
 
 from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from sgpt_cli.interrupt import RunGuard
 from sgpt_cli.sampling import Sampler
 from sgpt_cli.settings import SamplingParams
 from sgpt_cli.stops import StopMatcher
@@ -130,6 +131,7 @@ class HostCache:
         self.logits = np.zeros((capacity, 1, model.vocab_size), dtype=np.float32)
         self.bindings: dict[int, object] = {}
         self.names = list(zip(past_names(model.n_layer), present_names(model.n_layer)))
+        self.run_options = None  # the step's RunOptions: Ctrl-C terminates a run in flight (sgpt_cli.interrupt)
 
     def _bind(self, arrays: list[np.ndarray], tokens, positions, logits=None):
         value = self.ort.OrtValue.ortvalue_from_numpy
@@ -148,8 +150,8 @@ class HostCache:
 
     def _run(self, binding) -> None:
         try:
-            self.session.run_with_iobinding(binding)
-        except Exception as exc:  # onnxruntime's exception types
+            self.session.run_with_iobinding(binding, self.run_options)
+        except Exception as exc:  # onnxruntime's exception types (a terminated run: RunGuard makes it Ctrl-C)
             raise _runtime_failed(self.model, exc) from None
 
     def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
@@ -218,7 +220,7 @@ class DeviceCache(HostCache):
             b.bind_ortvalue_input(f"x{i}", d)
             b.bind_ortvalue_output(f"y{i}", d)
         try:
-            self.put.run_with_iobinding(b)
+            self.put.run_with_iobinding(b, self.run_options)
         except Exception as exc:  # onnxruntime's exception types
             raise _runtime_failed(self.model, exc) from None
 
@@ -307,7 +309,9 @@ class Engine:
         "interrupted", after the text already chosen."""
         events: list[Event] = []
         try:
-            self._step(events)
+            with RunGuard() as run_options:  # a Ctrl-C ends even a run that never ends a step
+                (self._cache or self._make_cache()).run_options = run_options
+                self._step(events)
         except KeyboardInterrupt:
             events += self.interrupt_all()
         return events

@@ -144,7 +144,10 @@ class OnnxModel:
             position_ids = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape)
         feed = {INPUT_IDS: ids, POSITION_IDS: np.ascontiguousarray(position_ids, dtype=np.int64)}
         feed.update(zip(past_names(self.n_layer), past))
-        outs = self.session.run([LOGITS] + present_names(self.n_layer), feed)
+        from sgpt_cli.interrupt import RunGuard
+
+        with RunGuard() as run_options:  # Ctrl-C ends even a run that never ends a step
+            outs = self.session.run([LOGITS] + present_names(self.n_layer), feed, run_options)
         return outs[0], outs[1:]
 
 

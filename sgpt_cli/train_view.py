@@ -25,7 +25,7 @@ from sgpt_cli.config import TrainConfig, build_train_config, idle_figures
 from sgpt_cli.console import Console as _Console
 from sgpt_cli.plot import can_draw
 from sgpt_cli.data import DEFAULT_DATA, read_text
-from sgpt_cli.errors import SgptError, check_writable_target, probe, shown, visible
+from sgpt_cli.errors import SgptError, check_writable_target, probe, visible
 from sgpt_cli.fetch_view import fetch_default_data
 from sgpt_cli.stop import Stop
 

@@ -174,3 +174,45 @@ def test_complete_refuses_the_endless_loop_model_in_one_line_at_once(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "carries a subgraph" in lines[0] and "sgpt's export never writes" in lines[0], done.stderr
     assert time.monotonic() - t0 < 60
+
+
+ENGINE_CHILD = r"""
+import sys, time
+import numpy as np
+import onnxruntime as ort
+from sgpt_cli.engine import Engine, HostCache
+from sgpt_cli.onnx_model import OnnxModel
+from sgpt_cli.settings import SamplingParams
+slow = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+x = np.ones((1024, 1024), dtype=np.float32)
+real = HostCache._run
+def run(self, binding):  # every decode step also runs the slow graph, with the step's RunOptions
+    if self.bindings:
+        print("step", flush=True)
+        for _ in range(1000):
+            slow.run(["y"], {"x": x}, self.run_options)
+    real(self, binding)
+HostCache._run = run
+engine = Engine(OnnxModel(sys.argv[1], device="cpu"))
+t0 = time.perf_counter()
+events = list(engine.stream("ROMEO:", SamplingParams(max_tokens=50, seed=1)))
+print(events[-1].stats.stop_reason, f"{time.perf_counter() - t0:.1f}", engine.busy, flush=True)
+"""
+
+
+def test_ctrl_c_inside_an_engine_step_ends_the_request_as_interrupted(tiny_onnx, tmp_path):
+    """The engine runs each step under a RunGuard: a run that would take minutes ends at Ctrl-C, the
+    request's last event says "interrupted" and nothing stays in flight."""
+    model = slow_model(tmp_path / "slow.onnx")
+    child = subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, str(tiny_onnx), str(model)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=run_env())
+    try:
+        assert child.stdout.readline().strip() == "step"
+        time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    reason, seconds, busy = out.split()
+    assert reason == "interrupted" and busy == "False", err
+    assert float(seconds) < 20
