@@ -100,10 +100,24 @@ def test_user_text_is_laid_out_as_the_corpus_lays_out_a_play():
     session.script += "But soft"  # a reply cut off mid-line
     assert session.add_user_text("JULIET:  ").text == "\n\nJULIET:\n"  # own line, blank line before
     session.script += "Ay me." + SPEECH_END
-    assert session.add_user_text("ROMEO: She speaks!").text == "ROMEO:\nShe speaks!\n"
-    assert session.add_user_text("O, speak again").text == "O, speak again\n"
+    # 'NAME: text' begins the speaker's line and leaves it open: the model finishes it (defect 5)
+    assert session.add_user_text("ROMEO: She speaks!").text == "ROMEO:\nShe speaks!"
+    assert session.add_user_text("O, speak again").text == "\nO, speak again\n"
     assert session.add_user_text("").text == ""  # Enter on an empty line: the play goes on
     assert session.script == "ROMEO:\nBut soft\n\nJULIET:\nAy me.\n\nROMEO:\nShe speaks!\nO, speak again\n"
+
+
+def test_romeo_but_soft_lets_romeo_finish_the_line():
+    """Defect 5: `ROMEO: But soft` puts `ROMEO:\nBut soft` in the script, and the model's reply goes
+    on in that very line (the engine is given the open line, no line break after it)."""
+    session = ChatSession(VOCAB, 64)
+    engine = FakeEngine([([", what light"], "max_tokens")])
+    assert session.add_user_text("ROMEO: But soft").text == "ROMEO:\nBut soft"
+    assert session.current_line() == "But soft"  # the REPL shows it dim, then the reply after it
+    reply(session, engine)
+    assert engine.prompts[0] == "ROMEO:\nBut soft"
+    assert session.script == "ROMEO:\nBut soft, what light"
+    assert session.add_user_text("ROMEO: Two\nlines").text.endswith("ROMEO:\nTwo\nlines\n")  # several: closed
 
 
 def test_speaker_lines_are_capitalised_words_ending_in_a_colon():
@@ -117,7 +131,7 @@ def test_characters_the_model_does_not_know_are_dropped_and_reported():
     session = ChatSession(VOCAB, 32)
     added = session.add_user_text("ROMEO: café\tnoir\r\n")
     assert added.dropped == ["é", "\t"]
-    assert session.script == "ROMEO:\ncafnoir\n"
+    assert session.script == "ROMEO:\ncafnoir"
     assert session.add_user_text("éé").text == ""  # nothing left: the REPL says so, no reply
 
 
@@ -131,7 +145,7 @@ def test_the_script_grows_and_its_tail_is_what_the_engine_sees():
     assert engine.prompts[0] == "ROMEO:\n"
     assert engine.prompts[1] == session.script[:-len("And so farewell." + SPEECH_END)][-32:]
     assert len(engine.prompts[1]) == 32  # at most two windows of the script's tail
-    assert session.script.endswith("Is the day so young?\nAnd so farewell." + SPEECH_END)
+    assert session.script.endswith("Is the day so young?And so farewell." + SPEECH_END)
 
 
 def test_a_reply_that_ends_a_speech_gets_its_blank_line_and_one_speech_sets_the_stop():
@@ -179,6 +193,79 @@ def test_regen_replaces_only_the_last_reply():
         session.drop_last_reply()
 
 
+def test_an_unseeded_session_draws_a_seed_and_shows_it():
+    """Defect 4: a session given no seed draws one, so it can be repeated with --seed; /show and
+    /set list it, and `/set seed random` draws a new one."""
+    session = ChatSession(VOCAB, 32)
+    seed = session.settings.seed
+    assert isinstance(seed, int) and 0 <= seed < 2**31
+    assert ("seed", str(seed)) in session.show_rows()
+    engine = FakeEngine([([], "stop")] * 2)
+    reply(session, engine)
+    reply(session, engine)
+    assert [p.seed for p in engine.params] == [seed, seed + 1]
+    name, value = session.set("seed", "random")
+    assert name == "seed" and value.isdigit() and session.settings.seed == int(value)
+
+
+def test_stop_strings_in_chat_end_a_reply_and_give_back_only_a_speech_end():
+    session = ChatSession(VOCAB, 32)
+    assert session.set("stop", "\\n") == ("stop", "'\\n'")
+    engine = FakeEngine([(["Ay"], "stop"), (["Nay"], "stop")])
+    session.add_user_text("JULIET:")
+    reply(session, engine)
+    assert engine.params[0].stop == (SPEECH_END, "\n")
+    assert session.script == "JULIET:\nAy"  # which stop ended it is not known: nothing given back
+    session.set("one_speech", "off")
+    reply(session, engine)
+    assert engine.params[1].stop == ("\n",)
+    assert session.set("stop", "none") == ("stop", "none") and session.settings.stop == ()
+    assert session.stops() == ()
+    session.set("one_speech", "on")
+    assert session.stops() == (SPEECH_END,)
+
+
+def test_min_p_is_a_chat_setting_passed_to_the_engine():
+    session = ChatSession(VOCAB, 32)
+    assert session.set("min_p", "0.1") == ("min_p", "0.1")
+    engine = FakeEngine([([], "stop")])
+    reply(session, engine)
+    assert engine.params[0].min_p == 0.1
+    with pytest.raises(UsageError, match="min_p must be a number from 0 to 1"):
+        session.set("min_p", "2")
+
+
+def test_load_round_trips_save_exactly(tmp_path):
+    text = "ROMEO:\nBut soft, what light\n\nJULIET:\nAy me.\n\nROMEO:\nShe spe"
+    first = ChatSession(VOCAB, 32)
+    loaded = first.load(_write(tmp_path / "in.txt", text))
+    assert loaded.chars == len(text) and loaded.dropped == []
+    assert first.script == text and first.current_line() == "She spe"
+    first.save(tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_bytes() == (tmp_path / "in.txt").read_bytes()
+    second = ChatSession(VOCAB, 32)
+    second.load(tmp_path / "out.txt")
+    assert second.script == text
+    engine = FakeEngine([(["aks"], "stop")])
+    reply(second, engine)
+    assert engine.prompts[0] == text[-64:]  # the model goes on from the end of the loaded scene
+    bad = ChatSession(VOCAB, 32)
+    bad.add_user_text("ROMEO:")
+    for path, words in [(tmp_path / "missing.txt", "no such file"), (tmp_path, "is a folder")]:
+        with pytest.raises(SgptError, match=words):
+            bad.load(path)
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(SgptError, match="not UTF-8"):
+        bad.load(tmp_path / "latin1.txt")
+    assert bad.script == "ROMEO:\n"  # a refused file leaves the script as it was
+    assert bad.load(_write(tmp_path / "odd.txt", "ROMEO:\ncafé\n")).dropped == ["é"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
 def test_a_seeded_session_repeats_and_regen_gets_a_new_seed():
     session = ChatSession(VOCAB, 32, ChatSettings(seed=7))
     engine = FakeEngine([([], "stop")] * 4)
@@ -194,7 +281,7 @@ def test_a_seeded_session_repeats_and_regen_gets_a_new_seed():
 
 def test_save_writes_the_script_atomically(tmp_path, monkeypatch):
     session = ChatSession(VOCAB, 32)
-    session.add_user_text("ROMEO: But soft!")
+    session.add_user_text("ROMEO:\nBut soft!")
     target = tmp_path / "scene.txt"
     assert session.save(target) == target
     assert target.read_text(encoding="utf-8") == "ROMEO:\nBut soft!\n"
@@ -339,7 +426,7 @@ def test_piped_chat_works_end_to_end(tiny_onnx, tmp_path):
     assert f"sgpt chat  ·  {tiny_onnx}" in err and "cpu" in err  # the banner names the model
     assert "dropped characters the model does not know: 'é'" in err
     scene = (tmp_path / "scene.txt").read_text(encoding="utf-8")
-    assert scene.startswith("ROMEO:\ncaf\n") and len(scene) > len("ROMEO:\ncaf\n")
+    assert scene.startswith("ROMEO:\ncaf") and len(scene) > len("ROMEO:\ncaf")  # Romeo's line goes on
     assert "Traceback" not in err
 
 
@@ -420,8 +507,10 @@ def test_regen_n_gives_the_replies_regen_would_give_one_by_one_and_pick_keeps_on
     batched.add_user_text("ROMEO:")
     reply(batched, tiny_engine)
     before = batched.script[:batched.reply_start]
-    alternatives = list(batched.alternatives(tiny_engine, 3))
-    assert [k for k, _ in alternatives] == [1, 2, 3]
+    events = list(batched.alternatives(tiny_engine, 3))
+    assert sorted({e.k for e in events if e.done}) == [1, 2, 3]
+    alternatives = list(enumerate(batched.choices, 1))
+    assert batched.choice_ends == ["max_tokens"] * 3
     assert batched.script == before  # none kept until /pick
     # the same session with three plain /regen: the same three replies, by their seeds
     one_by_one = ChatSession(tiny_engine.model.tokenizer.chars, tiny_engine.model.block_size, settings)
@@ -438,6 +527,7 @@ def test_regen_n_gives_the_replies_regen_would_give_one_by_one_and_pick_keeps_on
     assert batched.script == before + singles[0]  # picking again replaces the reply
     with pytest.raises(UsageError, match="from 1 to 3"):
         batched.pick(4)
+    assert batched.choice_seeds == [3 + 1, 3 + 2, 3 + 3]
     batched.add_user_text("JULIET:")
     with pytest.raises(UsageError, match="no alternatives"):
         batched.pick(1)
@@ -446,7 +536,7 @@ def test_regen_n_gives_the_replies_regen_would_give_one_by_one_and_pick_keeps_on
 def test_regen_n_and_pick_in_the_repl(tiny_engine):
     code, out, session = run_repl(tiny_engine, "ROMEO:\r/regen 3\r/pick 2\r/regen 1\r/pick x\r/quit\r")
     assert code == 0
-    assert "3 alternatives" in out and "[1]" in out and "[3]" in out
+    assert "3 alternatives" in out and "[1] seed" in out and "[3] seed" in out
     assert "alternative 2 is the reply" in out
     assert session.script.startswith("ROMEO:\n") and session.script[len("ROMEO:\n"):] == session.choices[1]
     assert "/regen takes a whole number from 2 to 16 (got '1')" in out
