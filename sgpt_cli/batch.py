@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Iterable, TextIO
 
 from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.settings import draw_seed
 
 DEFAULT_BATCH_SIZE = 16  # rows at once: on 2 cores the speed stops growing past 16 rows (64 was
 # slower: benchmarks/bench_batch.py), each step copying every row's whole key/value cache
 MAX_ROWS = 4096  # --num-samples and --batch-size: a typo of 10**9 is refused, not allocated
-ROW_SETTINGS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop")
+ROW_SETTINGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop")
 ROW_KEYS = ("prompt", "id", *ROW_SETTINGS)
 
 
@@ -143,7 +143,7 @@ def run_batch(engine, lines: list[BatchLine], out: TextIO, err: TextIO, batch_si
 
 def sample_seeds(seed: int | None, n: int) -> list[int]:
     """Sample i uses seed + i; without --seed a random base, so the samples can be redone one by one."""
-    base = secrets.randbelow(2**31) if seed is None else seed
+    base = draw_seed() if seed is None else seed
     return [base + i for i in range(n)]
 
 
