@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sgpt_cli.errors import SgptError, UsageError, atomic_write_text, check_writable_target, shown
+from sgpt_cli.home import data_home  # noqa: F401  (re-exported: the history lives there)
 from sgpt_cli.settings import CHAT_SETTINGS, NAME, by_name, check_values, draw_seed
 
 SPEECH_END = "\n\n"  # speeches in the corpus are separated by one blank line
@@ -46,15 +47,6 @@ SPEAKER_AND_TEXT = re.compile(rf"^({_NAME}):[ \t]+(\S.*)$")
 def is_speaker_line(line: str) -> bool:
     """A line that names who speaks next, as the corpus writes it ('ROMEO:', 'First Citizen:')."""
     return bool(SPEAKER_LINE.match(line.rstrip()))
-
-
-def data_home(environ=os.environ) -> Path:
-    """sgpt's own folder: $SGPT_HOME, else the XDG data folder ($XDG_DATA_HOME or ~/.local/share)."""
-    if environ.get("SGPT_HOME"):
-        return Path(environ["SGPT_HOME"]).expanduser()
-    xdg = environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
-    return base / "sgpt"
 
 
 def history_path(environ=os.environ) -> Path:

@@ -316,12 +316,13 @@ CHAT_SETTINGS: tuple[Setting, ...] = tuple(
 # --- options several commands share ------------------------------------------------------------
 
 MODEL = Setting("model", ("--model", "-m"), str, None, "The ONNX model file.",
-                shown="$SGPT_MODEL, else ./export/model.onnx, else the shipped model", metavar="PATH",
+                shown="$SGPT_MODEL, else the shipped model", metavar="PATH",
                 valid="the path of an .onnx file")
 DEVICE = Setting("device", ("--device",), str, "auto", "auto (CUDA when usable), cpu or cuda.",
                  choices=("auto", "cpu", "cuda"), metavar="auto|cpu|cuda")
 DATA = Setting("data", ("--data",), Path, None, "UTF-8 text.",
-               shown="data/tinyshakespeare.txt, downloaded (SHA-256 checked) when missing", metavar="PATH",
+               shown="tiny-shakespeare: data/tinyshakespeare.txt in a checkout, else $SGPT_HOME/data/, "
+                     "unpacked from the copy inside sgpt (SHA-256 checked) when missing", metavar="PATH",
                valid="the path of a text file")
 JSON = Setting("as_json", ("--json",), bool, False, "Print one JSON object instead of the report.")
 
@@ -329,7 +330,7 @@ JSON = Setting("as_json", ("--json",), bool, False, "Print one JSON object inste
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
                      "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")
-EXPORT_OUT = Setting("out", ("--out", "-o"), Path, Path("export/model.onnx"),  # where chat/complete/eval look
+EXPORT_OUT = Setting("out", ("--out", "-o"), Path, Path("export/model.onnx"),  # run it with --model
                      "The ONNX file to write (one file, weights inside).", metavar="PATH")
 QUANTIZE = Setting("quantize", ("--quantize", "-q"), str, None,  # None: float32
                    "Store the weight matrices as int8 (ONNX Runtime dynamic quantization): about 4x smaller; "
