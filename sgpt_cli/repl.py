@@ -61,6 +61,14 @@ def make_console(stream: TextIO, color: bool | None = None) -> Console:
 
 # --- streaming a reply -----------------------------------------------------------------------------
 
+def on_a_terminal(console: Console) -> bool:
+    """The console writes to a terminal, in colour or not (NO_COLOR makes rich call it no terminal)."""
+    try:
+        return console.file.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class ReplyPrinter:
     """Prints a reply as it streams, each piece at once; a line that turns out to name a speaker is
     redrawn in the speaker's colour when its line break arrives (colour terminals only).
@@ -73,7 +81,7 @@ class ReplyPrinter:
     def __init__(self, console: Console, wrap: bool | None = None):
         self.console = console
         self.restyle = console.is_terminal and console.color_system is not None
-        self.wrap = console.is_terminal if wrap is None else wrap
+        self.wrap = on_a_terminal(console) if wrap is None else wrap
         self.line = ""  # the script's current line as plain text
         self.col = 0  # cells used on the screen's current row
         self.word = ""  # the characters since the row's last space (what a wrap moves down)
@@ -436,11 +444,11 @@ class Repl:
 
     def notice(self, message: str) -> None:
         # a terminal: wrapped at words; a pipe or a log: one line, whatever the width
-        self.err.print(Text(message, style=DIM), soft_wrap=not self.err.is_terminal)
+        self.err.print(Text(message, style=DIM), soft_wrap=not on_a_terminal(self.err))
 
     def hint(self, message: str) -> None:
         self.failures += 1
-        self.err.print(Text(message, style=HINT), soft_wrap=not self.err.is_terminal)
+        self.err.print(Text(message, style=HINT), soft_wrap=not on_a_terminal(self.err))
 
     def rows(self, rows: list[tuple[str, str]]) -> None:
         """Two aligned columns; a long value wraps under its own column."""

@@ -51,6 +51,47 @@ class FakeEngine:
         return run()
 
 
+class FakeBatchEngine(FakeEngine):
+    """FakeEngine with /regen N: `batches` is a list of lists of (pieces, stop_reason), one per row;
+    rows advance together, a piece each per step, as the batched engine interleaves them."""
+
+    def __init__(self, replies, batches):
+        super().__init__(replies)
+        self.batches = list(batches)
+        self.closed = False
+
+    def generate_batch(self, requests, batch_size=None):
+        from sgpt_cli.engine import GenerationStats, RowEvent
+
+        rows = self.batches.pop(0)
+        assert len(rows) == len(requests)
+        self.params += [p for _, p in requests]
+
+        def run():
+            try:
+                for step in range(max(len(p) for p, _ in rows) + 1):
+                    for i, (pieces, reason) in enumerate(rows):
+                        if step < len(pieces):
+                            yield RowEvent(i, pieces[step])
+                        elif step == len(pieces):
+                            n = sum(map(len, pieces))
+                            yield RowEvent(i, "", GenerationStats(1, n, 0.01, 0.02, n / 0.02, reason))
+            finally:
+                self.closed = True
+
+        return run()
+
+
+def piped_repl(engine, lines: str, settings=None):
+    """The REPL over piped lines (LineReader) with a fake engine: (exit status, transcript, session)."""
+    from sgpt_cli.repl import LineReader, Repl, make_console
+
+    out = io.StringIO()
+    session = ChatSession(VOCAB, 64, settings or ChatSettings(seed=5))
+    code = Repl(session, engine, LineReader(io.StringIO(lines)), make_console(out, color=False)).run()
+    return code, out.getvalue(), session
+
+
 def reply(session: ChatSession, engine) -> str:
     return "".join(session.stream_reply(engine))
 
@@ -541,3 +582,80 @@ def test_regen_n_and_pick_in_the_repl(tiny_engine):
     assert session.script.startswith("ROMEO:\n") and session.script[len("ROMEO:\n"):] == session.choices[1]
     assert "/regen takes a whole number from 2 to 16 (got '1')" in out
     assert "/pick takes a whole number from 1 to 16 (got 'x')" in out
+
+
+def test_regen_n_shows_each_alternative_after_the_line_it_continues_not_after_the_old_reply():
+    """Defect 1: after a reply cut at `And therefo`, `/regen 2` printed `And therefoAnd therefore
+    ...`: the old reply's line was read before the reply was dropped."""
+    engine = FakeBatchEngine([(["And ", "therefo"], "max_tokens")],
+                             [[(["And there", "fore stand"], "max_tokens"), (["What should", " I do"], "stop")]])
+    code, out, session = piped_repl(engine, "ROMEO:\n/regen 2\n/pick 2\n")
+    assert code == 0
+    assert "And therefoAnd" not in out and "And therefoWhat" not in out
+    assert "[1] seed 6\nAnd therefore stand…\n" in out
+    assert "[2] seed 7\nWhat should I do\n" in out
+    assert session.script == "ROMEO:\nWhat should I do" + SPEECH_END  # the speech's end given back
+    # a normal reply in the middle of a line: the alternatives follow the user's open line
+    engine = FakeBatchEngine([([", that can be"], "max_tokens")],
+                             [[([" sweet"], "max_tokens"), ([" sour"], "max_tokens")]])
+    code, out, session = piped_repl(engine, "ROMEO: But soft\n/regen 2\n")
+    assert "But soft, that can beBut" not in out
+    assert "[1] seed 6\nBut soft sweet…" in out and "[2] seed 7\nBut soft sour…" in out
+
+
+def test_regen_n_keeps_what_ctrl_c_cut_and_pick_takes_it():
+    """Defect 2 (the session half; the pty test presses the keys): closing the alternatives early
+    keeps every text as far as it got, and /pick takes a stopped one."""
+    engine = FakeBatchEngine([(["Ay."], "stop")],
+                             [[(["O", " Romeo", " Romeo"], "max_tokens"), (["Nay", " never"], "max_tokens")]])
+    session = ChatSession(VOCAB, 64, ChatSettings(seed=1))
+    session.add_user_text("JULIET:")
+    reply(session, engine)
+    stream = session.alternatives(engine, 2)
+    seen = [next(stream) for _ in range(4)]  # two steps of both rows
+    assert [(e.k, e.piece, e.done) for e in seen] == [(1, "O", False), (2, "Nay", False),
+                                                      (1, " Romeo", False), (2, " never", False)]
+    stream.close()
+    assert engine.closed and session.choice_ends == ["interrupted", "interrupted"]
+    assert session.choices == ["O Romeo", "Nay never"]
+    assert session.pick(2) == "Nay never" and session.script == "JULIET:\nNay never"
+
+
+def test_a_reply_cut_by_max_tokens_is_marked_on_screen_only():
+    """Defect 6: `That I do tell him ou` ended with no sign; now an ellipsis and a one-line notice,
+    and the script keeps exactly what the model wrote."""
+    engine = FakeEngine([(["That I do ", "tell him ou"], "max_tokens"), (["Ay."], "stop")])
+    code, out, session = piped_repl(engine, "ROMEO:\n\n")  # Enter on an empty line: it goes on
+    assert session.script == "ROMEO:\nThat I do tell him ouAy." + SPEECH_END
+    assert "That I do tell him ou…\n(cut at max_tokens = 300; Enter on an empty line lets it go on" in out
+    assert session.script.startswith("ROMEO:\nThat I do tell him ou") and "…" not in session.script
+    assert out.count("cut at max_tokens") == 1  # the reply that ended a speech has no mark
+
+
+def test_chat_stop_flag_and_scene_file_from_the_command_line(tiny_onnx, tmp_path):
+    """`sgpt chat scene.txt` continues a saved scene, exactly; `--stop` ends replies as in complete."""
+    scene = tmp_path / "scene.txt"
+    scene.write_text("ROMEO:\nBut soft, what light\n\nJULIET:\nAy me", encoding="utf-8")
+    proc = sgpt_chat([str(scene), "--model", str(tiny_onnx), "--seed", "2", "--stop", "e", "-n", "80"],
+                     "\n/save again.txt\n", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "seed 2" in err  # the banner says the seed
+    n = len(scene.read_text(encoding="utf-8"))
+    assert f"loaded {n} characters from" in err
+    again = (tmp_path / "again.txt").read_text(encoding="utf-8")
+    assert again.startswith(scene.read_text(encoding="utf-8")) and len(again) <= n + 80
+    assert "e" not in again[n:]  # the reply stopped before its first 'e'
+    proc = sgpt_chat([str(tmp_path / "nope.txt"), "--model", str(tiny_onnx)], "")
+    assert proc.returncode == 1 and proc.stderr.decode().startswith("sgpt: error: cannot load")
+
+
+def test_slash_load_then_save_round_trips_in_the_repl(tmp_path):
+    text = "ROMEO:\nBut soft\n\nJULIET:\nAy"
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    engine = FakeEngine([])
+    code, out, session = piped_repl(engine, f"/load {tmp_path / 'in.txt'}\n/save {tmp_path / 'out.txt'}\n")
+    assert code == 0 and (tmp_path / "out.txt").read_text(encoding="utf-8") == text
+    assert "JULIET:\nAy\n" in out and f"loaded {len(text)} characters" in out
+    code, out, _ = piped_repl(engine, "/load\n")
+    assert code == 1 and "/load needs a file name" in out
