@@ -47,7 +47,7 @@ def test_the_readme_shows_each_fast_command():
     commands = readme_commands()
     joined = "\n".join(commands)
     for needle in ("sgpt --help", "| sgpt chat", "sgpt complete", "| jq -r .text", "sgpt eval",
-                   "--stop '\\n\\n'"):
+                   "--stop '\\n\\n'", "sgpt chat scene.txt", "--min-p"):
         assert needle in joined, needle
     assert "| jq .text" not in README.read_text(encoding="utf-8")  # -r: the text, not a JSON string
 
@@ -68,8 +68,10 @@ def test_the_readme_commands_run_in_order(clone, tiny_onnx):
     assert scene.startswith("ROMEO:\n") and len(scene) > len("ROMEO:\n")
     jq = next(out for c, out in outputs.items() if "jq -r .text" in c)
     assert not jq.startswith('"') and "\\n" not in jq  # plain text, not an escaped JSON string
-    stopped = next(out for c, out in outputs.items() if "--stop" in c)
+    stopped = next(out for c, out in outputs.items() if "--stop" in c and "sgpt complete" in c)
     assert "\n\n" not in stopped
+    continued = next(out for c, out in outputs.items() if "sgpt chat scene.txt" in c)
+    assert continued.startswith("ROMEO:\n") and ">>> \n" in continued  # the scene's tail, then Enter
     evaluated = next(out for c, out in outputs.items() if c == "sgpt eval")
     assert "loss" in evaluated and str(tiny_onnx) in evaluated  # the model in use: $SGPT_MODEL
 
