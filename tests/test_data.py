@@ -214,6 +214,18 @@ def test_without_network_the_packaged_text_is_unpacked_and_checked(tmp_path, mon
     assert files_in(tmp_path) == sorted(["sgpt-home", "sgpt-home/data", "sgpt-home/data/tinyshakespeare.txt"])
 
 
+def test_train_offline_trains_on_the_packaged_text(tmp_path, monkeypatch, isolated_home):
+    """`sgpt train` with no network and no --data, from a folder that is no checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", closed_port_url())
+    result = CliRunner().invoke(app, ["train", *TRAIN_FAST, "--out", "m/model.pt"])
+    assert result.exit_code == 0, result.output
+    assert "unpacked tiny-shakespeare from the copy inside sgpt" in result.stdout
+    assert (tmp_path / "m" / "model.pt").exists() and not (tmp_path / "data").exists()
+    written = isolated_home / "data" / "tinyshakespeare.txt"
+    assert hashlib.sha256(written.read_bytes()).hexdigest() == data.TINY_SHAKESPEARE_SHA256
+
+
 def test_in_a_checkout_or_beside_a_data_folder_the_text_is_data_tinyshakespeare(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
