@@ -87,7 +87,8 @@ def parse_batch(lines: Iterable[str], defaults) -> list[BatchLine]:
 
 
 def result_row(line: BatchLine, text: str, stats) -> dict:
-    return {"id": line.id, "text": text, "chars": len(text), "stop_reason": stats.stop_reason}
+    return {"id": line.id, "text": text, "chars": len(text), "stop_reason": stats.stop_reason,
+            "seed": line.params.seed}
 
 
 def run_batch(engine, lines: list[BatchLine], out: TextIO, err: TextIO, batch_size: int | None,
@@ -100,6 +101,9 @@ def run_batch(engine, lines: list[BatchLine], out: TextIO, err: TextIO, batch_si
             err.write(f"sgpt: line {line.number}: {line.error}\n")
     err.flush()
     good = [i for i, line in enumerate(lines) if not line.error]
+    for i in good:  # a row given no seed (nor --seed) gets one drawn, and says it: it can be redone
+        if lines[i].params.seed is None:
+            lines[i].params = dataclasses.replace(lines[i].params, seed=draw_seed())
     texts: dict[int, list[str]] = {i: [] for i in good}
     results: dict[int, dict] = {}  # line index -> the object to write
     for i, line in enumerate(lines):
