@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
 from sgpt_cli.errors import SgptError, UsageError, visible
+from sgpt_cli.settings import draw_seed
 
 DEFAULT_BATCH_SIZE = 16  # rows at once: on 2 cores the speed stops growing past 16 rows (64 was
 # slower: benchmarks/bench_batch.py), each step copying every row's whole key/value cache
@@ -33,7 +33,7 @@ MAX_ROWS = 4096  # --num-samples and --batch-size: a typo of 10**9 is refused, n
 AHEAD_ROWS = 8  # --batch reads at most 8 x --batch-size lines past the oldest line not yet written
 MAX_LINE_BYTES = 1 << 24  # a --batch line longer than 16 MiB is that line's error (skipped, not held)
 READ_CHUNK = 1 << 16  # bytes read at a time
-ROW_SETTINGS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop")
+ROW_SETTINGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop")
 ROW_KEYS = ("prompt", "id", *ROW_SETTINGS)
 
 
@@ -187,7 +187,8 @@ def read_lines(f: BinaryIO, limit: int = None) -> Iterator[str]:
 
 
 def result_row(line: BatchLine, text: str, stats) -> dict:
-    return {"id": line.id, "text": text, "chars": len(text), "stop_reason": stats.stop_reason}
+    return {"id": line.id, "text": text, "chars": len(text), "stop_reason": stats.stop_reason,
+            "seed": line.params.seed}
 
 
 def run_batch(engine, lines: Iterable[BatchLine], out: TextIO, err: TextIO, batch_size: int | None,
@@ -230,6 +231,8 @@ def run_batch(engine, lines: Iterable[BatchLine], out: TextIO, err: TextIO, batc
                 results[i] = {"id": line.id, "line": line.number, "error": line.error}
                 write_ready()
                 continue
+            if line.params.seed is None:  # drawn, and written back in its row: it can be redone
+                line.params = dataclasses.replace(line.params, seed=draw_seed())
             held[i] = line
             starts.append(i)
             yield line.prompt, line.params
@@ -276,7 +279,7 @@ def run_batch(engine, lines: Iterable[BatchLine], out: TextIO, err: TextIO, batc
 
 def sample_seeds(seed: int | None, n: int) -> list[int]:
     """Sample i uses seed + i; without --seed a random base, so the samples can be redone one by one."""
-    base = secrets.randbelow(2**31) if seed is None else seed
+    base = draw_seed() if seed is None else seed
     return [base + i for i in range(n)]
 
 

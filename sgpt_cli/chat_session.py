@@ -13,7 +13,9 @@ The script convention (also told by /help): the model continues the script as a 
 capitalised words ending in ':' (ROMEO:, First Citizen:) names who speaks next, so the user's
 `ROMEO:` makes the model speak as Romeo. Each input starts on a line of its own and ends with a line
 break; a speaker's name also gets the blank line that separates speeches in the corpus, and
-`ROMEO: text` is written as the corpus writes it, name and speech on separate lines. By default a
+`ROMEO: text` is written as the corpus writes it, name and speech on separate lines, with the speech's
+line left open so that the model finishes it (llama.cpp's way: the prompt ends where the model
+goes on). A script can be continued from a file (`load`, exactly what `save` wrote). By default a
 reply is one speech: it ends at the first blank line, as llama.cpp's reverse prompt hands the turn
 back.
 """
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Iterator
 
 from sgpt_cli.errors import SgptError, UsageError, atomic_write_text, check_writable_target, shown
-from sgpt_cli.settings import CHAT_SETTINGS, NAME, by_name, check_values
+from sgpt_cli.home import data_home  # noqa: F401  (re-exported: the history lives there)
+from sgpt_cli.settings import CHAT_SETTINGS, NAME, by_name, check_values, draw_seed
 
 SPEECH_END = "\n\n"  # speeches in the corpus are separated by one blank line
 CONTEXT_BLOCKS = 2  # the engine is given at most this many windows of the script's tail
@@ -44,15 +47,6 @@ SPEAKER_AND_TEXT = re.compile(rf"^({_NAME}):[ \t]+(\S.*)$")
 def is_speaker_line(line: str) -> bool:
     """A line that names who speaks next, as the corpus writes it ('ROMEO:', 'First Citizen:')."""
     return bool(SPEAKER_LINE.match(line.rstrip()))
-
-
-def data_home(environ=os.environ) -> Path:
-    """sgpt's own folder: $SGPT_HOME, else the XDG data folder ($XDG_DATA_HOME or ~/.local/share)."""
-    if environ.get("SGPT_HOME"):
-        return Path(environ["SGPT_HOME"]).expanduser()
-    xdg = environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
-    return base / "sgpt"
 
 
 def history_path(environ=os.environ) -> Path:
@@ -117,11 +111,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/regen": ("[N]", "drop the last reply and generate it again; with N, N alternatives at once"),
     "/pick": ("K", "keep alternative K of the last /regen N in the script"),
     "/save": ("FILE", "write the script so far to FILE as plain text"),
+    "/load": ("FILE", "replace the script by FILE's text (a scene saved with /save) and go on from it"),
     "/quit": ("", "leave (so do /exit and Ctrl-D)"),
 }
 ALIASES = {"/exit": "/quit", "/bye": "/quit", "/?": "/help", "/clear": "/reset"}
 _NO_ARGS = {"/help", "/show", "/reset", "/quit"}
 MAX_ALTERNATIVES = 16  # /regen N: a screenful to choose from
+MAX_SCRIPT_BYTES = 16 << 20  # /load: a scene; a larger file is a corpus (`sgpt complete` streams those)
 
 
 @dataclass(frozen=True)
@@ -147,8 +143,8 @@ def parse_command(text: str) -> Command:
     arg = arg.strip()
     if name in _NO_ARGS and arg:
         raise UsageError(f"{name} takes no arguments (got {arg!r})")
-    if name == "/save" and not arg:
-        raise UsageError("/save needs a file name, e.g. /save scene.txt")
+    if name in ("/save", "/load") and not arg:
+        raise UsageError(f"{name} needs a file name, e.g. {name} scene.txt")
     if name == "/pick" and not arg:
         raise UsageError("/pick needs the number of an alternative, e.g. /pick 2")
     return Command(name, arg)
@@ -169,10 +165,12 @@ HELP_CONVENTION = (
     "The session is one play script that grows: what you type is added to it and the model "
     "continues it.",
     "Type a speaker's name as the plays write it (ROMEO:, First Citizen:) and the model speaks as "
-    "them; 'ROMEO: text' gives Romeo that line.",
+    "them; 'ROMEO: But soft' begins Romeo's line and the model finishes it.",
     "A line of verse joins the script as it is; the play goes on from it, most often with another "
     "speaker answering. Enter on an empty line lets the play go on.",
-    "A reply is one speech (it ends at a blank line; /set one_speech off lets it run to max_tokens).",
+    "A reply is one speech (it ends at a blank line; /set one_speech off lets it run to max_tokens; "
+    "/set stop TEXT ends it at TEXT too). A reply cut at max_tokens is marked …; Enter lets it go on.",
+    "/save FILE and /load FILE (or `sgpt chat FILE`) keep a scene and continue it later, exactly.",
     f"Several lines: Esc-Enter starts a new line, or open a block with a line of {FENCE} and close "
     f"it with another.",
     "Ctrl-C stops a reply (the part written so far is kept) or clears the line; Ctrl-D or /quit "
@@ -234,6 +232,24 @@ class InputJoiner:
 # --- the session ---------------------------------------------------------------------------------
 
 @dataclass
+class Loaded:
+    """What `ChatSession.load` read."""
+
+    path: Path
+    chars: int  # the script's length now
+    dropped: list[str]  # characters the model does not know, dropped, each once
+
+
+@dataclass
+class AltEvent:
+    """What `ChatSession.alternatives` yields: a piece of alternative k (1-based) as it is made."""
+
+    k: int
+    piece: str
+    done: bool  # alternative k is finished (its text and stop reason are in the session)
+
+
+@dataclass
 class Added:
     """What `ChatSession.add_user_text` did with an input."""
 
@@ -255,8 +271,13 @@ class ChatSession:
         self.script = ""
         self.reply_start: int | None = None  # where the last reply begins in the script
         self.replies = 0  # replies generated since the last /reset or /set seed (seeds each one)
-        self.choices: list[str | None] = []  # /regen N's alternatives (None: not finished), for /pick
+        self.choices: list[str] = []  # /regen N's alternatives (each as far as it got), for /pick
+        self.choice_ends: list[str | None] = []  # their stop reasons (None: still running)
+        self.choice_seeds: list[int | None] = []
+        self.last_stop: str | None = None  # the last reply's stop reason
         self.last_stats = None  # the last reply's GenerationStats; None while one runs or if it was stopped
+        if self.settings.seed is None:  # a seed for every session, so any session can be repeated
+            self.settings = replace(self.settings, seed=draw_seed())
 
     # the script ------------------------------------------------------------------------------
 
@@ -285,6 +306,8 @@ class ChatSession:
             return Added("", dropped)
         lines = text.strip("\n").split("\n")
         first = SPEAKER_AND_TEXT.match(lines[0].rstrip())
+        # 'ROMEO: But soft', one line: the speaker begins his line and the model finishes it
+        open_line = bool(first) and len(lines) == 1
         if first:  # 'ROMEO: But soft' -> 'ROMEO:' and 'But soft' on lines of their own
             lines[0:1] = [first.group(1) + ":", first.group(2)]
         lines = [line.rstrip() if is_speaker_line(line) else line for line in lines]
@@ -293,7 +316,7 @@ class ChatSession:
             prefix = "\n"  # a reply cut off mid-line: the user's text starts a line of its own
         if is_speaker_line(lines[0]) and self.script and not (self.script + prefix).endswith(SPEECH_END):
             prefix += "\n"  # a new speaker: the blank line that ends the previous speech
-        added = prefix + "\n".join(lines) + "\n"
+        added = prefix + "\n".join(lines) + ("" if open_line else "\n")
         self.script += added
         return Added(added, dropped)
 
@@ -307,10 +330,27 @@ class ChatSession:
         s = self.settings
         n = self.replies if reply_number is None else reply_number
         return SamplingParams(
-            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
             repetition_penalty=s.repetition_penalty, max_tokens=s.max_tokens,
-            seed=None if s.seed is None else s.seed + n,
-            stop=(SPEECH_END,) if s.one_speech else ())
+            seed=None if s.seed is None else (s.seed + n) % 2**64,
+            stop=self.stops())
+
+    def stops(self) -> tuple[str, ...]:
+        """What ends a reply: the end of a speech (one_speech), then the user's own stop strings."""
+        own = tuple(self.settings.stop or ())
+        return ((SPEECH_END,) if self.settings.one_speech else ()) + tuple(x for x in own if x != SPEECH_END)
+
+    def given_back(self, stats) -> str:
+        """What a reply that ended at a stop string gets back in the script: the blank line of a
+        speech's end (the engine never writes a stop string), nothing for the user's own stops.
+        Which stop ended it: the engine's `stats.stop_string` when it says; else it can only be the
+        end of a speech when that is the one stop."""
+        if stats is None or stats.stop_reason != "stop":
+            return ""
+        matched = getattr(stats, "stop_string", None)
+        if matched is None and self.stops() == (SPEECH_END,):
+            matched = SPEECH_END
+        return SPEECH_END if matched == SPEECH_END else ""
 
     def stream_reply(self, engine) -> Iterator[str]:
         """Generate the next reply: each piece is appended to the script as it is yielded. Closing
@@ -330,41 +370,43 @@ class ChatSession:
                     yield event.text
         finally:
             events.close()
-            if self.last_stats is not None and self.last_stats.stop_reason == "stop":
-                self.script += SPEECH_END
+            self.last_stop = self.last_stats.stop_reason if self.last_stats is not None else None
+            self.script += self.given_back(self.last_stats)
 
-    def alternatives(self, engine, n: int) -> Iterator[tuple[int, str]]:
-        """/regen N: drop the last reply and generate N alternatives of it in one batched run
+    def alternatives(self, engine, n: int) -> Iterator[AltEvent]:
+        """/regen N: drop the last reply (at once, before the first event, so `current_line()` is
+        the line the alternatives continue) and generate N alternatives of it in one batched run
         (sgpt_cli.engine.Engine.generate_batch), each exactly the reply /regen would give with its
-        seed. Yields (K, text) as each is done, in order; the script keeps none until /pick K.
-        Closing the generator (Ctrl-C) keeps the finished ones."""
+        seed. Yields an AltEvent for every piece as it is made; `choices[K - 1]` holds alternative
+        K's text so far and `choice_ends[K - 1]` its stop reason once it is done. The script keeps
+        none until /pick K. Closing the generator (Ctrl-C) keeps every text as far as it got."""
         self.drop_last_reply()
         params = [self.sampling_params(self.replies + k) for k in range(n)]
         self.replies += n
-        self.choices = [None] * n
-        texts: list[list[str]] = [[] for _ in range(n)]
-        given = 0
+        self.choices = [""] * n
+        self.choice_ends = [None] * n
+        self.choice_seeds = [p.seed for p in params]
         events = engine.generate_batch([(self.context(), p) for p in params])
+        return self._alternative_events(events)
+
+    def _alternative_events(self, events) -> Iterator[AltEvent]:
         try:
             for ev in events:
-                texts[ev.request].append(ev.text)
-                if ev.stats is None or ev.stats.stop_reason == "interrupted":
-                    continue
-                end = SPEECH_END if ev.stats.stop_reason == "stop" else ""  # as stream_reply gives it back
-                self.choices[ev.request] = "".join(texts[ev.request]) + end
-                while given < n and self.choices[given] is not None:
-                    yield given + 1, self.choices[given]
-                    given += 1
+                self.choices[ev.request] += ev.text
+                if ev.stats is not None:
+                    self.choice_ends[ev.request] = ev.stats.stop_reason
+                    self.choices[ev.request] += self.given_back(ev.stats)  # as stream_reply gives it back
+                yield AltEvent(ev.request + 1, ev.text, ev.stats is not None)
         finally:
             events.close()
+            self.choice_ends = [end or "interrupted" for end in self.choice_ends]
 
     def pick(self, k: int) -> str:
-        """/pick K: alternative K of the last /regen N becomes the reply in the script."""
+        """/pick K: alternative K of the last /regen N becomes the reply in the script (one that
+        Ctrl-C stopped, as far as it got, as a stopped reply keeps its part)."""
         if not self.choices:
             raise UsageError("there are no alternatives to pick from; /regen N makes N of them")
         k = count_argument("/pick", str(k), 1, len(self.choices))
-        if self.choices[k - 1] is None:
-            raise UsageError(f"alternative {k} was not finished (stopped by Ctrl-C); pick another or /regen again")
         self.script = self.script[:self.reply_start] + self.choices[k - 1]
         return self.choices[k - 1]
 
@@ -374,18 +416,54 @@ class ChatSession:
             raise UsageError("there is no reply to redo yet; type something first")
         self.script = self.script[:self.reply_start]
 
+    def load(self, path: str | Path) -> "Loaded":
+        """/load FILE and `sgpt chat FILE`: the script becomes the file's text, exactly (so /save
+        then /load gives the same script back), less the characters the model does not know
+        (reported). Strict UTF-8; a folder, a missing file or one over MAX_SCRIPT_BYTES is refused
+        in one line and the session keeps its script."""
+        raw_name = os.path.expanduser(str(path))
+        target = Path(raw_name)
+        try:
+            if target.is_dir():
+                raise SgptError(f"cannot load {shown(raw_name)}: it is a folder; give a file saved with /save")
+            with open(target, "rb") as f:
+                data = f.read(MAX_SCRIPT_BYTES + 1)
+        except FileNotFoundError:
+            raise SgptError(f"cannot load {shown(raw_name)}: no such file") from None
+        except OSError as exc:
+            raise SgptError(f"cannot load {shown(raw_name)}: {exc.strerror or exc}") from None
+        if len(data) > MAX_SCRIPT_BYTES:
+            raise SgptError(f"cannot load {shown(raw_name)}: it is over {MAX_SCRIPT_BYTES >> 20} MB; a script "
+                            "is a scene, not a corpus")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SgptError(f"cannot load {shown(raw_name)}: not UTF-8 text (bad byte at offset {exc.start})") from None
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        text, dropped = self.clean(text)
+        self.reset()
+        self.script = text
+        return Loaded(target, len(text), dropped)
+
     def reset(self) -> None:
         self.script = ""
         self.reply_start = None
         self.replies = 0
-        self.choices = []
+        self.choices, self.choice_ends, self.choice_seeds = [], [], []
+        self.last_stop = None
 
     def set(self, name: str, raw: str) -> tuple[str, str]:
-        """/set: returns the setting's name and new value as shown."""
+        """/set: returns the setting's name and new value as shown. `/set seed random` draws a
+        new seed (shown), so the session stays repeatable."""
         name = setting_name(name)
         self.settings = parse_setting(self.settings, name, raw)
         if name == "seed":
+            if self.settings.seed is None:
+                self.settings = replace(self.settings, seed=draw_seed())
             self.replies = 0  # `/set seed 7` then a prompt gives what `--seed 7` gives
+        if name == "stop" and self.settings.stop is None:
+            self.settings = replace(self.settings, stop=())
         return name, format_value(name, getattr(self.settings, name))
 
     def save(self, path: str | Path) -> Path:

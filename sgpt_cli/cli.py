@@ -44,12 +44,22 @@ def build_app():
     ) -> None:
         """shakespeareGPT: train a character-level GPT, export it to ONNX, and talk to it."""
 
-    app.command("train")(train)
-    app.command("export")(export_cmd)
-    app.command("chat")(chat)
-    app.command("complete")(complete)
-    app.command("eval")(eval_cmd)
+    for name, command in (("train", train), ("export", export_cmd), ("chat", chat), ("complete", complete),
+                          ("eval", eval_cmd)):
+        app.command(name, short_help=SUMMARIES[name])(command)
     return app
+
+
+# `sgpt --help`'s one line per command, whole: click cuts a docstring's first sentence to fit an
+# 80-column help (80 - 6 - the longest name leaves 66 characters), mid-word with "..."
+SUMMARIES = {
+    "train": "Train the GPT on a text (tiny-shakespeare by default).",
+    "export": "Export a checkpoint to one ONNX file, verified against PyTorch.",
+    "chat": "Talk to the model: a REPL where you write a play together.",
+    "complete": "Continue stdin and/or PROMPT; the text streams to stdout.",
+    "eval": "Score a text: loss in nats per character, and perplexity.",
+}
+SUMMARY_WIDTH = 80 - 6 - len("complete")
 
 
 def __getattr__(name: str):

@@ -23,6 +23,7 @@ import argparse
 import codecs
 import contextlib
 import io
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -289,16 +290,19 @@ def load_engine(model: str | None, device: str, verbose: bool, errs: TextIO):
 
 def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             seed: int | None = None, stop=(), model: str | None = None, device: str = "auto",
+             seed: int | None = None, stop=(), min_p: float | None = None, model: str | None = None,
+             device: str = "auto",
              echo: bool = False, as_json: bool = False, verbose: bool = False, color: bool | None = None,
              num_samples: int = 1, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Stream the continuation of `prompt` to `out` (or one JSON object with --json); return the
     result as the JSON object holds it. Warnings and --verbose lines go to `errs`. With num_samples
-    > 1, that many continuations in one batched run (sgpt_cli.batch.run_samples)."""
-    from sgpt_cli.settings import SamplingParams
+    > 1, that many continuations in one batched run (sgpt_cli.batch.run_samples). Without a seed
+    one is drawn (sgpt_cli.settings.draw_seed) and reported: in --json, in -v, and in `seed`."""
+    from sgpt_cli.settings import SamplingParams, draw_seed
 
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                            max_tokens=max_tokens, seed=seed, stop=stop)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repetition_penalty=repetition_penalty, max_tokens=max_tokens, seed=seed,
+                            stop=stop)
     engine, path, load_s = load_engine(model, device, verbose, errs)
 
     on_terminal = out.isatty()
@@ -313,6 +317,9 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
         return run_samples(engine, read.kept, read.fed, params, num_samples, batch_size, out=out, errs=errs,
                            echo=echo, as_json=as_json, verbose=verbose, color=color,
                            about={"model": str(path), "device": engine.model.device, "load_s": round(load_s, 4)})
+    if params.seed is None:  # a seed for every run, reported, so any run can be repeated
+        params = dataclasses.replace(params, seed=draw_seed())
+    seed = params.seed
     read = read_for_model(source.pieces(), engine.model.tokenizer.stoi, engine.model.block_size,
                           echo=out if echo and not as_json else None, bold=color)
     warn_unknown(read, errs)
@@ -353,7 +360,8 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     out.flush()
     if verbose and stats is not None:
         errs.write(f"sgpt: {len(text)} characters in {stats.seconds:.2f} s ({stats.chars_per_s:.0f}/s), "
-                   f"first after {stats.ttft_s * 1000:.0f} ms, stopped by {stats.stop_reason}\n")
+                   f"first after {stats.ttft_s * 1000:.0f} ms, stopped by {stats.stop_reason}, "
+                   f"seed {seed}\n")
     return result
 
 

@@ -1,4 +1,11 @@
-"""Corpora: find or download the training text, read it strictly, split it as nanoGPT does.
+"""Corpora: find, unpack or download the training text, read it strictly, split it as nanoGPT does.
+
+The default text, tiny-shakespeare, ships inside the package (`sgpt_cli/corpus/tinyshakespeare.txt.xz`,
+0.36 MB, SHA-256 checked when unpacked), so `sgpt train` and `sgpt eval` need no network. It is
+unpacked on first use to `default_data()`: `data/tinyshakespeare.txt` in the current folder when
+that file is there or the folder is an sgpt checkout, else `$SGPT_HOME/data/tinyshakespeare.txt`
+(sgpt_cli.home). Without the packaged copy (a trimmed install) it is downloaded, as any text with
+`download` is.
 
 No torch here (`sgpt eval` reads the same split). Downloading reports progress through a callback;
 the CLI draws the bar.
@@ -14,8 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 from sgpt_cli.errors import SgptError, atomic_path, probe
+from sgpt_cli.home import data_home, in_checkout
 
-DEFAULT_DATA = Path("data/tinyshakespeare.txt")
+DATA_NAME = "tinyshakespeare.txt"
+CHECKOUT_DATA = Path("data") / DATA_NAME  # a checkout's (and the README's) place for it
+PACKAGED_CORPUS = Path(__file__).resolve().parent / "corpus" / (DATA_NAME + ".xz")
 # the address char-rnn and nanoGPT download tiny-shakespeare from
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -24,6 +34,39 @@ TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
 # 256 MB is ~2.3 GB of RAM; anything larger (or endless: --data /dev/zero) is refused at this size
 MAX_CORPUS_BYTES = 256 << 20
 READ_CHUNK = 1 << 20  # bytes read at a time, so an endless file is stopped at the limit
+
+
+def default_data(environ=None, cwd: Path | None = None) -> Path:
+    """Where the default text is read from (and unpacked to on first use): ./data/tinyshakespeare.txt
+    when it is there or the current folder is an sgpt checkout, else $SGPT_HOME/data/ (the user's
+    data folder: an installed sgpt run from /tmp must not write /tmp/data)."""
+    import os
+
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    local = cwd / CHECKOUT_DATA
+    if local.exists() or in_checkout(cwd):
+        return CHECKOUT_DATA if cwd == Path.cwd() else local
+    return data_home(os.environ if environ is None else environ) / "data" / DATA_NAME
+
+
+def __getattr__(name: str):
+    """`DEFAULT_DATA` is `default_data()` at the moment it is read (the current folder and $SGPT_HOME
+    can change after import)."""
+    if name == "DEFAULT_DATA":
+        return default_data()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def packaged_text(sha256: str | None = None) -> bytes | None:
+    """The copy of tiny-shakespeare inside the package, if it is there, whole, and has `sha256`
+    (tiny-shakespeare's by default); else None (the caller downloads)."""
+    import lzma
+
+    try:
+        raw = lzma.decompress(PACKAGED_CORPUS.read_bytes())
+    except (OSError, lzma.LZMAError):
+        return None
+    return raw if sha256_bytes(raw) == (sha256 or TINY_SHAKESPEARE_SHA256) else None
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -73,11 +116,22 @@ def download(url: str, dest: Path, sha256: str | None,
 
 def ensure_default_data(path: Path, url: str | None = None, sha256: str | None = None,
                         progress: Callable[[int, int | None], None] | None = None) -> Path:
-    """The default corpus, downloaded on first use (url and checksum default to tiny-shakespeare's)."""
+    """The default corpus at `path`, written on first use from the packaged copy (no network), else
+    downloaded (url and checksum default to tiny-shakespeare's); atomically, SHA-256 checked."""
     path = Path(path)
     if not path.exists():
-        download(url or TINY_SHAKESPEARE_URL, path, sha256 or TINY_SHAKESPEARE_SHA256, progress)
+        packaged = packaged_text(sha256) if url is None else None
+        if packaged is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(packaged)
+        else:
+            download(url or TINY_SHAKESPEARE_URL, path, sha256 or TINY_SHAKESPEARE_SHA256, progress)
     return path
+
+
+def default_data_source(sha256: str | None = None) -> str:
+    """How `ensure_default_data` would get the text: "packaged" or "download"."""
+    return "packaged" if packaged_text(sha256) is not None else "download"
 
 
 def read_text(path: Path, min_chars: int = 2) -> tuple[str, str]:

@@ -55,6 +55,7 @@ class GenerationStats:
     seconds: float  # from submission to the end, the consumer's time between events included
     chars_per_s: float  # chars / seconds
     stop_reason: str  # "max_tokens" | "stop" | "interrupted" (Ctrl-C) | "cancelled"
+    stop_string: str | None = None  # with "stop": which of the request's stop strings ended it
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ class _Run:
         seconds = time.perf_counter() - self.t0
         stats = GenerationStats(prompt_chars=int(len(self.ids)), chars=self.given,
                                 ttft_s=seconds if self.ttft is None else self.ttft, seconds=seconds,
-                                chars_per_s=self.given / seconds if seconds > 0 else 0.0, stop_reason=reason)
+                                chars_per_s=self.given / seconds if seconds > 0 else 0.0, stop_reason=reason,
+                                stop_string=self.stops.matched if reason == "stop" else None)
         return Event(self.id, text, stats)
 
     def choose(self, chars: list[str]) -> tuple[Event | None, int]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sgpt_cli.data import DEFAULT_DATA, TRAIN_FRACTION, read_text, split_text
+from sgpt_cli.data import TRAIN_FRACTION, default_data, read_text, split_text
 from sgpt_cli.errors import SgptError, UsageError
 
 SPLITS = ("val", "train", "all")
@@ -26,12 +26,13 @@ def resolve_data(data: Path | None, split: str | None) -> tuple[Path, str]:
     if split is not None and split not in SPLITS:
         raise UsageError(f"--split must be val, train or all (got {split!r})")
     if data is None:
-        if not DEFAULT_DATA.exists():
+        default = default_data()
+        if not default.exists():
             raise SgptError(
-                f"no text to score: {DEFAULT_DATA} is missing; `sgpt eval` downloads it when run without "
+                f"no text to score: {default} is missing; `sgpt eval` writes it when run without "
                 "--data, or pass --data FILE"
             )
-        return DEFAULT_DATA, split or "val"
+        return default, split or "val"
     return Path(data), split or "all"
 
 
@@ -45,7 +46,7 @@ def select_split(text: str, split: str) -> str:
 
 def evaluate(model: str | Path | None = None, data: Path | None = None, split: str | None = None,
              device: str = "auto", batch: int = 16,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None, source: str | None = None) -> dict:
     """Score the chosen text; the dict is what `sgpt eval --json` prints."""
     if batch < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch})")
@@ -56,7 +57,8 @@ def evaluate(model: str | Path | None = None, data: Path | None = None, split: s
     from sgpt_cli.model_lookup import find_model
     from sgpt_cli.onnx_model import OnnxModel, score_ids
 
-    model_path, _source = find_model(model)
+    model_path, found = find_model(model)
+    source = source or found  # the caller's own lookup said how the model was chosen
     onnx = OnnxModel(model_path, device=device)
     tok = onnx.tokenizer
     ids = tok.encode(part, drop_unknown=True)
@@ -72,6 +74,7 @@ def evaluate(model: str | Path | None = None, data: Path | None = None, split: s
     model_sha = onnx.meta.get("sgpt.data_sha256") or None
     return {
         "model": str(model_path),
+        "model_source": source,
         "data": str(data_path),
         "split": split,
         "split_rule": (f"the last {1 - TRAIN_FRACTION:.0%} of the characters" if split == "val" else
@@ -88,6 +91,10 @@ def evaluate(model: str | Path | None = None, data: Path | None = None, split: s
         "block_size": onnx.block_size,
         "device": onnx.device,
         "recorded_val_loss": onnx.val_loss,
+        # recorded minus measured: 0 up to float rounding on the CPU that exported the model; an
+        # int8 (MatMulNBits) model scores a few 1e-5 apart on CPUs with other int8 instructions
+        "recorded_minus_measured": None if onnx.val_loss is None else onnx.val_loss - loss,
+        "quantization": onnx.meta.get("sgpt.quantization") or "none",
         # whether this is the very text the model was trained on (None: the model does not say)
         "same_text": None if model_sha is None else model_sha == sha,
     }

@@ -16,9 +16,16 @@ from sgpt_cli import data as corpus
 
 
 def fetch_default_data(path: Path, console: Console) -> Path:
-    """Download tiny-shakespeare to `path` (SHA-256 checked, written atomically), saying so on
-    `console`: a transfer bar on a terminal, two plain lines in a log or a pipe."""
+    """Write tiny-shakespeare to `path` (SHA-256 checked, atomically) from the copy inside the
+    package, or, without one, download it, saying so on `console`: a transfer bar on a terminal,
+    two plain lines in a log or a pipe."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    if corpus.default_data_source() == "packaged":
+        corpus.ensure_default_data(path)
+        console.print(f"[dim]{escape(visible(path))} was missing: unpacked tiny-shakespeare from the copy inside "
+                      "sgpt (SHA-256 verified)[/dim]", soft_wrap=True)
+        return path
 
     console.print(f"[dim]{escape(visible(path))} is missing: downloading tiny-shakespeare from "
                   f"{escape(corpus.TINY_SHAKESPEARE_URL)}[/dim]", soft_wrap=True)

@@ -41,10 +41,13 @@ HINT = "yellow"
 PROMPT = ">>> "
 CONTINUATION = "... "
 PLACEHOLDER = "a speaker (ROMEO:), a line of verse, Enter to go on, or /help"
+SHORT_PLACEHOLDER = "ROMEO:, a line, Enter, or /help"  # narrow terminals; none below that
+CUT = "…"  # drawn (not written into the script) where max_tokens cut a reply
 CTRL_C_HINT = "(Ctrl-C clears the line; Ctrl-D or /quit leaves)"
 # a reply is drawn in batches, every 20 ms (50 per second, smooth to the eye): rich costs about as
 # much per call as the model per character, so drawing each character alone halved the chat's speed
 FLUSH_S = 0.02
+TAIL_SHOWN = 400  # characters of a loaded script shown: where it goes on
 STOP_WORDS = {"stop": "end of speech", "max_tokens": "max_tokens reached", "interrupted": "stopped by Ctrl-C"}
 
 
@@ -58,40 +61,114 @@ def make_console(stream: TextIO, color: bool | None = None) -> Console:
 
 # --- streaming a reply -----------------------------------------------------------------------------
 
+def on_a_terminal(console: Console) -> bool:
+    """The console writes to a terminal, in colour or not (NO_COLOR makes rich call it no terminal)."""
+    try:
+        return console.file.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class ReplyPrinter:
     """Prints a reply as it streams, each piece at once; a line that turns out to name a speaker is
-    redrawn in the speaker's colour when its line break arrives (colour terminals only)."""
+    redrawn in the speaker's colour when its line break arrives (colour terminals only).
 
-    def __init__(self, console: Console):
+    On a terminal it wraps at word boundaries, as it streams: a word that would cross the right
+    edge is taken back from the row (carriage return, cursor forward, erase to the end of the row)
+    and written on the next one. The width is read at every write, so a resize mid-reply wraps at
+    the new width from then on. Elsewhere (a pipe, a file) the text goes out exactly as made."""
+
+    def __init__(self, console: Console, wrap: bool | None = None):
         self.console = console
         self.restyle = console.is_terminal and console.color_system is not None
-        self.line = ""  # the screen's current line as plain text
+        self.wrap = on_a_terminal(console) if wrap is None else wrap
+        self.line = ""  # the script's current line as plain text
+        self.col = 0  # cells used on the screen's current row
+        self.word = ""  # the characters since the row's last space (what a wrap moves down)
+        self.word_style = REPLY
+        self.breakable = False  # the row has a space before `word`
+
+    def width(self) -> int:
+        try:
+            return os.get_terminal_size(self.console.file.fileno()).columns or self.console.width
+        except (AttributeError, OSError, ValueError):
+            return self.console.width
 
     def begin(self, partial_line: str = "") -> None:
         """Start on a fresh line, showing (dim) the unfinished line the model is about to continue."""
+        self.line = ""
+        self.col, self.word, self.breakable = 0, "", False
+        self._text(partial_line, DIM)
         self.line = partial_line
-        if partial_line:
-            self.console.print(Text(partial_line, style=DIM), end="", soft_wrap=True)
 
-    def write(self, piece: str) -> None:
+    def write(self, piece: str, style: str = REPLY) -> None:
         parts = piece.split("\n")
         for i, part in enumerate(parts):
             if i:
                 self.newline()
             if part:
-                self.console.print(Text(part, style=REPLY), end="", soft_wrap=True)
+                self._text(part, style)
                 self.line += part
 
+    def _text(self, text: str, style: str) -> None:
+        """Text without line breaks onto the screen, wrapped at word boundaries on a terminal."""
+        if not text:
+            return
+        if not self.wrap:
+            self.console.print(Text(text, style=style), end="", soft_wrap=True)
+            return
+        width = max(self.width(), 2)
+        run: list[str] = []  # characters not drawn yet, all on the current row
+
+        def flush() -> None:
+            if run:
+                self.console.print(Text("".join(run), style=style), end="", soft_wrap=True)
+                run.clear()
+
+        for c in text:
+            w = cell_len(c)
+            if c == " ":
+                if self.col + 1 > width:  # a space at the edge is the break itself
+                    flush()
+                    self._row_break()
+                    continue
+                run.append(c)
+                self.col += 1
+                self.word, self.breakable = "", True
+                continue
+            if self.col + w > width:
+                flush()
+                word = self.word
+                if self.breakable and cell_len(word) + w <= width:
+                    start = self.col - cell_len(word)  # >= 1: a space comes before the word
+                    self.console.file.write(f"\r\x1b[{start}C\x1b[K")  # take the word back
+                    self._row_break()
+                    self.console.print(Text(word, style=self.word_style), end="", soft_wrap=True)
+                    self.col, self.word = cell_len(word), word
+                else:  # a word longer than the row: break it where it reaches the edge
+                    self._row_break()
+            run.append(c)
+            self.col += w
+            self.word += c
+            self.word_style = style
+        flush()
+
+    def _row_break(self) -> None:
+        self.console.print()
+        self.col, self.word, self.breakable = 0, "", False
+
     def newline(self) -> None:
-        if self.restyle and is_speaker_line(self.line) and cell_len(self.line) < self.console.width:
+        if (self.restyle and is_speaker_line(self.line) and cell_len(self.line) < self.width()
+                and self.col == cell_len(self.line)):
             self.console.file.write("\r\x1b[2K")  # the name fits on this row: redraw it in place
             self.console.print(Text(self.line, style=SPEAKER), end="", soft_wrap=True)
         self.console.print()
         self.line = ""
+        self.col, self.word, self.breakable = 0, "", False
 
     def end(self) -> None:
         """Leave the cursor at the start of a line."""
-        if self.line:
+        if self.line or self.col:
             self.newline()
 
 
@@ -136,6 +213,9 @@ def keyboard_quiet(stream) -> Iterator[None]:
         return
     quiet = list(saved)
     quiet[3] &= ~termios.ECHO
+    # NOFLSH: Ctrl-C must not throw away what was typed meanwhile (a /show typed during a long
+    # reply runs at the next prompt)
+    quiet[3] |= getattr(termios, "NOFLSH", 0)
     try:
         termios.tcsetattr(fd, termios.TCSANOW, quiet)
         yield
@@ -293,6 +373,14 @@ def _prompt_parts():
     return PlayLexer(), SlashCompleter(), bindings, style
 
 
+def placeholder_for(columns: int) -> str:
+    """The grey hint on an empty prompt line that fits `columns` after the prompt ("" if none does)."""
+    for text in (PLACEHOLDER, SHORT_PLACEHOLDER):
+        if len(PROMPT) + len(text) < columns:
+            return text
+    return ""
+
+
 class PromptReader:
     """Input from a person at a terminal, through prompt-toolkit."""
 
@@ -312,9 +400,13 @@ class PromptReader:
             # Tab completes as readline does: a unique match at once, else the matches listed below
             completer=completer, complete_while_typing=False, complete_style=CompleteStyle.READLINE_LIKE,
             key_bindings=bindings, style=style, multiline=False, enable_open_in_editor=False,
-            prompt_continuation=lambda width, line_number, wrap_count: [("class:continuation", CONTINUATION)],
-            # shown while the line is empty, and gone from the line once it is sent
-            placeholder=lambda: [] if get_app().is_done else [("class:placeholder", PLACEHOLDER)],
+            # "... " starts a line of its own only; a row that a long line wraps onto gets nothing
+            prompt_continuation=lambda width, line_number, wrap_count:
+                [] if wrap_count else [("class:continuation", CONTINUATION)],
+            # shown while the line is empty, and gone from the line once it is sent; never wider
+            # than the terminal (a wrapped hint looked like a second input line)
+            placeholder=lambda: [] if get_app().is_done else
+                [("class:placeholder", placeholder_for(get_app().output.get_size().columns))],
         )
 
     def read(self, block_open: bool = False) -> str:
@@ -351,12 +443,12 @@ class Repl:
     # output helpers ----------------------------------------------------------------------------
 
     def notice(self, message: str) -> None:
-        # one line, whatever the width; names and values in it shown safely (errors.visible)
-        self.err.print(Text(visible(message), style=DIM), soft_wrap=True)
+        # a terminal: wrapped at words; a pipe or a log: one line, whatever the width
+        self.err.print(Text(visible(message), style=DIM), soft_wrap=not on_a_terminal(self.err))
 
     def hint(self, message: str) -> None:
         self.failures += 1
-        self.err.print(Text(visible(message), style=HINT), soft_wrap=True)
+        self.err.print(Text(visible(message), style=HINT), soft_wrap=not on_a_terminal(self.err))
 
     def rows(self, rows: list[tuple[str, str]]) -> None:
         """Two aligned columns; a long value wraps under its own column."""
@@ -434,8 +526,8 @@ class Repl:
                 self.notice("change one with /set NAME VALUE, e.g. /set temperature 0.6")
             else:
                 name, _, value = cmd.arg.partition(" ")
-                name, shown = self.session.set(name, value)
-                self.notice(f"{name} = {shown}")
+                name, value = self.session.set(name, value)
+                self.notice(f"{name} = {value}")
         elif cmd.name == "/show":
             self.rows(self.session.show_rows(self.summary))
             self.out.print()
@@ -453,8 +545,25 @@ class Repl:
             self.notice(f"(alternative {cmd.arg.strip()} is the reply in the script now)")
         elif cmd.name == "/save":
             path = self.session.save(cmd.arg)
-            self.notice(f"saved {len(self.session.script):,} characters to {path}")
+            self.notice(f"saved {len(self.session.script):,} characters to {shown(path)}")
+        elif cmd.name == "/load":
+            self.loaded(self.session.load(cmd.arg))
         return None
+
+    def loaded(self, loaded) -> None:
+        """What /load (or `sgpt chat FILE`) read: its tail, dim, so the user sees where it goes on."""
+        if loaded.dropped:
+            kinds = ", ".join(repr(c) for c in loaded.dropped[:12]) + (", ..." if len(loaded.dropped) > 12 else "")
+            self.notice(f"dropped characters the model does not know: {kinds}")
+        tail = self.session.script[-TAIL_SHOWN:]
+        if len(self.session.script) > len(tail) and "\n" in tail:
+            tail = tail[tail.index("\n") + 1:]
+        if tail:
+            printer = ReplyPrinter(self.out)
+            printer.write(tail, DIM)
+            printer.end()
+        self.notice(f"(loaded {loaded.chars:,} characters from {shown(loaded.path)}; type, or press Enter "
+                    "and the play goes on from here)")
 
     def help(self) -> None:
         self.rows(help_rows())
@@ -464,29 +573,56 @@ class Repl:
         self.out.print()
 
     def alternatives(self, n: int) -> None:
-        """/regen N: the alternatives, numbered, each drawn when it and the ones before are done."""
-        line = self.session.current_line()
-        stream = self.session.alternatives(self.engine, n)
+        """/regen N: the alternatives, numbered, each streamed as it is made (the first at once;
+        the others, made alongside it, as soon as the one before is done). One Ctrl-C stops them
+        all at once and keeps every text as far as it got."""
+        stream = self.session.alternatives(self.engine, n)  # the last reply is dropped now
+        line = self.session.current_line()  # so this is the line the alternatives continue
         self.notice(f"({n} alternatives of the last reply, made together; /pick K keeps one)")
-        done = 0
+        drawn_upto = [0] * n
+        state = {"k": 0, "printer": None}
+
+        def catch_up(final: bool = False) -> None:
+            """Draw what is new, alternative by alternative, in order."""
+            while state["k"] < n:
+                k = state["k"]
+                if state["printer"] is None:
+                    self.out.print(Text.assemble((f"[{k + 1}]", HINT),
+                                                 (f" seed {self.session.choice_seeds[k]}", DIM)))
+                    state["printer"] = ReplyPrinter(self.out)
+                    state["printer"].begin(line)
+                text = self.session.choices[k]
+                state["printer"].write(text[drawn_upto[k]:])
+                drawn_upto[k] = len(text)
+                end = self.session.choice_ends[k]
+                if end is None and not final:
+                    return
+                if end in (None, "interrupted", "max_tokens"):
+                    state["printer"].write(CUT if end == "max_tokens" else " (stopped)", DIM)
+                state["printer"].end()
+                state["printer"] = None
+                state["k"] += 1
+
         with StopOnCtrlC() as ctrl_c, keyboard_quiet(sys.stdin):
             try:
-                for k, text in stream:
-                    self.out.print(Text(f"[{k}]", style=HINT))
-                    printer = ReplyPrinter(self.out)
-                    printer.begin(line)
-                    printer.write(text)
-                    printer.end()
-                    done = k
+                drawn = time.perf_counter()
+                for event in stream:
+                    now = time.perf_counter()
+                    if event.done or now - drawn >= FLUSH_S:
+                        catch_up()
+                        drawn = now
                     if ctrl_c.pressed:
                         break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # a second Ctrl-C, or one that landed inside the engine
                 pass
             finally:
                 with contextlib.suppress(KeyboardInterrupt):
                     stream.close()
+        catch_up(final=True)
+        done = sum(end not in (None, "interrupted") for end in self.session.choice_ends)
         if done < n:
-            self.notice(f"(stopped: {done} of {n} alternatives finished)")
+            self.notice(f"(stopped: {done} of {n} alternatives finished; /pick K keeps any of them, a "
+                        "stopped one as far as it got)")
         self.out.print()
 
     def reply(self) -> None:
@@ -513,24 +649,39 @@ class Repl:
                 with contextlib.suppress(KeyboardInterrupt):
                     stream.close()
         printer.write("".join(pending))
-        printer.end()
         stats = self.session.last_stats  # None: stopped before the engine's last event
+        cut = stats is not None and stats.stop_reason == "max_tokens" and stats.chars > 0
+        if cut:
+            printer.write(CUT, DIM)  # on the screen only: the script holds what the model wrote
+        printer.end()
         if stats is None or stats.stop_reason == "interrupted":
             self.notice("(stopped: the part written so far stays in the script; /regen tries again)")
+        elif cut:
+            self.notice(f"(cut at max_tokens = {self.session.settings.max_tokens:,}; Enter on an empty line "
+                        "lets it go on, /set max_tokens N gives longer replies)")
         if stats is not None and self.session.settings.verbose:
             self.notice(f"{stats.chars:,} characters in {stats.seconds:.2f} s · first after "
                         f"{stats.ttft_s * 1000:.0f} ms · {stats.chars_per_s:,.0f} characters/s · "
-                        f"{STOP_WORDS.get(stats.stop_reason, stats.stop_reason)}")
+                        f"{STOP_WORDS.get(stats.stop_reason, stats.stop_reason)} · seed "
+                        f"{self.params_seed()}")
         self.out.print()
+
+    def params_seed(self):
+        """The seed the last reply used (the session's seed plus the replies before it)."""
+        seed = self.session.settings.seed
+        return None if seed is None else (seed + self.session.replies - 1) % 2**64
 
 
 # --- the command's worker --------------------------------------------------------------------------
 
-def banner(console: Console, summary: dict, source: str, interactive: bool, load_s: float | None) -> None:
+def banner(console: Console, summary: dict, source: str, interactive: bool, load_s: float | None,
+           seed: int | None = None) -> None:
     loss = summary.get("val_loss")
     head = Text.assemble(("sgpt chat", "bold"), ("  ·  ", DIM), (shown(summary["path"]), "bold"),
                          (f" ({source})", DIM), ("  ·  ", DIM), summary["device"],
                          ("  ·  ", DIM), f"val loss {loss:.4f}" if loss is not None else "val loss unknown")
+    if seed is not None:
+        head.append_text(Text.assemble(("  ·  ", DIM), f"seed {seed}"))
     if load_s is not None:
         head.append(f"  ·  loaded in {load_s:.2f} s", style=DIM)
     console.print(head, soft_wrap=True)
@@ -545,7 +696,7 @@ def banner(console: Console, summary: dict, source: str, interactive: bool, load
 
 def run_chat(settings: ChatSettings, model: str | None = None, device: str = "auto",
              history: bool = True, stdin: TextIO | None = None, stdout: TextIO | None = None,
-             stderr: TextIO | None = None) -> int:
+             stderr: TextIO | None = None, script: str | None = None) -> int:
     """The whole `sgpt chat`: load the model, pick the reader, run the loop; the exit status."""
     from sgpt_cli.engine import Engine
     from sgpt_cli.model_lookup import find_model
@@ -561,6 +712,7 @@ def run_chat(settings: ChatSettings, model: str | None = None, device: str = "au
     load_s = time.perf_counter() - t0
     summary = model_summary(engine.model)
     session = ChatSession(engine.model.tokenizer.chars, engine.model.block_size, settings)
+    loaded = session.load(script) if script is not None else None  # a bad file: one line, before the REPL
 
     interactive = stdin.isatty() and stdout.isatty()
     out = make_console(stdout)
@@ -572,5 +724,8 @@ def run_chat(settings: ChatSettings, model: str | None = None, device: str = "au
             stdin.reconfigure(errors="replace")
         reader = LineReader(stdin)
         err = make_console(stderr)
-    banner(err, summary, source, interactive, load_s if settings.verbose else None)
-    return Repl(session, engine, reader, out, err, summary).run()
+    banner(err, summary, source, interactive, load_s if settings.verbose else None, session.settings.seed)
+    repl = Repl(session, engine, reader, out, err, summary)
+    if loaded is not None:
+        repl.loaded(loaded)
+    return repl.run()

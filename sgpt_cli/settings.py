@@ -2,7 +2,7 @@
 
 What it holds: `Setting` (one knob: how it is spelled as a flag and as a /set name, what it holds,
 its limits, and how its values are checked and read from text), the sampling settings `SAMPLING`
-(temperature, top_k, top_p, repetition_penalty, max_tokens, seed, stop), chat's own settings, the
+(temperature, top_k, top_p, min_p, repetition_penalty, max_tokens, seed, stop), chat's own settings, the
 options several commands share (`MODEL`, `DEVICE`, `DATA`), `SamplingParams` (the engine's
 parameters, a dataclass built from `SAMPLING`) and `sampling_params_from`, which checks a dict of
 per-row settings (a JSONL request, say). `argparse_parser` builds a parser from a list of settings
@@ -256,6 +256,9 @@ SAMPLING: tuple[Setting, ...] = (
     Setting("top_p", ("--top-p",), float, None,  # off by default, like top_k
             "Nucleus sampling: only the likeliest characters whose probabilities add up to P.",
             low=0.0, high=1.0, above=True, none="off", metavar="P"),
+    Setting("min_p", ("--min-p",), float, None,  # off by default, like top_k and top_p
+            "Min-p sampling (llama.cpp, Hugging Face): drop the characters less likely than P times the "
+            "likeliest one.", low=0.0, high=1.0, none="off", metavar="P"),
     Setting("repetition_penalty", ("--repetition-penalty",), float, 1.0,  # 1 = none: letters repeat
             "Make characters already in the context less likely (CTRL, as Hugging Face applies it); 1 is off.",
             low=0.01, high=100.0, metavar="R"),
@@ -272,6 +275,15 @@ SAMPLING: tuple[Setting, ...] = (
             most=STOP_MOST, longest=STOP_LONGEST),
 )
 SAMPLING_NAMES = tuple(s.name for s in SAMPLING)
+SEED_DRAW = 2**31  # a seed drawn for an unseeded run is below this: short enough to type back
+
+
+def draw_seed() -> int:
+    """A fresh seed for a run given none, so that the run can be repeated with --seed (every
+    command reports the seed it used)."""
+    import secrets
+
+    return secrets.randbelow(SEED_DRAW)
 
 
 def _post_init(self) -> None:
@@ -304,12 +316,16 @@ def sampling_params_from(values: dict, style: str = NAME, defaults: dict | None 
     return SamplingParams(**check_values(SAMPLING, merged, style))
 
 
-# --- chat's settings: the sampling ones (but stop), with chat's defaults, and two of its own ------
+# --- chat's settings: the sampling ones, with chat's defaults, and two of its own -------------------
 
 CHAT_SETTINGS: tuple[Setting, ...] = tuple(
     s.but(default=300, help="Characters per reply, at most.") if s.name == "max_tokens"  # a reply reads at a glance
-    else s.but(help="Random seed: the same seed and inputs give the same session.") if s.name == "seed"
-    else s for s in SAMPLING if s.name != "stop"
+    else s.but(help="Random seed: the same seed and inputs give the same session (drawn, and shown, when "
+                    "not given).") if s.name == "seed"
+    else s.but(help="End a reply before this string would be written (as complete's --stop); repeat for "
+                    "several, /set stop TEXT sets one, /set stop none clears. \\n, \\t and \\\\ are a "
+                    "line break, a tab and a backslash.", none="none") if s.name == "stop"
+    else s for s in SAMPLING
 ) + (
     Setting("one_speech", ("--one-speech/--no-one-speech",), bool, True,  # as llama.cpp's reverse prompt
             "End each reply at the end of a speech (a blank line), or let it run to --max-tokens."),
@@ -320,12 +336,13 @@ CHAT_SETTINGS: tuple[Setting, ...] = tuple(
 # --- options several commands share ------------------------------------------------------------
 
 MODEL = Setting("model", ("--model", "-m"), str, None, "The ONNX model file.",
-                shown="$SGPT_MODEL, else ./export/model.onnx, else the shipped model", metavar="PATH",
+                shown="$SGPT_MODEL, else the shipped model", metavar="PATH",
                 valid="the path of an .onnx file")
 DEVICE = Setting("device", ("--device",), str, "auto", "auto (CUDA when usable), cpu or cuda.",
                  choices=("auto", "cpu", "cuda"), metavar="auto|cpu|cuda")
 DATA = Setting("data", ("--data",), Path, None, "UTF-8 text.",
-               shown="data/tinyshakespeare.txt, downloaded (SHA-256 checked) when missing", metavar="PATH",
+               shown="tiny-shakespeare: data/tinyshakespeare.txt in a checkout, else $SGPT_HOME/data/, "
+                     "unpacked from the copy inside sgpt (SHA-256 checked) when missing", metavar="PATH",
                valid="the path of a text file")
 JSON = Setting("as_json", ("--json",), bool, False, "Print one JSON object instead of the report.")
 
@@ -333,7 +350,7 @@ JSON = Setting("as_json", ("--json",), bool, False, "Print one JSON object inste
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
                      "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")
-EXPORT_OUT = Setting("out", ("--out", "-o"), Path, Path("export/model.onnx"),  # where chat/complete/eval look
+EXPORT_OUT = Setting("out", ("--out", "-o"), Path, Path("export/model.onnx"),  # run it with --model
                      "The ONNX file to write (one file, weights inside).", metavar="PATH")
 QUANTIZE = Setting("quantize", ("--quantize", "-q"), str, None,  # None: float32
                    "Store the weight matrices as int8 (standard DequantizeLinear, one scale per column): about 4x smaller; "

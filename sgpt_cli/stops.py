@@ -77,6 +77,7 @@ class StopMatcher:
         self.auto = automaton(self.stops) if self.stops else None
         self.state = 0
         self.pending = ""  # the held-back text: the automaton state's text
+        self.matched: str | None = None  # the stop string that ended the text, once one did
 
     def push(self, piece: str) -> tuple[str, bool]:
         auto = self.auto
@@ -84,20 +85,20 @@ class StopMatcher:
             return piece, False
         text = self.pending + piece
         if auto.empty_stop:
-            self.pending, self.state = "", 0
+            self.pending, self.state, self.matched = "", 0, ""
             return "", True
         base = len(self.pending)
         state, longest, step = self.state, auto.longest, auto.step
-        best = -1  # where the earliest-starting stop string completed in this push begins
+        best, best_n = -1, 0  # where the earliest-starting stop string completed in this push begins
         for j, ch in enumerate(piece):
             state = step(state, ch)
             n = longest[state]
             if n:
                 start = base + j + 1 - n
                 if best < 0 or start < best:
-                    best = start
+                    best, best_n = start, n
         if best >= 0:
-            self.pending, self.state = "", 0
+            self.pending, self.state, self.matched = "", 0, text[best:best + best_n]
             return text[:best], True
         keep = auto.depth[state]
         self.state = state

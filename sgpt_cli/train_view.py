@@ -24,7 +24,8 @@ from sgpt_cli import checkpoint
 from sgpt_cli.config import TrainConfig, build_train_config, idle_figures
 from sgpt_cli.console import Console as _Console
 from sgpt_cli.plot import can_draw
-from sgpt_cli.data import DEFAULT_DATA, read_text
+from sgpt_cli.data import default_data, read_text
+from sgpt_cli.model_lookup import shipped_or_given
 from sgpt_cli.errors import SgptError, check_writable_target, probe, visible
 from sgpt_cli.fetch_view import fetch_default_data
 from sgpt_cli.stop import Stop
@@ -274,10 +275,11 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         raise SgptError(f"{out} already holds a model's weights (no resumable {checkpoint.last_path(out).name}); "
                         f"pass --force to start over, or fine-tune it with --init-from {out} --out ANOTHER.pt")
 
-    data_path = Path(data) if data is not None else DEFAULT_DATA
+    data_path = Path(data) if data is not None else default_data()
     if data is None and not data_path.exists():
         if not master:
-            raise SgptError(f"{data_path} is missing; download it once before launching torchrun")
+            raise SgptError(f"{data_path} is missing; run `sgpt eval` (or one `sgpt train`) once to write it "
+                            "before launching torchrun")
         fetch_default_data(data_path, console)
     text, sha = read_text(data_path)
 
@@ -285,6 +287,7 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
     if resume:
         resume_ckpt, cfg = trainer.load_resume_state(out, sha, None, overrides, text=text)
     if init_from is not None:
+        init_from = shipped_or_given(init_from)  # models/shakespeare.pt from any folder: the shipped weights
         init = {**checkpoint.load(init_from), "source": str(init_from)}
         cfg = trainer.config_for_init(cfg, init, overrides)
     trainer.check_text_length(cfg, text)

@@ -53,6 +53,17 @@ def test_batch_writes_json_lines_in_input_order_each_equal_to_its_single_run(tin
     assert good[2]["text"] == alone(tiny_onnx, "First Citizen:\nBefore we proceed", "--seed", "9", "-t", "0", "-n", "45")
     assert good[3]["text"] == alone(tiny_onnx, "KING:", "--seed", "2", "--stop", "e", "--stop", "\\n", "-n", "60")
     assert good[3]["stop_reason"] == "stop" and good[0]["stop_reason"] == "max_tokens"
+    assert [r["seed"] for r in good] == [4, 11, 9, 2]  # each row says its seed
+
+
+def test_batch_rows_without_a_seed_get_one_drawn_and_reported(tiny_onnx, tmp_path):
+    """Issue 18, defect 4: a row with no seed (and no --seed) says the seed it was drawn, and that
+    seed repeats its text."""
+    done = sgpt(["complete", "--model", str(tiny_onnx), "--batch", "-", "-n", "30", "-t", "1.0"], stdin="ROMEO:\n")
+    assert done.returncode == 0, done.stderr.decode()
+    row = json.loads(done.stdout.decode())
+    assert isinstance(row["seed"], int)
+    assert row["text"] == alone(tiny_onnx, "ROMEO:", "--seed", str(row["seed"]), "-n", "30", "-t", "1.0")
 
 
 def test_batch_from_stdin_with_batch_size_one_gives_the_same_lines(tiny_onnx):

@@ -47,6 +47,47 @@ class FakeEngine:
         return run()
 
 
+class FakeBatchEngine(FakeEngine):
+    """FakeEngine with /regen N: `batches` is a list of lists of (pieces, stop_reason), one per row;
+    rows advance together, a piece each per step, as the batched engine interleaves them."""
+
+    def __init__(self, replies, batches):
+        super().__init__(replies)
+        self.batches = list(batches)
+        self.closed = False
+
+    def generate_batch(self, requests, batch_size=None):
+        from sgpt_cli.engine import Event as RowEvent, GenerationStats
+
+        rows = self.batches.pop(0)
+        assert len(rows) == len(requests)
+        self.params += [p for _, p in requests]
+
+        def run():
+            try:
+                for step in range(max(len(p) for p, _ in rows) + 1):
+                    for i, (pieces, reason) in enumerate(rows):
+                        if step < len(pieces):
+                            yield RowEvent(i, pieces[step])
+                        elif step == len(pieces):
+                            n = sum(map(len, pieces))
+                            yield RowEvent(i, "", GenerationStats(1, n, 0.01, 0.02, n / 0.02, reason))
+            finally:
+                self.closed = True
+
+        return run()
+
+
+def piped_repl(engine, lines: str, settings=None):
+    """The REPL over piped lines (LineReader) with a fake engine: (exit status, transcript, session)."""
+    from sgpt_cli.repl import LineReader, Repl, make_console
+
+    out = io.StringIO()
+    session = ChatSession(VOCAB, 64, settings or ChatSettings(seed=5))
+    code = Repl(session, engine, LineReader(io.StringIO(lines)), make_console(out, color=False)).run()
+    return code, out.getvalue(), session
+
+
 def reply(session: ChatSession, engine) -> str:
     return "".join(session.stream_reply(engine))
 
@@ -96,10 +137,24 @@ def test_user_text_is_laid_out_as_the_corpus_lays_out_a_play():
     session.script += "But soft"  # a reply cut off mid-line
     assert session.add_user_text("JULIET:  ").text == "\n\nJULIET:\n"  # own line, blank line before
     session.script += "Ay me." + SPEECH_END
-    assert session.add_user_text("ROMEO: She speaks!").text == "ROMEO:\nShe speaks!\n"
-    assert session.add_user_text("O, speak again").text == "O, speak again\n"
+    # 'NAME: text' begins the speaker's line and leaves it open: the model finishes it (defect 5)
+    assert session.add_user_text("ROMEO: She speaks!").text == "ROMEO:\nShe speaks!"
+    assert session.add_user_text("O, speak again").text == "\nO, speak again\n"
     assert session.add_user_text("").text == ""  # Enter on an empty line: the play goes on
     assert session.script == "ROMEO:\nBut soft\n\nJULIET:\nAy me.\n\nROMEO:\nShe speaks!\nO, speak again\n"
+
+
+def test_romeo_but_soft_lets_romeo_finish_the_line():
+    """Defect 5: `ROMEO: But soft` puts `ROMEO:\nBut soft` in the script, and the model's reply goes
+    on in that very line (the engine is given the open line, no line break after it)."""
+    session = ChatSession(VOCAB, 64)
+    engine = FakeEngine([([", what light"], "max_tokens")])
+    assert session.add_user_text("ROMEO: But soft").text == "ROMEO:\nBut soft"
+    assert session.current_line() == "But soft"  # the REPL shows it dim, then the reply after it
+    reply(session, engine)
+    assert engine.prompts[0] == "ROMEO:\nBut soft"
+    assert session.script == "ROMEO:\nBut soft, what light"
+    assert session.add_user_text("ROMEO: Two\nlines").text.endswith("ROMEO:\nTwo\nlines\n")  # several: closed
 
 
 def test_speaker_lines_are_capitalised_words_ending_in_a_colon():
@@ -113,7 +168,7 @@ def test_characters_the_model_does_not_know_are_dropped_and_reported():
     session = ChatSession(VOCAB, 32)
     added = session.add_user_text("ROMEO: café\tnoir\r\n")
     assert added.dropped == ["é", "\t"]
-    assert session.script == "ROMEO:\ncafnoir\n"
+    assert session.script == "ROMEO:\ncafnoir"
     assert session.add_user_text("éé").text == ""  # nothing left: the REPL says so, no reply
 
 
@@ -127,7 +182,7 @@ def test_the_script_grows_and_its_tail_is_what_the_engine_sees():
     assert engine.prompts[0] == "ROMEO:\n"
     assert engine.prompts[1] == session.script[:-len("And so farewell." + SPEECH_END)][-32:]
     assert len(engine.prompts[1]) == 32  # at most two windows of the script's tail
-    assert session.script.endswith("Is the day so young?\nAnd so farewell." + SPEECH_END)
+    assert session.script.endswith("Is the day so young?And so farewell." + SPEECH_END)
 
 
 def test_a_reply_that_ends_a_speech_gets_its_blank_line_and_one_speech_sets_the_stop():
@@ -175,6 +230,79 @@ def test_regen_replaces_only_the_last_reply():
         session.drop_last_reply()
 
 
+def test_an_unseeded_session_draws_a_seed_and_shows_it():
+    """Defect 4: a session given no seed draws one, so it can be repeated with --seed; /show and
+    /set list it, and `/set seed random` draws a new one."""
+    session = ChatSession(VOCAB, 32)
+    seed = session.settings.seed
+    assert isinstance(seed, int) and 0 <= seed < 2**31
+    assert ("seed", str(seed)) in session.show_rows()
+    engine = FakeEngine([([], "stop")] * 2)
+    reply(session, engine)
+    reply(session, engine)
+    assert [p.seed for p in engine.params] == [seed, seed + 1]
+    name, value = session.set("seed", "random")
+    assert name == "seed" and value.isdigit() and session.settings.seed == int(value)
+
+
+def test_stop_strings_in_chat_end_a_reply_and_give_back_only_a_speech_end():
+    session = ChatSession(VOCAB, 32)
+    assert session.set("stop", "\\n") == ("stop", "'\\n'")
+    engine = FakeEngine([(["Ay"], "stop"), (["Nay"], "stop")])
+    session.add_user_text("JULIET:")
+    reply(session, engine)
+    assert engine.params[0].stop == (SPEECH_END, "\n")
+    assert session.script == "JULIET:\nAy"  # which stop ended it is not known: nothing given back
+    session.set("one_speech", "off")
+    reply(session, engine)
+    assert engine.params[1].stop == ("\n",)
+    assert session.set("stop", "none") == ("stop", "none") and session.settings.stop == ()
+    assert session.stops() == ()
+    session.set("one_speech", "on")
+    assert session.stops() == (SPEECH_END,)
+
+
+def test_min_p_is_a_chat_setting_passed_to_the_engine():
+    session = ChatSession(VOCAB, 32)
+    assert session.set("min_p", "0.1") == ("min_p", "0.1")
+    engine = FakeEngine([([], "stop")])
+    reply(session, engine)
+    assert engine.params[0].min_p == 0.1
+    with pytest.raises(UsageError, match="min_p must be a number from 0 to 1"):
+        session.set("min_p", "2")
+
+
+def test_load_round_trips_save_exactly(tmp_path):
+    text = "ROMEO:\nBut soft, what light\n\nJULIET:\nAy me.\n\nROMEO:\nShe spe"
+    first = ChatSession(VOCAB, 32)
+    loaded = first.load(_write(tmp_path / "in.txt", text))
+    assert loaded.chars == len(text) and loaded.dropped == []
+    assert first.script == text and first.current_line() == "She spe"
+    first.save(tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_bytes() == (tmp_path / "in.txt").read_bytes()
+    second = ChatSession(VOCAB, 32)
+    second.load(tmp_path / "out.txt")
+    assert second.script == text
+    engine = FakeEngine([(["aks"], "stop")])
+    reply(second, engine)
+    assert engine.prompts[0] == text[-64:]  # the model goes on from the end of the loaded scene
+    bad = ChatSession(VOCAB, 32)
+    bad.add_user_text("ROMEO:")
+    for path, words in [(tmp_path / "missing.txt", "no such file"), (tmp_path, "is a folder")]:
+        with pytest.raises(SgptError, match=words):
+            bad.load(path)
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(SgptError, match="not UTF-8"):
+        bad.load(tmp_path / "latin1.txt")
+    assert bad.script == "ROMEO:\n"  # a refused file leaves the script as it was
+    assert bad.load(_write(tmp_path / "odd.txt", "ROMEO:\ncafé\n")).dropped == ["é"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
 def test_a_seeded_session_repeats_and_regen_gets_a_new_seed():
     session = ChatSession(VOCAB, 32, ChatSettings(seed=7))
     engine = FakeEngine([([], "stop")] * 4)
@@ -190,7 +318,7 @@ def test_a_seeded_session_repeats_and_regen_gets_a_new_seed():
 
 def test_save_writes_the_script_atomically(tmp_path, monkeypatch):
     session = ChatSession(VOCAB, 32)
-    session.add_user_text("ROMEO: But soft!")
+    session.add_user_text("ROMEO:\nBut soft!")
     target = tmp_path / "scene.txt"
     assert session.save(target) == target
     assert target.read_text(encoding="utf-8") == "ROMEO:\nBut soft!\n"
@@ -335,7 +463,7 @@ def test_piped_chat_works_end_to_end(tiny_onnx, tmp_path):
     assert f"sgpt chat  ·  {tiny_onnx}" in err and "cpu" in err  # the banner names the model
     assert "dropped characters the model does not know: 'é'" in err
     scene = (tmp_path / "scene.txt").read_text(encoding="utf-8")
-    assert scene.startswith("ROMEO:\ncaf\n") and len(scene) > len("ROMEO:\ncaf\n")
+    assert scene.startswith("ROMEO:\ncaf") and len(scene) > len("ROMEO:\ncaf")  # Romeo's line goes on
     assert "Traceback" not in err
 
 
@@ -416,8 +544,10 @@ def test_regen_n_gives_the_replies_regen_would_give_one_by_one_and_pick_keeps_on
     batched.add_user_text("ROMEO:")
     reply(batched, tiny_engine)
     before = batched.script[:batched.reply_start]
-    alternatives = list(batched.alternatives(tiny_engine, 3))
-    assert [k for k, _ in alternatives] == [1, 2, 3]
+    events = list(batched.alternatives(tiny_engine, 3))
+    assert sorted({e.k for e in events if e.done}) == [1, 2, 3]
+    alternatives = list(enumerate(batched.choices, 1))
+    assert batched.choice_ends == ["max_tokens"] * 3
     assert batched.script == before  # none kept until /pick
     # the same session with three plain /regen: the same three replies, by their seeds
     one_by_one = ChatSession(tiny_engine.model.tokenizer.chars, tiny_engine.model.block_size, settings)
@@ -434,6 +564,7 @@ def test_regen_n_gives_the_replies_regen_would_give_one_by_one_and_pick_keeps_on
     assert batched.script == before + singles[0]  # picking again replaces the reply
     with pytest.raises(UsageError, match="from 1 to 3"):
         batched.pick(4)
+    assert batched.choice_seeds == [3 + 1, 3 + 2, 3 + 3]
     batched.add_user_text("JULIET:")
     with pytest.raises(UsageError, match="no alternatives"):
         batched.pick(1)
@@ -442,8 +573,85 @@ def test_regen_n_gives_the_replies_regen_would_give_one_by_one_and_pick_keeps_on
 def test_regen_n_and_pick_in_the_repl(tiny_engine):
     code, out, session = run_repl(tiny_engine, "ROMEO:\r/regen 3\r/pick 2\r/regen 1\r/pick x\r/quit\r")
     assert code == 0
-    assert "3 alternatives" in out and "[1]" in out and "[3]" in out
+    assert "3 alternatives" in out and "[1] seed" in out and "[3] seed" in out
     assert "alternative 2 is the reply" in out
     assert session.script.startswith("ROMEO:\n") and session.script[len("ROMEO:\n"):] == session.choices[1]
     assert "/regen takes a whole number from 2 to 16 (got '1')" in out
     assert "/pick takes a whole number from 1 to 16 (got 'x')" in out
+
+
+def test_regen_n_shows_each_alternative_after_the_line_it_continues_not_after_the_old_reply():
+    """Defect 1: after a reply cut at `And therefo`, `/regen 2` printed `And therefoAnd therefore
+    ...`: the old reply's line was read before the reply was dropped."""
+    engine = FakeBatchEngine([(["And ", "therefo"], "max_tokens")],
+                             [[(["And there", "fore stand"], "max_tokens"), (["What should", " I do"], "stop")]])
+    code, out, session = piped_repl(engine, "ROMEO:\n/regen 2\n/pick 2\n")
+    assert code == 0
+    assert "And therefoAnd" not in out and "And therefoWhat" not in out
+    assert "[1] seed 6\nAnd therefore stand…\n" in out
+    assert "[2] seed 7\nWhat should I do\n" in out
+    assert session.script == "ROMEO:\nWhat should I do" + SPEECH_END  # the speech's end given back
+    # a normal reply in the middle of a line: the alternatives follow the user's open line
+    engine = FakeBatchEngine([([", that can be"], "max_tokens")],
+                             [[([" sweet"], "max_tokens"), ([" sour"], "max_tokens")]])
+    code, out, session = piped_repl(engine, "ROMEO: But soft\n/regen 2\n")
+    assert "But soft, that can beBut" not in out
+    assert "[1] seed 6\nBut soft sweet…" in out and "[2] seed 7\nBut soft sour…" in out
+
+
+def test_regen_n_keeps_what_ctrl_c_cut_and_pick_takes_it():
+    """Defect 2 (the session half; the pty test presses the keys): closing the alternatives early
+    keeps every text as far as it got, and /pick takes a stopped one."""
+    engine = FakeBatchEngine([(["Ay."], "stop")],
+                             [[(["O", " Romeo", " Romeo"], "max_tokens"), (["Nay", " never"], "max_tokens")]])
+    session = ChatSession(VOCAB, 64, ChatSettings(seed=1))
+    session.add_user_text("JULIET:")
+    reply(session, engine)
+    stream = session.alternatives(engine, 2)
+    seen = [next(stream) for _ in range(4)]  # two steps of both rows
+    assert [(e.k, e.piece, e.done) for e in seen] == [(1, "O", False), (2, "Nay", False),
+                                                      (1, " Romeo", False), (2, " never", False)]
+    stream.close()
+    assert engine.closed and session.choice_ends == ["interrupted", "interrupted"]
+    assert session.choices == ["O Romeo", "Nay never"]
+    assert session.pick(2) == "Nay never" and session.script == "JULIET:\nNay never"
+
+
+def test_a_reply_cut_by_max_tokens_is_marked_on_screen_only():
+    """Defect 6: `That I do tell him ou` ended with no sign; now an ellipsis and a one-line notice,
+    and the script keeps exactly what the model wrote."""
+    engine = FakeEngine([(["That I do ", "tell him ou"], "max_tokens"), (["Ay."], "stop")])
+    code, out, session = piped_repl(engine, "ROMEO:\n\n")  # Enter on an empty line: it goes on
+    assert session.script == "ROMEO:\nThat I do tell him ouAy." + SPEECH_END
+    assert "That I do tell him ou…\n(cut at max_tokens = 300; Enter on an empty line lets it go on" in out
+    assert session.script.startswith("ROMEO:\nThat I do tell him ou") and "…" not in session.script
+    assert out.count("cut at max_tokens") == 1  # the reply that ended a speech has no mark
+
+
+def test_chat_stop_flag_and_scene_file_from_the_command_line(tiny_onnx, tmp_path):
+    """`sgpt chat scene.txt` continues a saved scene, exactly; `--stop` ends replies as in complete."""
+    scene = tmp_path / "scene.txt"
+    scene.write_text("ROMEO:\nBut soft, what light\n\nJULIET:\nAy me", encoding="utf-8")
+    proc = sgpt_chat([str(scene), "--model", str(tiny_onnx), "--seed", "2", "--stop", "e", "-n", "80"],
+                     "\n/save again.txt\n", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "seed 2" in err  # the banner says the seed
+    n = len(scene.read_text(encoding="utf-8"))
+    assert f"loaded {n} characters from" in err
+    again = (tmp_path / "again.txt").read_text(encoding="utf-8")
+    assert again.startswith(scene.read_text(encoding="utf-8")) and len(again) <= n + 80
+    assert "e" not in again[n:]  # the reply stopped before its first 'e'
+    proc = sgpt_chat([str(tmp_path / "nope.txt"), "--model", str(tiny_onnx)], "")
+    assert proc.returncode == 1 and proc.stderr.decode().startswith("sgpt: error: cannot load")
+
+
+def test_slash_load_then_save_round_trips_in_the_repl(tmp_path):
+    text = "ROMEO:\nBut soft\n\nJULIET:\nAy"
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    engine = FakeEngine([])
+    code, out, session = piped_repl(engine, f"/load {tmp_path / 'in.txt'}\n/save {tmp_path / 'out.txt'}\n")
+    assert code == 0 and (tmp_path / "out.txt").read_text(encoding="utf-8") == text
+    assert "JULIET:\nAy\n" in out and f"loaded {len(text)} characters" in out
+    code, out, _ = piped_repl(engine, "/load\n")
+    assert code == 1 and "/load needs a file name" in out

@@ -47,3 +47,18 @@ def test_every_command_documents_its_options_with_defaults():
 def test_bare_sgpt_prints_the_overview_and_succeeds():
     proc = sgpt()
     assert proc.returncode == 0 and "Usage: sgpt" in proc.stdout and proc.stderr == ""
+
+
+@pytest.mark.parametrize("columns", ["80", "60", "200"])
+def test_help_gives_each_command_summary_whole(columns):
+    """Defect 12: `sgpt --help` cut the summaries mid-word ('tiny-shakespeare by...')."""
+    from sgpt_cli.cli import SUMMARIES, SUMMARY_WIDTH
+
+    proc = subprocess.run([*SGPT, "--help"], capture_output=True, text=True, env=run_env(COLUMNS=columns),
+                          stdin=subprocess.DEVNULL, timeout=120)
+    commands = proc.stdout[proc.stdout.index("Commands:"):]
+    assert "..." not in commands
+    flat = " ".join(commands.split())
+    for name, summary in SUMMARIES.items():
+        assert f"{name} {summary}" in flat
+        assert len(summary) <= SUMMARY_WIDTH  # one line at 80 columns

@@ -184,20 +184,64 @@ TRAIN_FAST = ["--preset", "tiny", "--max-iters", "2", "--eval-interval", "2", "-
               "--sample-chars", "0", "--device", "cpu"]
 
 
-def test_train_without_data_downloads_the_default_text(server, tmp_path, monkeypatch):
+def test_train_without_data_downloads_the_default_text_when_sgpt_has_no_copy(server, tmp_path, monkeypatch,
+                                                                           isolated_home):
+    """The download path, kept for an install without the packaged copy (its checksum is not the
+    one asked for here) and for any text `download` fetches; outside a checkout it writes into
+    $SGPT_HOME/data, never into the current folder."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", f"{server}/ok")
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_SHA256", BODY_SHA)
     result = CliRunner().invoke(app, ["train", *TRAIN_FAST, "--out", "m/model.pt"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "data" / "tinyshakespeare.txt").read_bytes() == BODY
+    assert (isolated_home / "data" / "tinyshakespeare.txt").read_bytes() == BODY
+    assert not (tmp_path / "data").exists()
     assert "downloading tiny-shakespeare" in result.stdout and "SHA-256 verified" in result.stdout
     assert (tmp_path / "m" / "model.pt").exists()
 
 
-def test_train_without_network_gives_one_line_and_writes_nothing(tmp_path, monkeypatch):
+def test_without_network_the_packaged_text_is_unpacked_and_checked(tmp_path, monkeypatch, isolated_home):
+    """Defect 11: with no network, the copy inside the package is the text (tiny-shakespeare's
+    SHA-256, checked), written once to $SGPT_HOME/data outside a checkout."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", closed_port_url())
+    assert data.PACKAGED_CORPUS.stat().st_size < 400_000  # xz: a third of the 1.1 MB text
+    assert data.default_data() == isolated_home / "data" / "tinyshakespeare.txt"
+    assert data.default_data_source() == "packaged"
+    path = data.ensure_default_data(data.default_data())
+    raw = path.read_bytes()
+    assert len(raw) == 1_115_394 and hashlib.sha256(raw).hexdigest() == data.TINY_SHAKESPEARE_SHA256
+    assert files_in(tmp_path) == sorted(["sgpt-home", "sgpt-home/data", "sgpt-home/data/tinyshakespeare.txt"])
+
+
+def test_train_offline_trains_on_the_packaged_text(tmp_path, monkeypatch, isolated_home):
+    """`sgpt train` with no network and no --data, from a folder that is no checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", closed_port_url())
+    result = CliRunner().invoke(app, ["train", *TRAIN_FAST, "--out", "m/model.pt"])
+    assert result.exit_code == 0, result.output
+    assert "unpacked tiny-shakespeare from the copy inside sgpt" in result.stdout
+    assert (tmp_path / "m" / "model.pt").exists() and not (tmp_path / "data").exists()
+    written = isolated_home / "data" / "tinyshakespeare.txt"
+    assert hashlib.sha256(written.read_bytes()).hexdigest() == data.TINY_SHAKESPEARE_SHA256
+
+
+def test_in_a_checkout_or_beside_a_data_folder_the_text_is_data_tinyshakespeare(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tinyshakespeare.txt").write_text("ROMEO:\n")
+    assert data.default_data() == Path("data/tinyshakespeare.txt")  # the README's own path
+    other = tmp_path / "clone"
+    (other / "sgpt_cli").mkdir(parents=True)
+    (other / "sgpt_cli" / "__init__.py").write_text("")
+    (other / "pyproject.toml").write_text("")
+    assert data.default_data(cwd=other) == other / "data" / "tinyshakespeare.txt"
+
+
+def test_train_without_network_and_without_the_packaged_copy_gives_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", closed_port_url())
+    monkeypatch.setattr(data, "PACKAGED_CORPUS", tmp_path / "trimmed" / "tinyshakespeare.txt.xz")
     result = CliRunner().invoke(app, ["train", *TRAIN_FAST, "--out", "m/model.pt"])
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()

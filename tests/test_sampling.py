@@ -151,3 +151,36 @@ def test_damaged_logits_do_not_pin_the_last_character():
         assert sample_next_token(np.array([0.0, np.inf, 2.0, 1.0]), rng, temperature=0.5) == 1
         uniform = {sample_next_token(np.full(4, np.nan), rng, temperature=1.0) for _ in range(200)}
     assert uniform == {0, 1, 2, 3}
+
+
+# --- min-p (Hugging Face's MinPLogitsWarper, llama.cpp's --min-p) -----------------------------------
+
+def test_min_p_drops_what_is_less_likely_than_p_times_the_top():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = np.log(probs)
+    # 0.2 * 0.5 = 0.1: only the 0.05 character goes; the rest keep their relative odds
+    seen = draws(logits, n=6000, temperature=1.0, min_p=0.2)
+    assert set(seen) == {0, 1, 2}
+    share = np.bincount(seen, minlength=4)[:3] / len(seen)
+    assert np.allclose(share, probs[:3] / probs[:3].sum(), atol=0.03)
+    assert set(draws(logits, n=500, temperature=1.0, min_p=1.0)) == {0}  # only the likeliest
+    assert set(draws(logits, n=3000, temperature=1.0, min_p=0.0)) == {0, 1, 2, 3}  # 0: off
+
+
+def test_min_p_comes_after_temperature_top_k_and_top_p():
+    logits = np.log(np.array([0.4, 0.3, 0.2, 0.1]))
+    # after temperature 2 the odds flatten (0.4 vs 0.1 becomes 2:1), so min_p 0.45 keeps the last one
+    assert 3 in set(draws(logits, n=4000, temperature=2.0, min_p=0.45))
+    assert 3 not in set(draws(logits, n=4000, temperature=1.0, min_p=0.45))
+    # top_k 2 first: min_p cannot bring back a character top-k dropped
+    assert set(draws(logits, n=2000, temperature=1.0, top_k=2, min_p=0.01)) == {0, 1}
+
+
+def test_min_p_is_checked_and_the_stream_sampler_takes_it_from_params():
+    from sgpt_cli.settings import SamplingParams
+
+    with pytest.raises(UsageError, match="--min-p must be a number from 0 to 1"):
+        sample_next_token(np.zeros(3), np.random.default_rng(0), min_p=1.5)
+    sampler = Sampler.from_params(4, SamplingParams(temperature=1.0, min_p=1.0, seed=3))
+    assert sampler.min_p == 1.0
+    assert {sampler(np.log(np.array([0.1, 0.6, 0.2, 0.1]))) for _ in range(200)} == {1}

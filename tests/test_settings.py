@@ -51,13 +51,17 @@ def test_set_completes_from_the_declaration():
 
 @pytest.mark.parametrize("name, text, value", [
     ("temperature", "0", 0.0), ("temperature", "0.001", 0.001), ("temperature", "100", 100.0),
-    ("top_k", "off", None), ("top_k", "none", None), ("seed", "random", None), ("seed", str(2**64 - 1), 2**64 - 1),
+    ("top_k", "off", None), ("top_k", "none", None), ("seed", "random", "drawn"), ("seed", str(2**64 - 1), 2**64 - 1),
     ("top_p", "1", 1.0), ("repetition_penalty", "0.01", 0.01), ("one_speech", "no", False),
+    ("min_p", "0", 0.0), ("min_p", "1", 1.0), ("min_p", "off", None),
 ])
 def test_set_accepts_the_ends_of_each_range(name, text, value):
     session = ChatSession(None, 32)
     session.set(name, text)
-    assert getattr(session.settings, name) == value
+    if value == "drawn":  # `/set seed random`: a fresh seed, shown, so the session can be repeated
+        assert isinstance(session.settings.seed, int)
+    else:
+        assert getattr(session.settings, name) == value
 
 
 @pytest.mark.parametrize("name, text", [

@@ -181,7 +181,7 @@ def test_a_batch_id_with_c1_and_format_controls_is_written_escaped_and_reads_bac
     from test_batch_cli import Log, Scripted, stats
 
     from sgpt_cli.batch import parse_batch, run_batch
-    from sgpt_cli.engine import RowEvent
+    from sgpt_cli.engine import Event as RowEvent
     from sgpt_cli.settings import SamplingParams
 
     hostile_id = "id\x9b2J\u202e\u2028\ud800"

@@ -152,7 +152,7 @@ def test_the_stop_setting_declares_its_caps_and_every_route_checks_them():
     with pytest.raises(UsageError, match=f"at most {STOP_MOST:,} values"):
         sampling_params_from({"stop": ["x"] * (STOP_MOST + 1)}, NAME)  # a --batch row
     with pytest.raises(UsageError, match=f"at most {STOP_LONGEST:,} characters"):
-        SamplingParams(stop=("y" * (STOP_LONGEST + 1),)).checked()  # the engine's own check
+        SamplingParams(stop=("y" * (STOP_LONGEST + 1),))  # checked when made
     with pytest.raises(UsageError, match="must be a list of strings"):
         sampling_params_from({"stop": {"a": 1}}, NAME)  # a mapping is not the list of its keys
     assert sampling_params_from({"stop": ["a", "b"]}, NAME).stop == ("a", "b")
