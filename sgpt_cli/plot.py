@@ -90,7 +90,7 @@ def render_curves(metrics: Path, png: Path, ascii_only: bool = False) -> Text:
     if len(vals) == 1:  # one point is no curve: say what there is
         t.append("val loss estimate  ", style="bold")
         t.append(f"{vals[0]:.3f}", style="bold")
-        t.append(f" (one estimate, at iteration {rows[0]['iter']}; loss curve: {png})", style="dim")
+        t.append(f" (one estimate, at iteration {rows[0]['iter']}; loss curve: {shown(png)})", style="dim")
         return t
     t.append("val loss estimates  ", style="bold")
     t.append(f"{vals[0]:.3f} ", style="dim")
