@@ -98,19 +98,10 @@ def decode_stdin(raw: bytes) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def join_prompt(stdin_text: str, argument: str | None) -> str:
-    """stdin, then the argument, as simonw's `llm` joins them (with a space), except that a stdin
-    ending in whitespace (a line break, usually) is not given a space after it."""
-    if not argument:
-        return stdin_text
-    if not stdin_text:
-        return argument
-    return stdin_text + ("" if stdin_text[-1].isspace() else " ") + argument
-
-
 class StreamedPrompt:
     """The prompt as it arrives: stdin (when it is not a terminal) in chunks, then the argument,
-    joined as `join_prompt` joins them. `pieces()` yields it once, a chunk at a time."""
+    joined as simonw's `llm` joins them (with a space), except that a stdin ending in whitespace (a
+    line break, usually) is not given a space after it. `pieces()` yields it once, a chunk at a time."""
 
     def __init__(self, stdin: BinaryIO | None, argument: str | None):
         self.stdin = stdin if stdin is not None and not stdin.isatty() else None
@@ -193,12 +184,6 @@ def _known_tail(text: str, stoi: dict, unknown: dict, fed: str, window: int, any
             unknown[c] = None
         text = text.translate({ord(c): None for c in new})
     return (fed + text)[-2 * window:], any_known or bool(text)
-
-
-def read_prompt(stdin: BinaryIO | None, argument: str | None) -> str:
-    """All of stdin when it is not a terminal, followed by the argument (whole: for tests and small
-    inputs; the command streams it with `StreamedPrompt`)."""
-    return "".join(StreamedPrompt(stdin, argument).pieces())
 
 
 # --- the command -----------------------------------------------------------------------------------

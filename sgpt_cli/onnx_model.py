@@ -108,15 +108,11 @@ class OnnxModel:
             session = open_session(str(self.path), device, threads)
         self.session = session
         self.meta = dict(session.get_modelmeta().custom_metadata_map)
-        check_metadata(self.meta, self.path)
-        check_graph(self.meta, session, self.path)
+        # parsed once, then checked against the graph before any number is used as a shape
+        self.block_size, self.n_layer, self.n_head, self.n_embd = parse_metadata(self.meta, self.path)
         self.tokenizer = CharTokenizer.from_json(self.meta["sgpt.vocab"])
-        self.block_size = int(self.meta["sgpt.block_size"])
-        self.n_layer = int(self.meta["sgpt.n_layer"])
-        self.n_head = int(self.meta["sgpt.n_head"])
-        self.n_embd = int(self.meta["sgpt.n_embd"])
-        self.head_dim = self.n_embd // self.n_head
         self.vocab_size = self.tokenizer.vocab_size
+        check_graph(self, session)
         self.provider = session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
 
@@ -181,16 +177,16 @@ def _static(dim) -> int | None:
     return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
-def check_graph(meta: dict, session, path: Path) -> None:
-    """The metadata against the graph, so that no edited number reaches numpy or ONNX Runtime as a
-    shape: block_size in 1..MAX_BLOCK_SIZE, n_layer = the past inputs, n_head and head_dim = the
-    past inputs' static axes, the vocabulary = the logits' width."""
-    block, n_layer, n_head, n_embd = (int(meta[k]) for k in REQUIRED_KEYS[2:])
+def check_graph(model: "OnnxModel", session) -> None:
+    """The parsed metadata against the graph, so that no edited number reaches numpy or ONNX Runtime
+    as a shape: block_size in 1..MAX_BLOCK_SIZE, n_layer = the past inputs, block_size and n_embd =
+    the cache inputs' static axes, the vocabulary = the logits' width."""
+    block, n_layer, n_head, n_embd = model.block_size, model.n_layer, model.n_head, model.n_embd
     b, nl, nh, ne = (shown(v) for v in (block, n_layer, n_head, n_embd))  # an edited 400-digit number: cut
 
     def refuse(what: str) -> None:
-        raise SgptError(f"{shown(path)} has sgpt metadata that does not fit its graph ({what}); re-export it "
-                        "with `sgpt export`")
+        raise SgptError(f"{shown(model.path)} has sgpt metadata that does not fit its graph ({what}); re-export "
+                        "it with `sgpt export`")
 
     if not 1 <= block <= MAX_BLOCK_SIZE:
         refuse(f"sgpt.block_size {b} is not from 1 to {MAX_BLOCK_SIZE}")
@@ -222,14 +218,15 @@ def check_graph(meta: dict, session, path: Path) -> None:
     if logits is None:
         refuse(f"no output {LOGITS}")
     width = _static((list(logits.shape or []) or [None])[-1])
-    vocab = CharTokenizer.from_json(meta["sgpt.vocab"]).vocab_size
+    vocab = model.vocab_size
     if width is not None and width != vocab:
         refuse(f"{vocab} characters in sgpt.vocab, but the logits are {width} wide")
 
 
-def check_metadata(meta: dict, path: Path) -> None:
+def parse_metadata(meta: dict, path: Path) -> tuple[int, int, int, int]:
+    """(block_size, n_layer, n_head, n_embd) from a file's sgpt metadata, its format checked."""
     if "sgpt.format" not in meta:
-        raise SgptError(f"{path} is not an sgpt model (no sgpt metadata); export one with `sgpt export`")
+        raise SgptError(f"{shown(path)} is not an sgpt model (no sgpt metadata); export one with `sgpt export`")
     got = meta["sgpt.format"]
     if got == "1":
         raise SgptError(f"{shown(path)} is sgpt model format 1 (a growing cache, from sgpt before 0.2); this sgpt "
@@ -239,12 +236,12 @@ def check_metadata(meta: dict, path: Path) -> None:
                         "upgrade sgpt or re-export the model")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
-        raise SgptError(f"{path} lacks sgpt metadata {', '.join(missing)}; re-export it with `sgpt export`")
+        raise SgptError(f"{shown(path)} lacks sgpt metadata {', '.join(missing)}; re-export it with `sgpt export`")
     try:
-        for k in REQUIRED_KEYS[2:]:
-            int(meta[k])
+        block, n_layer, n_head, n_embd = (int(meta[k]) for k in REQUIRED_KEYS[2:])
     except (ValueError, OverflowError):
-        raise SgptError(f"{path} has damaged sgpt metadata; re-export it with `sgpt export`") from None
+        raise SgptError(f"{shown(path)} has damaged sgpt metadata; re-export it with `sgpt export`") from None
+    return block, n_layer, n_head, n_embd
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

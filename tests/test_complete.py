@@ -20,7 +20,7 @@ from conftest import SGPT, run_env
 from sgpt_cli import complete as complete_mod
 from sgpt_cli.cli import app
 from sgpt_cli.cli_complete import complete as typer_complete
-from sgpt_cli.complete import OPTIONS, fast_parse, join_prompt
+from sgpt_cli.complete import OPTIONS, StreamedPrompt, fast_parse
 from test_eval import write_bad_models
 
 TIMEOUT = 120
@@ -66,8 +66,12 @@ def test_stdin_comes_before_the_argument(model):
     ("ROMEO:", None, "ROMEO:"), ("", "JULIET:", "JULIET:"), ("a", "b", "a b"), ("a\n", "b", "a\nb"),
     ("a ", "b", "a b"), ("", None, ""), ("a", "", "a"),
 ])
-def test_join_prompt_follows_llm(stdin, argument, joined):
-    assert join_prompt(stdin, argument) == joined
+def test_stdin_and_argument_are_joined_as_llm_joins_them(stdin, argument, joined):
+    import io
+
+    stream = io.BytesIO(stdin.encode())
+    stream.isatty = lambda: False
+    assert "".join(StreamedPrompt(stream, argument).pieces()) == joined
 
 
 def test_empty_prompt_starts_from_a_line_break(model):
