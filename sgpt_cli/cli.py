@@ -21,6 +21,7 @@ def build_app():
     from sgpt_cli.cli_complete import complete
     from sgpt_cli.cli_eval import eval_cmd
     from sgpt_cli.cli_export import export_cmd
+    from sgpt_cli.cli_serve import serve_cmd
     from sgpt_cli.cli_train import train
 
     app = typer.Typer(
@@ -49,6 +50,7 @@ def build_app():
     app.command("chat")(chat)
     app.command("complete")(complete)
     app.command("eval")(eval_cmd)
+    app.command("serve")(serve_cmd)
     return app
 
 
