@@ -47,6 +47,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from sgpt_cli.engine import Event
 from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
 
@@ -149,6 +150,9 @@ class Batcher:
         self.stopping = self.closed = False
         self.failure: str | None = None  # the last engine failure, said to the requests it ended
         self.thread = threading.Thread(target=self._run, name="sgpt-engine", daemon=True)
+        self.outbox_lock = threading.Lock()
+        self.outbox: list = []
+        self.posted = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -225,16 +229,28 @@ class Batcher:
                         del self.sinks[e.request]
                     deliveries.append((sink[0], sink[1], e))
                 self.metrics.in_flight = len(self.sinks)
-            if deliveries:
-                try:
-                    self.loop.call_soon_threadsafe(_deliver, deliveries)
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    return
+            if deliveries and not self._post(deliveries):
+                return
 
+    def _post(self, deliveries) -> bool:
+        """Hand events to the loop; one wake-up at a time however fast the steps come (a loop that is
+        behind takes them all at once). False when the loop is closed: nobody is waiting any more."""
+        with self.outbox_lock:
+            self.outbox.extend(deliveries)
+            if self.posted:
+                return True
+            self.posted = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:
+            return False
+        return True
 
-def _deliver(deliveries) -> None:
-    for queue, index, event in deliveries:
-        queue.put_nowait((index, event))
+    def _deliver(self) -> None:
+        with self.outbox_lock:
+            deliveries, self.outbox, self.posted = self.outbox, [], False
+        for queue, index, event in deliveries:
+            queue.put_nowait((index, event))
 
 
 # --- the app ---------------------------------------------------------------------------------------
@@ -348,22 +364,22 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: asyncio.Queu
                     first["warnings"] = parsed.warnings
                 yield data(first)
         while reply.left:
-            index, event = await queue.get()
-            reply.add(index, event)
-            if event.stats is not None and event.stats.stop_reason == "interrupted":
-                err = ApiError(500, state.batcher.failure or "the engine stopped", code="engine_failed",
-                               kind="server_error")
-                yield data(err.body())
-                continue
-            reason = finish_reason(event.stats.stop_reason) if event.stats is not None else None
-            if parsed.kind == "completion":
-                if event.text or reason:
-                    yield data(reply.chunk(index, event.text, reason))
-            else:
-                if event.text:
-                    yield data(reply.chunk(index, event.text))
-                if reason:
-                    yield data(reply.chunk(index, None, reason))
+            for index, text, stats in await take(queue):
+                reply.add(index, Event(index, text, stats))
+                if stats is not None and stats.stop_reason == "interrupted":
+                    err = ApiError(500, state.batcher.failure or "the engine stopped", code="engine_failed",
+                                   kind="server_error")
+                    yield data(err.body())
+                    continue
+                reason = finish_reason(stats.stop_reason) if stats is not None else None
+                if parsed.kind == "completion":
+                    if text or reason:
+                        yield data(reply.chunk(index, text, reason))
+                else:
+                    if text:
+                        yield data(reply.chunk(index, text))
+                    if reason:
+                        yield data(reply.chunk(index, None, reason))
         if parsed.include_usage:
             yield data(reply.usage_chunk())
         yield {"data": "[DONE]"}
@@ -371,6 +387,22 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: asyncio.Queu
         left = [ids[k] for k, s in enumerate(reply.stats) if s is None]
         if left:
             state.batcher.cancel(left)
+
+
+async def take(queue: asyncio.Queue) -> list[tuple[int, str, object]]:
+    """The events waiting (at least one): per choice, the text made since its last chunk and its
+    stats if it ended. A client that reads slower than the model writes gets longer chunks, never a
+    backlog of tiny ones."""
+    items = [await queue.get()]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    merged: dict[int, tuple[list[str], object]] = {}
+    for index, event in items:
+        texts, stats = merged.setdefault(index, ([], None))
+        texts.append(event.text)
+        if event.stats is not None:
+            merged[index] = (texts, event.stats)
+    return [(index, "".join(texts), stats) for index, (texts, stats) in merged.items()]
 
 
 class Guard:
