@@ -146,6 +146,7 @@ class Batcher:
         self.engine, self.metrics, self.capacity = engine, metrics, capacity
         self.cond = threading.Condition()
         self.sinks: dict[int, tuple[asyncio.Queue, int]] = {}
+        self.held: dict[int, list[str]] = {}  # the text so far of requests whose sink takes it whole
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = self.closed = False
         self.failure: str | None = None  # the last engine failure, said to the requests it ended
@@ -162,7 +163,9 @@ class Batcher:
     def in_flight(self) -> int:
         return len(self.sinks)
 
-    def submit(self, jobs, sink: asyncio.Queue) -> list[int]:
+    def submit(self, jobs, sink: asyncio.Queue, whole: bool = False) -> list[int]:
+        """Queue one engine request per job; their events go to `sink`. whole: only each request's
+        last event, holding all its text (a response that is not streamed: no wake-up per step)."""
         with self.cond:
             if self.stopping:
                 raise ApiError(503, "the server is shutting down; try another", code="shutting_down",
@@ -175,6 +178,8 @@ class Batcher:
             ids = [self.engine.submit(prompt, params) for prompt, params in jobs]
             for index, rid in enumerate(ids):
                 self.sinks[rid] = (sink, index)
+                if whole:
+                    self.held[rid] = []
             self.metrics.in_flight = len(self.sinks)
             self.cond.notify()
         return ids
@@ -225,6 +230,12 @@ class Batcher:
                     sink = self.sinks.get(e.request)
                     if sink is None:
                         continue
+                    held = self.held.get(e.request)
+                    if held is not None:
+                        held.append(e.text)
+                        if e.stats is None:
+                            continue
+                        e = Event(e.request, "".join(self.held.pop(e.request)), e.stats)
                     if e.stats is not None:
                         del self.sinks[e.request]
                     deliveries.append((sink[0], sink[1], e))
@@ -310,7 +321,7 @@ async def _wait_disconnect(receive) -> None:
 
 async def respond(request: HttpRequest, state: State, parsed: Request) -> Response:
     queue: asyncio.Queue = asyncio.Queue()
-    ids = state.batcher.submit(parsed.jobs, queue)
+    ids = state.batcher.submit(parsed.jobs, queue, whole=not parsed.stream)
     reply = Reply(parsed, state.model_id)
     if parsed.stream:
         return EventSourceResponse(stream(state, reply, ids, queue), sep="\n", ping=15,
