@@ -43,6 +43,7 @@ import uvicorn
 from sse_starlette.sse import AppStatus, EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -62,7 +63,9 @@ class OneLine(logging.Formatter):
     """uvicorn's and our log records as one line each: never a traceback on the console."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"sgpt: {record.levelname.lower()}: {shown(first_line(Exception(record.getMessage()), 300))}"
+        text = first_line(Exception(record.getMessage()), 300)
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no escape reaches a terminal
+        return f"sgpt: {record.levelname.lower()}: {text}"
 
 
 def quiet_logging() -> None:
@@ -292,11 +295,14 @@ async def read_json(request: HttpRequest, limit: int) -> dict:
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     size, chunks = 0, []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone before the body was whole: nobody to answer
+        raise ApiError(400, "the client went away before its body was whole", code="client_disconnected") from None
     raw = b"".join(chunks)
     try:
         body = json.loads(raw.decode("utf-8"))

@@ -207,6 +207,14 @@ def test_n_choices_and_a_list_of_prompts_each_equal_their_single_run(server, mod
         assert c["text"] == prompt + alone(model, prompt, max_tokens=15, seed=5 + j)
     usage = r.json()["usage"]
     assert usage["completion_tokens"] == 6 * 15 and usage["prompt_tokens"] == len("ROMEO:") + 1
+    body = {"messages": [{"role": "user", "content": "JULIET:"}], "n": 2, "seed": 8, "max_tokens": 12,
+            "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        events = sse(r)
+    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] <= 24
+    for j in range(2):
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2] if e["choices"][0]["index"] == j)
+        assert text == alone(model, "JULIET:\n", max_tokens=12, seed=8 + j, stop=("\n\n",))
 
 
 def test_models_health_and_metrics(server):
@@ -483,6 +491,9 @@ def test_parsing_gives_one_job_per_choice(model):
     chat = parse_chat({"messages": [{"role": "user", "content": "JULIET:"}]}, "tiny", model.tokenizer.chars,
                       window, Limits())
     assert chat.jobs[0][1].stop == ("\n\n",) and chat.jobs[0][1].max_tokens == 300  # sgpt chat's reply
+    odd = parse_chat({"messages": [{"role": "user", "content": "JULIET\u00e9:"}]}, "tiny", model.tokenizer.chars,
+                     window, Limits())
+    assert odd.jobs[0][0] == "JULIET:\n" and odd.warnings == ["dropped characters the model does not know: '\u00e9'"]
     with pytest.raises(ApiError) as e:
         parse_completion({"prompt": "A", "max_tokens": 11}, "tiny", stoi, window, Limits(max_tokens_limit=10))
     assert e.value.param == "max_tokens" and "10" in e.value.message
