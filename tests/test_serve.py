@@ -497,3 +497,12 @@ def test_parsing_gives_one_job_per_choice(model):
     with pytest.raises(ApiError) as e:
         parse_completion({"prompt": "A", "max_tokens": 11}, "tiny", stoi, window, Limits(max_tokens_limit=10))
     assert e.value.param == "max_tokens" and "10" in e.value.message
+
+
+def test_where_the_banner_points():
+    from sgpt_cli.serve import is_local, url_host
+
+    assert [url_host(h) for h in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost")] == [
+        "127.0.0.1", "127.0.0.1", "[::1]", "[::1]", "localhost"]
+    assert is_local("127.0.0.1") and is_local("::1") and is_local("localhost")
+    assert not is_local("0.0.0.0") and not is_local("192.168.1.2") and not is_local("example.org")
