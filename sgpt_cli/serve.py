@@ -42,6 +42,7 @@ from pathlib import Path
 import uvicorn
 from sse_starlette.sse import AppStatus, EventSourceResponse
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
@@ -330,8 +331,11 @@ async def respond(request: HttpRequest, state: State, parsed: Request) -> Respon
     ids = state.batcher.submit(parsed.jobs, queue, whole=not parsed.stream)
     reply = Reply(parsed, state.model_id)
     if parsed.stream:
+        async def cancel_rest():  # also when the stream never started (a client gone at once)
+            state.batcher.cancel(ids)
+
         return EventSourceResponse(stream(state, reply, ids, queue), sep="\n", ping=15,
-                                   headers={"Cache-Control": "no-cache"})
+                                   headers={"Cache-Control": "no-cache"}, background=BackgroundTask(cancel_rest))
 
     async def gather():
         while reply.left:
