@@ -506,3 +506,16 @@ def test_where_the_banner_points():
         "127.0.0.1", "127.0.0.1", "[::1]", "[::1]", "localhost"]
     assert is_local("127.0.0.1") and is_local("::1") and is_local("localhost")
     assert not is_local("0.0.0.0") and not is_local("192.168.1.2") and not is_local("example.org")
+
+
+def test_the_key_can_come_from_the_environment(tiny_onnx):
+    s = start(tiny_onnx, env=run_env(SGPT_API_KEY="from-env"))
+    try:
+        assert '"Authorization: Bearer $SGPT_API_KEY"' in s.banner and "from-env" not in s.banner
+        curl = next(line for line in s.banner.splitlines() if line.startswith("try: curl"))[len("try: "):]
+        proc = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60,
+                              env=run_env(SGPT_API_KEY="from-env"))
+        assert proc.returncode == 0 and "choices" in proc.stdout, proc.stdout
+        assert httpx.get(s.url + "/v1/models", timeout=10).status_code == 401
+    finally:
+        s.stop()
