@@ -428,6 +428,10 @@ def test_a_signal_ends_running_streams_cleanly_and_exits_130(tiny_onnx, sig):
             t.start()
         for _ in range(2):  # two run; the third waits for a row (and gets its first chunk at the end)
             assert started.acquire(timeout=30)
+        deadline = time.monotonic() + 30
+        while in_flight(s) < 3 and time.monotonic() < deadline:  # the third is queued, not still connecting
+            time.sleep(0.05)
+        assert in_flight(s) == 3
         t0 = time.monotonic()
         s.proc.send_signal(sig)
         for t in threads:
