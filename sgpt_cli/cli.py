@@ -21,6 +21,7 @@ def build_app():
     from sgpt_cli.cli_complete import complete
     from sgpt_cli.cli_eval import eval_cmd
     from sgpt_cli.cli_export import export_cmd
+    from sgpt_cli.cli_serve import serve_cmd
     from sgpt_cli.cli_train import train
 
     app = typer.Typer(
@@ -45,7 +46,7 @@ def build_app():
         """shakespeareGPT: train a character-level GPT, export it to ONNX, and talk to it."""
 
     for name, command in (("train", train), ("export", export_cmd), ("chat", chat), ("complete", complete),
-                          ("eval", eval_cmd)):
+                          ("eval", eval_cmd), ("serve", serve_cmd)):
         app.command(name, short_help=SUMMARIES[name])(command)
     return app
 
@@ -58,6 +59,7 @@ SUMMARIES = {
     "chat": "Talk to the model: a REPL where you write a play together.",
     "complete": "Continue stdin and/or PROMPT; the text streams to stdout.",
     "eval": "Score a text: loss in nats per character, and perplexity.",
+    "serve": "Serve the model over HTTP with OpenAI's API (streaming, batching).",
 }
 SUMMARY_WIDTH = 80 - 6 - len("complete")
 

@@ -213,25 +213,39 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-# --- the training extra -------------------------------------------------------------------------
+# --- the optional extras -------------------------------------------------------------------------
 
 TRAIN_EXTRA = {"train": ("torch", "matplotlib"), "export": ("torch", "onnx")}
-TRAIN_INSTALL = "pip install 'sgpt[train]' (from a source checkout: pip install -e '.[train]')"
+SERVE_EXTRA = {"serve": ("uvicorn", "starlette", "sse_starlette")}
+EXTRA_OF = {"train": ("train", "training extra"), "export": ("train", "training extra"),
+            "serve": ("serve", "serve extra")}
 
 
-def require_train_extra(command: str) -> None:
-    """`sgpt train` and `sgpt export` need the `train` extra (torch, onnx, matplotlib),
-    which the runtime install leaves out: say in one line how to install it, before any work."""
+def install_line(extra: str) -> str:
+    return f"pip install 'sgpt[{extra}]' (from a source checkout: pip install -e '.[{extra}]')"
+
+
+TRAIN_INSTALL = install_line("train")
+
+
+def require_extra(command: str) -> None:
+    """`sgpt train` and `sgpt export` need the `train` extra (torch, onnx, matplotlib), `sgpt serve`
+    the `serve` extra (uvicorn, starlette, sse-starlette), which the runtime install leaves out: say
+    in one line how to install it, before any work."""
     import importlib.util
 
-    for module in TRAIN_EXTRA[command]:
+    extra, called = EXTRA_OF[command]
+    for module in {**TRAIN_EXTRA, **SERVE_EXTRA}[command]:
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):  # a broken or blocked install counts as none
             found = False
         if not found:
             raise SgptError(f"sgpt {command} needs {module}, which is not installed: it comes with the "
-                            f"training extra; install it with {TRAIN_INSTALL}")
+                            f"{called}; install it with {install_line(extra)}")
+
+
+require_train_extra = require_extra
 
 
 # --- flags: one way to declare them for every command ----------------------------------------------

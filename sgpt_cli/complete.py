@@ -350,11 +350,20 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     return result
 
 
+def unknown_note(read: PromptRead) -> str | None:
+    """What `warn_unknown` says about the characters the model does not know (None when none were
+    dropped): `sgpt serve` gives the same words in its responses."""
+    if not read.unknown:
+        return None
+    shown = "".join(read.unknown[:20]) + ("..." if len(read.unknown) > 20 else "")
+    then = "" if read.any_known else "; none is left, so it starts from a line break"
+    return f"dropped characters the model does not know: {shown!r}{then}"
+
+
 def warn_unknown(read: PromptRead, errs: TextIO, where: str = "") -> None:
     """The characters the model does not know, announced once (the engine never sees them, and
     starts from a line break when none is left)."""
-    if read.unknown:
-        shown = "".join(read.unknown[:20]) + ("..." if len(read.unknown) > 20 else "")
-        then = "" if read.any_known else "; none is left, so it starts from a line break"
-        errs.write(f"sgpt: {where}warning: dropped characters the model does not know: {shown!r}{then}\n")
+    note = unknown_note(read)
+    if note:
+        errs.write(f"sgpt: {where}warning: {note}\n")
         errs.flush()

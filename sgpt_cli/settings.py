@@ -346,6 +346,46 @@ DATA = Setting("data", ("--data",), Path, None, "UTF-8 text.",
                valid="the path of a text file")
 JSON = Setting("as_json", ("--json",), bool, False, "Print one JSON object instead of the report.")
 
+# --- `sgpt serve`: the command's flags and limits, and the request fields beyond the sampling ones ---
+
+SERVE: tuple[Setting, ...] = (
+    MODEL,
+    DEVICE,
+    Setting("host", ("--host",), str, "127.0.0.1",  # this machine only, unless told otherwise
+            "Address to listen on; 0.0.0.0 listens on every interface (give --api-key then).", metavar="ADDRESS"),
+    Setting("port", ("--port", "-p"), int, 8000,  # llama-server's and vLLM's default
+            "TCP port; 0 takes a free one (the URL printed says which).", low=0, high=65535, metavar="PORT"),
+    Setting("api_key", ("--api-key",), str, None,  # none: a server on 127.0.0.1 is this machine's
+            "Require `Authorization: Bearer KEY` on every endpoint but /health.",
+            shown="$SGPT_API_KEY, else none", metavar="KEY"),
+    Setting("rows", ("--rows",), int, 16,  # the engine's MAX_ROWS: where 2 cores' speed per row levels off
+            "Requests decoded at once; each joins the running batch at the next step and leaves when done.",
+            low=1, high=256, metavar="N"),
+    Setting("queue", ("--queue",), int, 64,  # four batches of 16 waiting: seconds, not minutes, on 2 cores
+            "Requests (choices) waiting for a row, at most; past that the server answers 429 with Retry-After.",
+            low=0, high=100_000, metavar="N"),
+    Setting("max_body", ("--max-body",), int, 1 << 20,  # 1 MiB: 4,000 windows of prompt text
+            "Largest request body, in bytes (413 past it).", low=1024, high=1 << 30, metavar="BYTES"),
+    Setting("max_tokens_limit", ("--max-tokens-limit",), int, 4096,  # 20 s of one row on 2 cores
+            "Largest max_tokens a request may ask for.", low=1, high=10_000_000, metavar="N"),
+    Setting("max_n", ("--max-n",), int, 16,  # one batch of rows
+            "Most choices one request may ask for (n, times the prompts of a list).", low=1, high=4096, metavar="N"),
+    Setting("max_prompt_chars", ("--max-prompt-chars",), int, 65_536,  # the model reads only its window's tail
+            "Longest prompt in characters (chat: all the messages together).", low=1, high=1 << 30, metavar="N"),
+)
+
+# the request fields of /v1/completions and /v1/chat/completions that are not sampling settings
+SERVE_REQUEST: tuple[Setting, ...] = (
+    Setting("n", (), int, 1, "Choices per prompt.", low=1),  # the upper limit is --max-n
+    Setting("stream", (), bool, False, "Send the text as server-sent events as it is made.", valid="true or false"),
+    Setting("echo", (), bool, False, "Put the prompt before the completion (completions only).",
+            valid="true or false"),
+    Setting("one_speech", (), bool, True, "End a chat reply at the end of a speech (a blank line).",
+            valid="true or false"),
+)
+SERVE_STOPS = 16  # stop strings one request may give (OpenAI allows 4)
+
+
 # --- export's settings (read by sgpt_cli.export's checks too, which must not differ) ------------
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SGPT, run_env
 
-COMMANDS = ["train", "export", "chat", "complete", "eval"]
+COMMANDS = ["train", "export", "chat", "complete", "eval", "serve"]
 
 
 def sgpt(*args: str) -> subprocess.CompletedProcess:
@@ -23,6 +23,7 @@ def sgpt(*args: str) -> subprocess.CompletedProcess:
     (["chat", "--temperature"], "--temperature"),
     (["complete", "--top-k", "x"], "--top-k"),
     (["eval", "a", "b"], "unexpected extra argument"),
+    (["serve", "--rows", "0"], "--rows"),
     (["bogus"], "No such command"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args, needle):

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SGPT, run_env
 
-COMMANDS = ["train", "export", "chat", "complete", "eval"]
+COMMANDS = ["train", "export", "chat", "complete", "eval", "serve"]
 
 
 def sgpt(*args: str, cwd=None, **env) -> subprocess.CompletedProcess:
@@ -33,6 +33,7 @@ USAGE = {  # exit 2: a flag or value the command cannot take
     "chat": ["--temperature", "1e-310"],
     "complete": ["--top-p", "0"],
     "eval": ["--batch-size", "0"],
+    "serve": ["--port", "70000"],
 }
 FAILURE = {  # exit 1: a file that is not there
     "train": ["--data", "missing.txt", "--out", "m.pt"],
@@ -40,6 +41,7 @@ FAILURE = {  # exit 1: a file that is not there
     "chat": ["--model", "missing.onnx"],
     "complete": ["--model", "missing.onnx"],
     "eval": ["--model", "missing.onnx"],
+    "serve": ["--model", "missing.onnx"],
 }
 
 
@@ -61,7 +63,7 @@ def test_a_missing_file_exits_1_in_every_command(command, tmp_path):
 
 
 def test_an_empty_model_name_is_a_usage_error_everywhere(tmp_path):
-    for command in ("chat", "complete", "eval"):
+    for command in ("chat", "complete", "eval", "serve"):
         proc = sgpt(command, "--model", "", cwd=tmp_path)
         assert proc.returncode == 2 and "--model must be the path of an .onnx file (got '')" in one_error_line(proc)
 

@@ -33,6 +33,7 @@ INFERENCE_MODULES = [
     "sgpt_cli.cli", "sgpt_cli.cli_chat", "sgpt_cli.repl", "sgpt_cli.chat", "sgpt_cli.chat_view",
     "sgpt_cli.engine", "sgpt_cli.sampling", "sgpt_cli.model_lookup", "sgpt_cli.onnx_model",
     "sgpt_cli.complete", "sgpt_cli.evaluate", "sgpt_cli.cli_complete", "sgpt_cli.cli_eval",
+    "sgpt_cli.cli_serve", "sgpt_cli.serve_api", "sgpt_cli.serve",
 ]
 
 

@@ -82,7 +82,7 @@ def test_the_readme_names_no_flag_the_cli_lacks():
     usage = text[text.index("## Usage"):text.index("## Results")]
     helps = "".join(subprocess.run([sys.executable, "-m", "sgpt_cli", *c, "--help"], capture_output=True, text=True,
                                    env=run_env(), timeout=120).stdout
-                    for c in ([], ["train"], ["export"], ["chat"], ["complete"], ["eval"]))
+                    for c in ([], ["train"], ["export"], ["chat"], ["complete"], ["eval"], ["serve"]))
     flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", usage))
     missing = sorted(f for f in flags if f not in helps and f not in {"--nproc_per_node"})
     assert missing == []
@@ -101,3 +101,43 @@ def test_the_readme_sample_is_what_the_shipped_model_writes():
     command, block, _ = sample.find_sample(README.read_text(encoding="utf-8"))
     assert command == "sgpt complete -n 300 --seed 7 -t 0.8 --echo 'ROMEO:'"
     assert sample.generate(command) == block, "run `python scripts/readme_sample.py` to refresh the README"
+
+
+def serve_examples() -> tuple[list[str], list[str]]:
+    """The `sgpt serve` section's curl lines and Python blocks, as printed."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### `sgpt serve`"):text.index("## Exit statuses")]
+    bash = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    curls = [line.strip() for block in bash for line in block.splitlines() if line.strip().startswith("curl ")]
+    return curls, re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
+
+
+def test_the_readme_serve_examples_run_against_a_live_server(tiny_onnx, tmp_path):
+    """The curl lines and the openai client example, pasted, against `sgpt serve` on the tiny model
+    (named as the shipped one, so the examples' model id is right); only the port differs."""
+    pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from test_serve import start
+
+    curls, scripts = serve_examples()
+    assert len(curls) >= 2 and len(scripts) == 1 and "from openai import OpenAI" in scripts[0]
+    if shutil.which("curl") is None or shutil.which("jq") is None:
+        pytest.skip("curl or jq is not installed")
+    model = tmp_path / "shakespeare.onnx"
+    shutil.copy(tiny_onnx, model)
+    server = start(model)
+    try:
+        here = server.url.removeprefix("http://")
+        for command in curls:
+            assert "127.0.0.1:8000" in command
+            proc = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", here)], capture_output=True,
+                                  text=True, timeout=120, stdin=subprocess.DEVNULL)
+            assert proc.returncode == 0 and proc.stdout.strip(), (command, proc.stderr)
+            if '"stream": true' in command:
+                assert proc.stdout.rstrip().endswith("data: [DONE]")
+        script = scripts[0].replace("127.0.0.1:8000", here)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              env=run_env(), stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    finally:
+        server.stop()

@@ -37,7 +37,7 @@ def test_every_sampling_setting_reaches_every_parser_with_its_default():
 
 
 def test_typer_commands_are_built_from_the_declarations():
-    for name in ("complete", "chat", "eval"):
+    for name in ("complete", "chat", "eval", "serve"):
         params = [p for p in command(name).params if p.name != "help"]
         for p in params:
             assert p.help and "[default: " in p.help or p.name == "prompt", (name, p.name)
