@@ -41,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sgpt_cli.engine import Engine, SamplingParams  # noqa: E402
-from sgpt_cli.onnx_model import OnnxModel, open_session  # noqa: E402
+from sgpt_cli.infer.engine import Engine, SamplingParams  # noqa: E402
+from sgpt_cli.infer.onnx_model import OnnxModel, open_session  # noqa: E402
 
 TEXTS = [ROOT / "data" / "tinyshakespeare.txt", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"]
 
@@ -149,7 +149,7 @@ def main() -> None:
         res["model"] = str(path)
         engine = Engine(model)
         prompts = prompts_for(model, args.prompts)
-        from sgpt_cli.batch import DEFAULT_BATCH_SIZE
+        from sgpt_cli.infer.batch import DEFAULT_BATCH_SIZE
 
         med = statistics.median
         batch = [run_batch(engine, prompts, args.chars, DEFAULT_BATCH_SIZE) for _ in range(args.repeats)]

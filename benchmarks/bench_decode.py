@@ -7,13 +7,13 @@
     python benchmarks/bench_decode.py --against CHECKOUT    # this code and file vs an earlier commit's
 
 Builds models with random weights of the given dimensions (default: ~10M parameters, nanoGPT's
-shakespeare_char shape), saved as sgpt checkpoints and exported with `sgpt_cli.export.export`
-(verified against PyTorch), plus an int8 copy (`sgpt_cli.onnx_graph.build(int8=True)`). Then, for --chars characters end
+shakespeare_char shape), saved as sgpt checkpoints and exported with `sgpt_cli.train.export.export`
+(verified against PyTorch), plus an int8 copy (`sgpt_cli.train.onnx_graph.build(int8=True)`). Then, for --chars characters end
 to end from a one-character prompt, it times:
 
   * baseline: nanoGPT's sample.py loop in PyTorch eager: the whole (cropped) window re-run per
     character, softmax, torch.multinomial;
-  * sgpt_cli.engine.Engine on the fp32 and the int8 file (prefill, then one step per character from
+  * sgpt_cli.infer.engine.Engine on the fp32 and the int8 file (prefill, then one step per character from
     the cache, rolling past block_size);
   * the same engine on a tiny model (2 layers, 32 wide, one thread), where nearly all the time is
     per-step overhead.
@@ -30,7 +30,7 @@ It needs a trained model (--onnx) and scores the validation split (last 10%) of 
 
 --against CHECKOUT times batch-1 decoding (1000 characters) and the whole `complete -n 200` process
 of this checkout's code and shipped model against another checkout's, interleaved (benchmarks/versions.py).
---threads 0 (the default) is the engine's own choice (sgpt_cli.onnx_model.DEFAULT_THREADS).
+--threads 0 (the default) is the engine's own choice (sgpt_cli.infer.onnx_model.DEFAULT_THREADS).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgpt_cli.engine import Engine, SamplingParams  # noqa: E402
-from sgpt_cli.onnx_model import OnnxModel, open_session  # noqa: E402
+from sgpt_cli.infer.engine import Engine, SamplingParams  # noqa: E402
+from sgpt_cli.infer.onnx_model import OnnxModel, open_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "data" / "tinyshakespeare.txt"  # where `sgpt train` and `sgpt eval` download it
@@ -74,12 +74,12 @@ def build_models(dims: dict, folder: Path, int8: bool) -> tuple[Path, Path | Non
     import onnx
     import torch
 
-    from sgpt_cli import checkpoint
+    from sgpt_cli.train import checkpoint
     from sgpt_cli.config import ModelConfig, TrainConfig
-    from sgpt_cli import onnx_graph
-    from sgpt_cli.export import export, save_checked, set_metadata
-    from sgpt_cli.model import GPT
-    from sgpt_cli.tokenizer import CharTokenizer
+    from sgpt_cli.train import onnx_graph
+    from sgpt_cli.train.export import export, save_checked, set_metadata
+    from sgpt_cli.train.model import GPT
+    from sgpt_cli.infer.tokenizer import CharTokenizer
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=dims["vocab"], block_size=dims["block_size"], n_layer=dims["n_layer"],
@@ -153,8 +153,8 @@ def window_quality(path: Path, text_path: Path, segments: int, length: int) -> d
     characters per character (nanoGPT's sample.py, the reference). Segments are evenly spaced over
     the validation split of the text."""
     from sgpt_cli.data import split_text
-    from sgpt_cli.engine import HostCache
-    from sgpt_cli.onnx_model import log_softmax
+    from sgpt_cli.infer.engine import HostCache
+    from sgpt_cli.infer.onnx_model import log_softmax
 
     model = OnnxModel(path, session=open_session(str(path), "cpu"))
     W = model.block_size
@@ -284,7 +284,7 @@ def bench_speed(args, results: dict) -> None:
             import torch
 
             from sgpt_cli.config import ModelConfig
-            from sgpt_cli.model import GPT
+            from sgpt_cli.train.model import GPT
 
             if model is None:
                 torch.manual_seed(0)

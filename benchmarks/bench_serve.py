@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from sgpt_cli.complete import read_for_model  # noqa: E402
-from sgpt_cli.engine import Engine  # noqa: E402
-from sgpt_cli.onnx_model import OnnxModel  # noqa: E402
+from sgpt_cli.infer.complete import read_for_model  # noqa: E402
+from sgpt_cli.infer.engine import Engine  # noqa: E402
+from sgpt_cli.infer.onnx_model import OnnxModel  # noqa: E402
 from sgpt_cli.settings import SamplingParams  # noqa: E402
 
 PROMPTS = ["ROMEO:", "JULIET:\n", "First Citizen:\nBefore we proceed any further, hear me speak.\n", "KING RICHARD III:",

@@ -43,10 +43,10 @@ def build_random_model(out: Path) -> int:
 
     import torch
 
-    from sgpt_cli import checkpoint
+    from sgpt_cli.train import checkpoint
     from sgpt_cli.config import ModelConfig, TrainConfig
-    from sgpt_cli.export import export
-    from sgpt_cli.model import GPT
+    from sgpt_cli.train.export import export
+    from sgpt_cli.train.model import GPT
 
     torch.manual_seed(0)
     mcfg = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=len(SHAKESPEARE_VOCAB))

@@ -40,11 +40,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sgpt_cli import checkpoint, trainer  # noqa: E402
+from sgpt_cli.train import checkpoint, trainer  # noqa: E402
 from sgpt_cli.config import build_train_config, model_config_from_dict  # noqa: E402
 from sgpt_cli.data import DEFAULT_DATA, read_text, split_text  # noqa: E402
-from sgpt_cli.model import GPT  # noqa: E402
-from sgpt_cli.tokenizer import CharTokenizer  # noqa: E402
+from sgpt_cli.train.model import GPT  # noqa: E402
+from sgpt_cli.infer.tokenizer import CharTokenizer  # noqa: E402
 
 
 def full_val_loss(ckpt_path: Path, text: str) -> float:

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
         return 1
     if fresh != block:
         sys.path.insert(0, str(REPO))
-        from sgpt_cli.errors import atomic_write_text
+        from sgpt_cli.files import atomic_write_text
 
         atomic_write_text(README, text[:start] + fresh + text[end:], "README.md")
         print(f"README.md: the sample is now what `{command}` writes")

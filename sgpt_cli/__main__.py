@@ -1,4 +1,4 @@
-from sgpt_cli.cli import main
+from sgpt_cli.term.app import main
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from sgpt_cli.errors import SgptError, atomic_path, probe
+from sgpt_cli.errors import SgptError
+
+from sgpt_cli.files import atomic_path, probe
 from sgpt_cli.home import data_home, in_checkout
 
 DATA_NAME = "tinyshakespeare.txt"

@@ -6,7 +6,7 @@ its limits, and how its values are checked and read from text), the sampling set
 options several commands share (`MODEL`, `DEVICE`, `DATA`), `SamplingParams` (the engine's
 parameters, a dataclass built from `SAMPLING`) and `sampling_params_from`, which checks a dict of
 per-row settings (a JSONL request, say). `argparse_parser` builds a parser from a list of settings
-(`sgpt complete`'s Typer-free fast path); `sgpt_cli.cli_common.typer_command` builds a Typer
+(`sgpt complete`'s Typer-free fast path); `sgpt_cli.term.common.typer_command` builds a Typer
 command from the same list; chat's `/set` parses, completes and shows from it.
 
 What it does not do: import numpy, Typer or rich (it is read at start-up of every command), or sample.
@@ -270,7 +270,7 @@ SAMPLING: tuple[Setting, ...] = (
     Setting("stop", ("--stop",), str, (),  # generation ends before the first of these strings
             "Stop before this string would be written; repeat for several. \\n, \\t and \\\\ are a "
             "line break, a tab and a backslash.", shown="none", repeat=True, escapes=True, metavar="TEXT",
-            # matching costs the same whatever the count (sgpt_cli.stops); the caps bound the
+            # matching costs the same whatever the count (sgpt_cli.infer.stops); the caps bound the
             # matcher's table (count x length characters) and what one request may ask for
             most=STOP_MOST, longest=STOP_LONGEST),
 )
@@ -386,7 +386,7 @@ SERVE_REQUEST: tuple[Setting, ...] = (
 SERVE_STOPS = 16  # stop strings one request may give (OpenAI allows 4)
 
 
-# --- export's settings (read by sgpt_cli.export's checks too, which must not differ) ------------
+# --- export's settings (read by sgpt_cli.train.export's checks too, which must not differ) ------------
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
                      "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")

@@ -42,7 +42,7 @@ def tiny_ckpt(tmp_path_factory, text_file) -> Path:
     """A 2-layer, 32-wide model trained for a few dozen steps: seconds on a laptop."""
     import torch
 
-    from sgpt_cli import trainer
+    from sgpt_cli.train import trainer
 
     torch.set_num_threads(1)  # tiny matrices: a second thread only adds synchronisation
     from sgpt_cli.config import build_train_config
@@ -57,7 +57,7 @@ def tiny_ckpt(tmp_path_factory, text_file) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_ckpt) -> Path:
-    from sgpt_cli.export import export
+    from sgpt_cli.train.export import export
 
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     export(tiny_ckpt, out)

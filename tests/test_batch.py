@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sgpt_cli.engine import Engine, HostCache, SamplingParams
+from sgpt_cli.infer.engine import Engine, HostCache, SamplingParams
 from sgpt_cli.errors import UsageError
-from sgpt_cli.onnx_model import OnnxModel
+from sgpt_cli.infer.onnx_model import OnnxModel
 
 PROMPTS = ["ROMEO:", "", "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n",
            "K", "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n", "What, ho!", "MENENIUS:\nWhy",

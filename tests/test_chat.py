@@ -1,4 +1,4 @@
-"""`sgpt chat`: the session state directly (sgpt_cli.chat_session), the REPL through prompt-toolkit's
+"""`sgpt chat`: the session state directly (sgpt_cli.infer.chat_session), the REPL through prompt-toolkit's
 pipe input, and the whole command as a subprocess with piped stdin. The pseudo-terminal tests are in
 test_chat_pty.py."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SGPT, run_env
-from sgpt_cli.chat_session import (
+from sgpt_cli.infer.chat_session import (
     SPEECH_END, ChatSession, ChatSettings, InputJoiner, block_is_open, data_home, history_path,
     is_command, is_speaker_line, parse_command,
 )
@@ -31,7 +31,7 @@ class FakeEngine:
 
     def stream(self, prompt, params):
         """As Engine.stream: text events, the last one with the stats."""
-        from sgpt_cli.engine import Event, GenerationStats
+        from sgpt_cli.infer.engine import Event, GenerationStats
 
         self.prompts.append(prompt)
         self.params.append(params)
@@ -57,7 +57,7 @@ class FakeBatchEngine(FakeEngine):
         self.closed = False
 
     def generate_batch(self, requests, batch_size=None):
-        from sgpt_cli.engine import Event as RowEvent, GenerationStats
+        from sgpt_cli.infer.engine import Event as RowEvent, GenerationStats
 
         rows = self.batches.pop(0)
         assert len(rows) == len(requests)
@@ -80,7 +80,7 @@ class FakeBatchEngine(FakeEngine):
 
 def piped_repl(engine, lines: str, settings=None):
     """The REPL over piped lines (LineReader) with a fake engine: (exit status, transcript, session)."""
-    from sgpt_cli.repl import LineReader, Repl, make_console
+    from sgpt_cli.term.repl import LineReader, Repl, make_console
 
     out = io.StringIO()
     session = ChatSession(VOCAB, 64, settings or ChatSettings(seed=5))
@@ -363,8 +363,8 @@ def test_history_lives_under_sgpt_home_else_the_xdg_data_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_onnx):
-    from sgpt_cli.engine import Engine
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.engine import Engine
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     return Engine(OnnxModel(tiny_onnx, device="cpu"))
 
@@ -377,8 +377,8 @@ def run_repl(engine, keys, history: bool = True, settings: ChatSettings | None =
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    from sgpt_cli.onnx_model import model_summary
-    from sgpt_cli.repl import PromptReader, Repl, make_console
+    from sgpt_cli.infer.onnx_model import model_summary
+    from sgpt_cli.term.repl import PromptReader, Repl, make_console
 
     chunks = [keys] if isinstance(keys, str) else list(keys)
 
@@ -516,7 +516,7 @@ def test_piped_chat_into_a_closed_pipe_exits_quietly(tiny_onnx):
 def test_chat_help_states_every_default():
     import typer
 
-    from sgpt_cli.cli import build_app
+    from sgpt_cli.term.app import build_app
 
     command = typer.main.get_command(build_app()).commands["chat"]
     options = [p for p in command.params if p.name != "help"]
@@ -528,8 +528,8 @@ def test_chat_help_states_every_default():
 
 
 def test_the_cli_loads_neither_rich_nor_prompt_toolkit_until_chat_runs():
-    code = ("import sys; import sgpt_cli.cli, sgpt_cli.cli_chat, sgpt_cli.chat_session;"
-            "from sgpt_cli.cli import build_app; build_app();"
+    code = ("import sys; import sgpt_cli.term.app, sgpt_cli.term.chat, sgpt_cli.infer.chat_session;"
+            "from sgpt_cli.term.app import build_app; build_app();"
             "print(','.join(m for m in ('rich', 'prompt_toolkit', 'torch', 'numpy') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=run_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()

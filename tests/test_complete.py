@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SGPT, run_env
-from sgpt_cli import complete as complete_mod
-from sgpt_cli.cli import app
-from sgpt_cli.cli_complete import complete as typer_complete
-from sgpt_cli.complete import OPTIONS, StreamedPrompt, fast_parse
+from sgpt_cli.infer import complete as complete_mod
+from sgpt_cli.term.app import app
+from sgpt_cli.term.complete import complete as typer_complete
+from sgpt_cli.infer.complete import OPTIONS, StreamedPrompt, fast_parse
 from test_eval import write_bad_models
 
 TIMEOUT = 120
@@ -127,7 +127,7 @@ def test_an_unseeded_run_draws_a_seed_and_reports_it_so_it_can_be_repeated(model
 def _engine_builds_samplers_from_params() -> bool:
     import inspect
 
-    from sgpt_cli import engine
+    from sgpt_cli.infer import engine
 
     return "from_params" in inspect.getsource(engine)
 
@@ -286,7 +286,7 @@ def test_worker_streams_what_it_returns(model):
 # --- one table of options, two parsers ------------------------------------------------------------
 
 def test_options_are_the_declared_sampling_settings():
-    from sgpt_cli.engine import SamplingParams
+    from sgpt_cli.infer.engine import SamplingParams
     from sgpt_cli.settings import SAMPLING
 
     assert OPTIONS[:len(SAMPLING)] == SAMPLING  # the very objects: nothing written twice

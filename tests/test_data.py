@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sgpt_cli import data
-from sgpt_cli.cli import app
+from sgpt_cli.term.app import app
 from sgpt_cli.errors import SgptError
-from sgpt_cli.tokenizer import CharTokenizer
+from sgpt_cli.infer.tokenizer import CharTokenizer
 
 BODY = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 120).encode("utf-8")
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
@@ -256,7 +256,7 @@ def test_a_terminal_sees_a_download_progress_bar(server, tmp_path, monkeypatch):
 
     from rich.console import Console
 
-    from sgpt_cli.fetch_view import fetch_default_data
+    from sgpt_cli.term.fetch import fetch_default_data
 
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", f"{server}/ok")
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_SHA256", BODY_SHA)

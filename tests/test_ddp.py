@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from conftest import run_env
-from sgpt_cli import checkpoint, trainer
+from sgpt_cli.train import checkpoint, trainer
 from sgpt_cli.config import build_train_config
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO, run_env
-from sgpt_cli.onnx_model import OnnxModel
+from sgpt_cli.infer.onnx_model import OnnxModel
 
 INTERFACE = REPO / "docs" / "onnx-interface.md"
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yml", ".yaml", ".json"}

@@ -1,5 +1,5 @@
-"""The generation engine (sgpt_cli.engine) on the tiny exported model, and model lookup
-(sgpt_cli.model_lookup).
+"""The generation engine (sgpt_cli.infer.engine) on the tiny exported model, and model lookup
+(sgpt_cli.infer.model_lookup).
 
 References are computed independently of the engine: a full pass of the model over the whole text
 for every character (the nanoGPT way), and past the window a ring cache driven by hand through plain
@@ -14,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from sgpt_cli.engine import DeviceCache, Engine, GenerationStats, HostCache, SamplingParams
+from sgpt_cli.infer.engine import DeviceCache, Engine, GenerationStats, HostCache, SamplingParams
 from sgpt_cli.errors import SgptError, UsageError
-from sgpt_cli.onnx_model import OnnxModel
-from sgpt_cli.sampling import sample_next_token
-from sgpt_cli.stops import StopMatcher
+from sgpt_cli.infer.onnx_model import OnnxModel
+from sgpt_cli.infer.sampling import sample_next_token
+from sgpt_cli.infer.stops import StopMatcher
 
 from conftest import run_env
 
@@ -443,7 +443,7 @@ def test_sampling_params_are_valid_by_construction(kw, flag):
 @pytest.fixture()
 def lookup_world(tmp_path, monkeypatch):
     """Empty candidate files for every source; cwd in tmp; the shipped model redirected into tmp."""
-    from sgpt_cli import model_lookup
+    from sgpt_cli.infer import model_lookup
 
     files = {name: tmp_path / name for name in ("explicit.onnx", "env.onnx", "shipped.onnx")}
     for f in files.values():
@@ -460,7 +460,7 @@ def lookup_world(tmp_path, monkeypatch):
 def test_model_lookup_precedence(lookup_world, monkeypatch):
     from pathlib import Path
 
-    from sgpt_cli.model_lookup import find_model
+    from sgpt_cli.infer.model_lookup import find_model
 
     files, work = lookup_world
     monkeypatch.setenv("SGPT_MODEL", str(files["env.onnx"]))
@@ -475,8 +475,8 @@ def test_model_lookup_precedence(lookup_world, monkeypatch):
 
 
 def test_model_lookup_errors(lookup_world, monkeypatch, tmp_path):
-    from sgpt_cli import model_lookup
-    from sgpt_cli.model_lookup import find_model
+    from sgpt_cli.infer import model_lookup
+    from sgpt_cli.infer.model_lookup import find_model
 
     with pytest.raises(SgptError, match="nope.onnx.*--model.*does not exist"):
         find_model(tmp_path / "nope.onnx")
@@ -498,7 +498,7 @@ def test_shipped_model_candidates_are_the_checkout_then_the_install_prefix():
     import sgpt_cli
     from pathlib import Path
 
-    from sgpt_cli.model_lookup import SHIPPED_MODEL_NAME, shipped_model_candidates
+    from sgpt_cli.infer.model_lookup import SHIPPED_MODEL_NAME, shipped_model_candidates
 
     first, second = shipped_model_candidates()
     assert first == Path(sgpt_cli.__file__).resolve().parents[1] / "models" / SHIPPED_MODEL_NAME
@@ -506,7 +506,7 @@ def test_shipped_model_candidates_are_the_checkout_then_the_install_prefix():
 
 
 def test_model_lookup_and_sampling_load_neither_onnxruntime_nor_torch():
-    code = ("import sys, sgpt_cli.model_lookup, sgpt_cli.sampling; "
+    code = ("import sys, sgpt_cli.infer.model_lookup, sgpt_cli.infer.sampling; "
             "print([m for m in ('onnxruntime', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), check=True)
     assert out.stdout.strip() == "[]"

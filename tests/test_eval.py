@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SGPT, run_env
-from sgpt_cli.cli import app
+from sgpt_cli.term.app import app
 from sgpt_cli.data import split_text
-from sgpt_cli.onnx_model import OnnxModel, score_ids
+from sgpt_cli.infer.onnx_model import OnnxModel, score_ids
 
 
 def invoke(*args, **kwargs):
@@ -224,7 +224,7 @@ def test_eval_says_by_how_much_the_recorded_figure_differs_when_4_decimals_do_no
     """Defect 8: 'loss 1.4615' beside 'recorded 1.4616' with no word: the shipped int8 file was
     measured at export on another CPU (AVX2); ONNX Runtime's int8 products differ by CPU. Where
     the 4-decimal roundings differ, both are given to 6 decimals with the difference and the why."""
-    from sgpt_cli.cli_eval import recorded_lines
+    from sgpt_cli.term.eval import recorded_lines
 
     base = {"split": "val", "quantization": "int8"}
     same = recorded_lines({**base, "loss": 1.4615231, "recorded_val_loss": 1.4615400})

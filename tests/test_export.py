@@ -23,11 +23,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import SGPT, run_env
-from sgpt_cli import export as exporter
-from sgpt_cli.cli import app
+from sgpt_cli.train import export as exporter
+from sgpt_cli.term.app import app
 from sgpt_cli.data import split_text
 from sgpt_cli.errors import SgptError
-from sgpt_cli.onnx_model import OnnxModel, score_ids
+from sgpt_cli.infer.onnx_model import OnnxModel, score_ids
 
 # every kind of character a vocabulary must carry through JSON metadata intact
 ODD_LINE = 'He said "café — it’s late 😀"\\ then left.\n'
@@ -234,7 +234,7 @@ def test_file_runs_in_plain_onnxruntime_without_torch(tiny_onnx):
 def odd_export(tmp_path_factory):
     """A tiny model trained on text with a newline, quote, backslash, é, —, ’ and 😀, exported by
     `python -m sgpt_cli export` in a subprocess."""
-    from sgpt_cli import trainer
+    from sgpt_cli.train import trainer
     from sgpt_cli.config import build_train_config
 
     folder = tmp_path_factory.mktemp("odd")
@@ -339,10 +339,10 @@ def test_a_larger_model_is_one_self_contained_file(tmp_path):
     import shutil
     import string
 
-    from sgpt_cli import checkpoint
+    from sgpt_cli.train import checkpoint
     from sgpt_cli.config import ModelConfig
-    from sgpt_cli.model import GPT
-    from sgpt_cli.tokenizer import CharTokenizer
+    from sgpt_cli.train.model import GPT
+    from sgpt_cli.infer.tokenizer import CharTokenizer
 
     vocab = CharTokenizer.from_text(string.ascii_letters + string.digits + " ,.;:!?'-\n")
     cfg = ModelConfig(vocab_size=vocab.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=192)
@@ -494,7 +494,7 @@ def test_bad_input_is_one_line_on_stderr_and_no_file(name, tiny_ckpt, tiny_onnx,
 
 DISPLAY_SCRIPT = textwrap.dedent("""
     import time
-    from sgpt_cli.cli_export import stage_display
+    from sgpt_cli.term.export import stage_display
     with stage_display() as (status, progress):
         status("exporting")
         time.sleep(0.4)
@@ -526,7 +526,7 @@ def test_stages_are_a_spinner_on_a_terminal():
 
 def test_int8_batched_rows_equal_single_runs_bitwise(int8_export):
     """DequantizeLinear + MatMul (fused by ONNX Runtime) gives a row the same bits in any batch."""
-    from sgpt_cli.engine import Engine
+    from sgpt_cli.infer.engine import Engine
     from sgpt_cli.settings import SamplingParams
 
     assert int8_export[0]["int8_batch_bitwise"]

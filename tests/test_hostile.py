@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import SGPT, run_env
-from sgpt_cli.chat_session import ChatSession
-from sgpt_cli.errors import SgptError, atomic_write_text
+from sgpt_cli.infer.chat_session import ChatSession
+from sgpt_cli.errors import SgptError
+from sgpt_cli.files import atomic_write_text
 
 VOCAB = sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
 
@@ -109,7 +110,7 @@ def test_the_temporary_is_fsynced_before_the_rename_and_the_folder_after(tmp_pat
 
 
 def test_a_checkpoint_save_onto_a_fifo_is_refused(tmp_path):
-    from sgpt_cli import checkpoint
+    from sgpt_cli.train import checkpoint
 
     fifo = tmp_path / "m.pt"
     os.mkfifo(fifo)
@@ -212,7 +213,7 @@ def test_piped_chat_survives_refused_save_names(tiny_onnx, tmp_path):
 
 
 def test_sgpt_home_set_to_a_file_says_so(tmp_path, monkeypatch):
-    from sgpt_cli.repl import _history
+    from sgpt_cli.term.repl import _history
 
     blocker = tmp_path / "home-file"
     blocker.write_text("x")
@@ -295,7 +296,7 @@ def external_in_a_constant(location: str):
     external("/etc/passwd"), external("../../x"), external("sub/../../x"), external_in_a_constant("/etc/passwd"),
 ], ids=["absolute", "dotdot", "dotdot-inside", "constant-node"])
 def test_a_model_reading_data_from_outside_its_folder_is_refused(tiny_onnx, tmp_path, edit):
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     path = edited_model(tiny_onnx, tmp_path / "m" / "hostile.onnx", edit)
     with pytest.raises(SgptError, match="read data from outside its folder") as exc:
@@ -306,7 +307,7 @@ def test_a_model_reading_data_from_outside_its_folder_is_refused(tiny_onnx, tmp_
 
 
 def test_a_symlink_in_the_folder_pointing_out_is_refused(tiny_onnx, tmp_path):
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "weights.bin").symlink_to("/etc/passwd")
@@ -318,11 +319,11 @@ def test_a_symlink_in_the_folder_pointing_out_is_refused(tiny_onnx, tmp_path):
 def test_external_data_inside_the_folder_still_loads(tiny_onnx, tmp_path):
     import onnx
 
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     proto = onnx.load(str(tiny_onnx))
     onnx.save_model(proto, str(tmp_path / "split.onnx"), save_as_external_data=True, location="split.data")
-    from sgpt_cli.onnx_file import external_locations
+    from sgpt_cli.infer.onnx_file import external_locations
 
     assert set(external_locations(tmp_path / "split.onnx")) == {"split.data"}
     model = OnnxModel(tmp_path / "split.onnx", device="cpu")
@@ -331,7 +332,7 @@ def test_external_data_inside_the_folder_still_loads(tiny_onnx, tmp_path):
 
 def test_the_protobuf_walk_finds_what_onnx_finds(tiny_onnx, tmp_path):
     """The hand-written reader against the onnx library, on a model with tensors in every place."""
-    from sgpt_cli.onnx_file import external_locations
+    from sgpt_cli.infer.onnx_file import external_locations
 
     assert external_locations(tiny_onnx) == []
     path = edited_model(tiny_onnx, tmp_path / "two.onnx",
@@ -340,14 +341,14 @@ def test_the_protobuf_walk_finds_what_onnx_finds(tiny_onnx, tmp_path):
     truncated = tmp_path / "cut.onnx"  # cut inside the tensors, after a "location" key
     data = path.read_bytes()
     truncated.write_bytes(data[:data.rindex(b"location") + 20])
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     with pytest.raises(SgptError, match="not a well-formed ONNX file"):
         OnnxModel(truncated, device="cpu")
 
 
 def test_a_fifo_as_model_is_refused_without_blocking(tmp_path):
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     os.mkfifo(tmp_path / "m.onnx")
     with pytest.raises(SgptError, match="not a regular file"):
@@ -375,7 +376,7 @@ BAD_METADATA = {
 def test_metadata_that_does_not_fit_the_graph_is_refused(name, tiny_onnx, tmp_path):
     import json
 
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     meta, words = BAD_METADATA[name]
     if meta.get("sgpt_vocab") == "VOCAB20":
@@ -392,7 +393,7 @@ def test_metadata_that_does_not_fit_the_graph_is_refused(name, tiny_onnx, tmp_pa
 def test_eval_and_complete_refuse_edited_metadata_in_one_line(name, tiny_onnx, tmp_path, text_file):
     import json
 
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     meta, words = BAD_METADATA[name]
     if meta.get("sgpt_vocab") == "VOCAB20":
@@ -406,7 +407,7 @@ def test_eval_and_complete_refuse_edited_metadata_in_one_line(name, tiny_onnx, t
 
 
 def test_eval_wraps_onnx_runtime_errors(tiny_onnx, monkeypatch):
-    from sgpt_cli.onnx_model import OnnxModel, score_ids
+    from sgpt_cli.infer.onnx_model import OnnxModel, score_ids
 
     model = OnnxModel(tiny_onnx, device="cpu")
 
@@ -424,7 +425,7 @@ def escape_vocab(tiny_onnx: Path, dest: Path) -> Path:
     """The tiny model with its space and 'e' turned into ESC and BEL, its 'a' into CSI (0x9b)."""
     import json
 
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     chars = OnnxModel(tiny_onnx, device="cpu").tokenizer.chars
     swap = {" ": "\x1b", "e": "\x07", "a": "\x9b"}
@@ -447,7 +448,7 @@ def test_no_control_sequence_reaches_the_terminal_from_complete_or_chat(tiny_onn
 
 
 def test_printable_keeps_text_and_pictures_controls():
-    from sgpt_cli.tokenizer import CharTokenizer, printable
+    from sgpt_cli.infer.tokenizer import CharTokenizer, printable
 
     assert [printable(c) for c in "a\n\t é"] == list("a\n\t é")
     assert [printable(c) for c in "\x1b\x07\r\x00\x7f\x9b"] == ["\u241b", "\u2407", "\u240d", "\u2400", "\u2421", "\ufffd"]
@@ -488,7 +489,7 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_without_allocating_it(tin
 def test_huge_config_check_allocates_nothing(tiny_ckpt, tmp_path):
     import resource
 
-    from sgpt_cli import export as exporter
+    from sgpt_cli.train import export as exporter
 
     path = edited_checkpoint(tiny_ckpt, tmp_path / "claims.pt", {"n_embd": 4096})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -589,7 +590,7 @@ def test_complete_streams_a_large_stdin_keeping_only_the_window(tiny_onnx, tmp_p
 def test_the_streamed_prompt_is_the_whole_prompt(tiny_onnx):
     import io
 
-    from sgpt_cli.complete import PROMPT_CHUNK, StreamedPrompt, read_for_model
+    from sgpt_cli.infer.complete import PROMPT_CHUNK, StreamedPrompt, read_for_model
 
     # a BOM, a line break and a two-byte character split across chunk boundaries
     raw = "\ufeffROMEO:".encode() + b"x" * (PROMPT_CHUNK - 10) + "ab\r".encode() + b"\n" + "é".encode() * PROMPT_CHUNK

@@ -1,5 +1,5 @@
 """Issue 17, items 7-9: one checkpoint check that every reader (export, `train --init-from`,
-`train --resume`) goes through (sgpt_cli.checkpoint.load -> check_contents); a FIFO is refused
+`train --resume`) goes through (sgpt_cli.train.checkpoint.load -> check_contents); a FIFO is refused
 before anything opens it; a failed save says what is on disk, with advice that leads somewhere."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_a_fifo_as_the_checkpoint_is_refused_without_blocking(command, tmp_path,
 # --- 9. what a failed save leaves, said from the files -------------------------------------------
 
 def failed_save(run) -> str:
-    from sgpt_cli import trainer
+    from sgpt_cli.train import trainer
 
     with pytest.raises(SgptError) as exc:
         with trainer._disk_errors(run):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SGPT, run_env
-from sgpt_cli import onnx_file
+from sgpt_cli.infer import onnx_file
 from sgpt_cli.errors import SgptError
-from sgpt_cli.onnx_file import MalformedModel, Refused, check_structure
-from sgpt_cli.onnx_model import check_file
+from sgpt_cli.infer.onnx_file import MalformedModel, Refused, check_structure
+from sgpt_cli.infer.onnx_model import check_file
 
 
 def sgpt(*args, cwd=None, stdin=b"") -> subprocess.CompletedProcess:
@@ -127,7 +127,7 @@ def test_a_pickle_checkpoint_is_named_too(tmp_path):
 
 
 def test_save_failures_name_the_file_not_the_command(tmp_path, monkeypatch):
-    from sgpt_cli.chat_session import ChatSession
+    from sgpt_cli.infer.chat_session import ChatSession
 
     monkeypatch.chdir(tmp_path)
     session = ChatSession(sorted(set("ROMEO: But soft!")), 32)
@@ -147,7 +147,7 @@ def test_save_failures_name_the_file_not_the_command(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_end_signals_unwind_as_ctrl_c(signum):
-    from sgpt_cli.cli_common import END_SIGNALS, terminate_as_interrupt
+    from sgpt_cli.term.common import END_SIGNALS, terminate_as_interrupt
 
     assert signum in END_SIGNALS
     before = signal.getsignal(signum)

@@ -1,5 +1,5 @@
 """Issue 17, item 5 (a model that never ends a step): Ctrl-C ends any ONNX Runtime run
-(sgpt_cli.interrupt), and no model with control flow is opened (sgpt_cli.onnx_file)."""
+(sgpt_cli.infer.interrupt), and no model with control flow is opened (sgpt_cli.infer.onnx_file)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ CHILD = r"""
 import sys, time
 import numpy as np
 import onnxruntime as ort
-from sgpt_cli.interrupt import RunGuard
+from sgpt_cli.infer.interrupt import RunGuard
 so = ort.SessionOptions(); so.intra_op_num_threads = 1
 sess = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
 x = np.ones((1024, 1024), dtype=np.float32)
@@ -77,7 +77,7 @@ def test_ctrl_c_ends_a_run_that_would_take_minutes_within_seconds(tmp_path):
 def test_a_terminated_run_surfaces_as_keyboardinterrupt_not_an_onnx_runtime_error(tmp_path):
     import onnxruntime as ort
 
-    from sgpt_cli.interrupt import RunGuard
+    from sgpt_cli.infer.interrupt import RunGuard
 
     sess = ort.InferenceSession(str(slow_model(tmp_path / "s.onnx", steps=2, n=8)), providers=["CPUExecutionProvider"])
     x = np.ones((8, 8), dtype=np.float32)
@@ -94,7 +94,7 @@ def test_a_terminated_run_surfaces_as_keyboardinterrupt_not_an_onnx_runtime_erro
 def test_a_signal_the_guard_does_not_route_leaves_the_run_alone(tmp_path):
     import onnxruntime as ort
 
-    from sgpt_cli.interrupt import RunGuard
+    from sgpt_cli.infer.interrupt import RunGuard
 
     sess = ort.InferenceSession(str(slow_model(tmp_path / "s.onnx", steps=2, n=8)), providers=["CPUExecutionProvider"])
     previous = signal.signal(signal.SIGUSR1, lambda *a: None)
@@ -157,7 +157,7 @@ def scan_in_a_function(path: Path) -> Path:
                                         (scan_in_a_function, "Scan node")])
 def test_a_model_with_control_flow_is_refused_when_opened(tmp_path, make, what):
     from sgpt_cli.errors import SgptError
-    from sgpt_cli.onnx_model import check_file
+    from sgpt_cli.infer.onnx_model import check_file
 
     path = make(tmp_path / "cf.onnx")
     with pytest.raises(SgptError, match="carries a subgraph") as exc:
@@ -180,8 +180,8 @@ ENGINE_CHILD = r"""
 import sys, time
 import numpy as np
 import onnxruntime as ort
-from sgpt_cli.engine import Engine, HostCache
-from sgpt_cli.onnx_model import OnnxModel
+from sgpt_cli.infer.engine import Engine, HostCache
+from sgpt_cli.infer.onnx_model import OnnxModel
 from sgpt_cli.settings import SamplingParams
 slow = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
 x = np.ones((1024, 1024), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The row-writing graph the engine builds without the onnx package (sgpt_cli.onnx_build): the onnx
+"""The row-writing graph the engine builds without the onnx package (sgpt_cli.infer.onnx_build): the onnx
 package (a test dependency only) reads it back as the graph onnx.helper would make, its checker
 accepts it, and ONNX Runtime runs it in place."""
 
@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from sgpt_cli.onnx_build import put_row_graph
+from sgpt_cli.infer.onnx_build import put_row_graph
 
 
 def helper_graph(n: int) -> onnx.GraphProto:

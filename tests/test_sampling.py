@@ -1,4 +1,4 @@
-"""The next-character rule (sgpt_cli.sampling): greedy, seeds, temperature, top-k, top-p,
+"""The next-character rule (sgpt_cli.infer.sampling): greedy, seeds, temperature, top-k, top-p,
 repetition penalty and argument checks. numpy only, no model."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sgpt_cli.errors import UsageError
-from sgpt_cli.sampling import Sampler, sample_next_token
+from sgpt_cli.infer.sampling import Sampler, sample_next_token
 from sgpt_cli.settings import SamplingParams
 
 

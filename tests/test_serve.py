@@ -28,8 +28,8 @@ pytest.importorskip("sse_starlette")
 from conftest import SGPT, run_env  # noqa: E402
 from test_no_torch import without  # noqa: E402
 
-from sgpt_cli.complete import read_for_model  # noqa: E402
-from sgpt_cli.serve_api import ApiError, Limits, chat_script, parse_chat, parse_completion  # noqa: E402
+from sgpt_cli.infer.complete import read_for_model  # noqa: E402
+from sgpt_cli.infer.serve_api import ApiError, Limits, chat_script, parse_chat, parse_completion  # noqa: E402
 from sgpt_cli.settings import SamplingParams  # noqa: E402
 
 START_S = 60  # a server on a busy 2-core machine starts in seconds; this is the bound, not the expectation
@@ -84,7 +84,7 @@ def start(model, *flags, env=None) -> Server:
 
 @pytest.fixture(scope="module")
 def model(tiny_onnx):
-    from sgpt_cli.onnx_model import OnnxModel
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
     return OnnxModel(tiny_onnx, device="cpu")
 
@@ -113,7 +113,7 @@ KEY = {"Authorization": "Bearer sesame"}
 def alone(model, prompt: str, **params) -> str:
     """The text `sgpt complete --seed S PROMPT` gives: the prompt read as complete reads it, one
     request alone in a fresh engine."""
-    from sgpt_cli.engine import Engine
+    from sgpt_cli.infer.engine import Engine
 
     fed = read_for_model([prompt], model.tokenizer.stoi, model.block_size).fed
     return "".join(e.text for e in Engine(model).stream(fed, SamplingParams(**params)))
@@ -175,8 +175,8 @@ def test_openai_client_streams_the_same_text(client, model):
 
 
 def test_openai_client_chat_is_the_reply_sgpt_chat_makes(client, model):
-    from sgpt_cli.chat_session import ChatSession
-    from sgpt_cli.engine import Engine
+    from sgpt_cli.infer.chat_session import ChatSession
+    from sgpt_cli.infer.engine import Engine
 
     messages = [{"role": "user", "name": "ROMEO", "content": "But soft, what light?"},
                 {"role": "user", "content": "JULIET:"}]
@@ -504,7 +504,7 @@ def test_parsing_gives_one_job_per_choice(model):
 
 
 def test_where_the_banner_points():
-    from sgpt_cli.serve import is_local, url_host
+    from sgpt_cli.web.server import is_local, url_host
 
     assert [url_host(h) for h in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost")] == [
         "127.0.0.1", "127.0.0.1", "[::1]", "[::1]", "localhost"]

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import typer
 
-from sgpt_cli.chat_session import SETTING_NAMES, ChatSession, ChatSettings, set_completions
-from sgpt_cli.cli import build_app
-from sgpt_cli.complete import OPTIONS, fast_parser
+from sgpt_cli.infer.chat_session import SETTING_NAMES, ChatSession, ChatSettings, set_completions
+from sgpt_cli.term.app import build_app
+from sgpt_cli.infer.complete import OPTIONS, fast_parser
 from sgpt_cli.errors import UsageError
 from sgpt_cli.settings import (
     CHAT_SETTINGS, SAMPLING, SamplingParams, by_name, decode_escapes, sampling_params_from,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SGPT, run_env
-from sgpt_cli.model_lookup import SHIPPED_MODEL_NAME, shipped_model_candidates
-from sgpt_cli.onnx_model import OnnxModel
+from sgpt_cli.infer.model_lookup import SHIPPED_MODEL_NAME, shipped_model_candidates
+from sgpt_cli.infer.onnx_model import OnnxModel
 
 SHIPPED = REPO / "models" / SHIPPED_MODEL_NAME
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -82,7 +82,7 @@ def test_eval_from_any_folder_offline_reproduces_the_recorded_validation_loss(tm
 def test_the_readme_paths_of_the_shipped_files_work_from_any_folder(tmp_path, monkeypatch):
     """Defect 10: `--init-from models/shakespeare.pt` and `--model models/shakespeare.onnx`, as the
     README writes them, name the shipped files from a folder that has no models/ of its own."""
-    from sgpt_cli.model_lookup import find_model, shipped_or_given
+    from sgpt_cli.infer.model_lookup import find_model, shipped_or_given
 
     monkeypatch.chdir(tmp_path)
     assert shipped_or_given("models/shakespeare.pt") == REPO / "models" / "shakespeare.pt"

@@ -62,7 +62,7 @@ def test_shown_cuts_long_names_after_making_them_visible():
 def test_every_one_line_error_is_made_visible_whatever_raised_it(capsys):
     """cli_common.err: the one place a one-line error is written; it shows names safely even when
     the raiser forgot (an ONNX Runtime message quoting a path, a library's text)."""
-    from sgpt_cli.cli_common import report
+    from sgpt_cli.term.common import report
 
     assert report(SgptError(f"ONNX Runtime cannot load {HOSTILE}: bad")) == 1
     err = capsys.readouterr().err
@@ -156,8 +156,8 @@ def test_train_header_and_done_line_show_names_safely(tmp_path, text_file):
 def test_a_vocabulary_with_a_lone_surrogate_is_refused_when_opened(tiny_onnx, tmp_path):
     from test_hostile import edited_model
 
-    from sgpt_cli.onnx_model import OnnxModel
-    from sgpt_cli.tokenizer import CharTokenizer
+    from sgpt_cli.infer.onnx_model import OnnxModel
+    from sgpt_cli.infer.tokenizer import CharTokenizer
 
     with pytest.raises(SgptError, match="U\\+D800"):
         CharTokenizer(["a", "\ud800"])
@@ -169,7 +169,7 @@ def test_a_vocabulary_with_a_lone_surrogate_is_refused_when_opened(tiny_onnx, tm
 
 
 def test_format_controls_from_a_vocabulary_are_shown_not_obeyed():
-    from sgpt_cli.tokenizer import CharTokenizer, printable
+    from sgpt_cli.infer.tokenizer import CharTokenizer, printable
 
     for c in ["\u202e", "\u202d", "\u2066", "\u200b", "\u200f", "\ufeff", "\u2028", "\u2029", "\u00ad"]:
         assert printable(c) == "\ufffd", repr(c)
@@ -180,8 +180,8 @@ def test_format_controls_from_a_vocabulary_are_shown_not_obeyed():
 def test_a_batch_id_with_c1_and_format_controls_is_written_escaped_and_reads_back(capsys):
     from test_batch_cli import Log, Scripted, stats
 
-    from sgpt_cli.batch import parse_batch, run_batch
-    from sgpt_cli.engine import Event as RowEvent
+    from sgpt_cli.infer.batch import parse_batch, run_batch
+    from sgpt_cli.infer.engine import Event as RowEvent
     from sgpt_cli.settings import SamplingParams
 
     hostile_id = "id\x9b2J\u202e\u2028\ud800"

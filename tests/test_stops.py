@@ -1,4 +1,4 @@
-"""Issue 17, item 11 (100,000 stop strings): sgpt_cli.stops.StopMatcher behaves exactly as the
+"""Issue 17, item 11 (100,000 stop strings): sgpt_cli.infer.stops.StopMatcher behaves exactly as the
 engine's first matcher (copied below as the reference) and costs the same per character whatever
 the number of stop strings; the count and length of stop strings are capped where they are declared."""
 
@@ -11,11 +11,11 @@ import pytest
 
 from sgpt_cli.errors import UsageError
 from sgpt_cli.settings import NAME, SAMPLING, STOP_LONGEST, STOP_MOST, SamplingParams, sampling_params_from
-from sgpt_cli.stops import StopMatcher
+from sgpt_cli.infer.stops import StopMatcher
 
 
 class ReferenceStopMatcher:
-    """sgpt_cli.engine.StopMatcher as it was (issue 17): searches every stop string at every push."""
+    """sgpt_cli.infer.engine.StopMatcher as it was (issue 17): searches every stop string at every push."""
 
     def __init__(self, stops: tuple[str, ...]):
         self.stops = tuple(stops)

@@ -18,13 +18,13 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import FAST, FAST_FLAGS, SGPT, run_env
-from sgpt_cli import checkpoint, trainer
-from sgpt_cli.cli import app
+from sgpt_cli.train import checkpoint, trainer
+from sgpt_cli.term.app import app
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
 from sgpt_cli.errors import SgptError
-from sgpt_cli.model import GPT
-from sgpt_cli.tokenizer import CharTokenizer
+from sgpt_cli.train.model import GPT
+from sgpt_cli.infer.tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -416,7 +416,7 @@ def test_a_terminal_gets_a_live_status_line(tmp_path, text_file):
 
 
 def test_a_log_file_gets_periodic_status_lines(tmp_path, text_file, monkeypatch):
-    from sgpt_cli import train_view
+    from sgpt_cli.term import training as train_view
 
     monkeypatch.setattr(train_view, "LOG_EVERY_S", 0.0)  # every step, so a short run shows it
     before = torch.get_num_threads()

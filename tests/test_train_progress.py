@@ -18,8 +18,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import FAST, FAST_FLAGS, SGPT, run_env
-from sgpt_cli import checkpoint, trainer
-from sgpt_cli.cli import app
+from sgpt_cli.train import checkpoint, trainer
+from sgpt_cli.term.app import app
 from sgpt_cli.config import IDLE_FIGURES, build_train_config
 from sgpt_cli.data import read_text
 
@@ -190,7 +190,7 @@ def test_one_estimate_is_drawn_as_a_point_and_its_label_clears_the_title(tmp_pat
     import matplotlib.image
     from matplotlib.text import Text
 
-    from sgpt_cli import plot
+    from sgpt_cli.train import plot
 
     rows = [{"iter": 97, "train_loss": 2.39, "val_loss": 2.3861, "lr": 1e-3, "elapsed": 276.0}]
     fig = plot.loss_figure(rows)
@@ -220,7 +220,7 @@ def _metrics(folder: Path, rows: list[dict]) -> Path:
 
 
 def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
-    from sgpt_cli.train_view import idle_comparison
+    from sgpt_cli.term.training import idle_comparison
 
     cfg = build_train_config("cpu", {})
     idle = IDLE_FIGURES["cpu"]
@@ -358,7 +358,7 @@ def test_a_stop_while_the_last_checkpoint_is_written_skips_the_whole_split_measu
                                                                                        monkeypatch):
     # the request waits for the checkpoint (critical), then cuts what comes next before it starts:
     # the whole split may take minutes on a busy machine, and it is only a measurement
-    from sgpt_cli.train_view import StopRequest
+    from sgpt_cli.term.training import StopRequest
 
     stop = StopRequest(announce=False)
     real_save = checkpoint.save

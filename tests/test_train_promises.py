@@ -18,11 +18,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import FAST, FAST_FLAGS, SGPT, run_env
-from sgpt_cli import checkpoint, trainer
-from sgpt_cli.cli import app
+from sgpt_cli.train import checkpoint, trainer
+from sgpt_cli.term.app import app
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
-from sgpt_cli.train_view import StopRequest
+from sgpt_cli.term.training import StopRequest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -228,8 +228,8 @@ def invoke(*args: str):
 
 
 def test_train_export_eval_chat_and_show_agree_on_one_val_loss(tmp_path, text_file, monkeypatch):
-    from sgpt_cli.chat_session import ChatSession
-    from sgpt_cli.onnx_model import OnnxModel, model_summary
+    from sgpt_cli.infer.chat_session import ChatSession
+    from sgpt_cli.infer.onnx_model import OnnxModel, model_summary
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "m.pt"
@@ -293,7 +293,7 @@ def test_init_from_refuses_another_shape(tmp_path, text_file, tiny_ckpt):
 
 
 def test_strip_training_state_makes_a_small_weights_only_checkpoint(tmp_path, tiny_ckpt):
-    from sgpt_cli.export import load_model
+    from sgpt_cli.train.export import load_model
 
     full = checkpoint.last_path(tiny_ckpt)
     small = checkpoint.strip_training_state(full, tmp_path / "w.pt")

@@ -1,0 +1,32 @@
+"""`sgpt serve`: the flags (sgpt_cli.settings.SERVE), and a call into sgpt_cli.web.server inside the command.
+
+The web stack (Starlette, uvicorn, sse-starlette) is the `serve` extra: without it the command says
+in one line how to install it. Nothing here imports it, or ONNX Runtime, until the command runs.
+"""
+
+from __future__ import annotations
+
+from sgpt_cli.term.common import require_extra, terminate_as_interrupt, typer_command
+from sgpt_cli.settings import SERVE
+
+DOC = """Serve the model over HTTP with OpenAI's API (completions, chat, models), all requests sharing
+the decode steps (continuous batching).
+
+\b
+sgpt serve                           # http://127.0.0.1:8000/v1
+sgpt serve --port 0 --api-key KEY    # a free port; clients send Authorization: Bearer KEY
+curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "ROMEO:"}'
+
+Ctrl-C or SIGTERM stops it: running streams end cleanly, the exit status is 130.
+"""
+
+
+def _run(**values) -> int:
+    require_extra("serve")
+    from sgpt_cli.web.server import serve
+
+    with terminate_as_interrupt():  # SIGTERM while the model loads unwinds like Ctrl-C
+        return serve(**values)
+
+
+serve_cmd = typer_command("serve", DOC, SERVE, _run)

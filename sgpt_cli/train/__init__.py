@@ -1,0 +1,1 @@
+"""Training and export: PyTorch, onnx and matplotlib (the `train` extra)."""

@@ -1,0 +1,138 @@
+"""The format-2 decoder graph, written node by node from a GPT's weights (docs/onnx-interface.md).
+
+What it holds: `build(weights, cfg, int8)`, an onnx.ModelProto in the standard ONNX domain only
+(opset 24): one graph for a prefill (many characters from an empty row) and for one-character steps,
+over a fixed cache per layer, `[batch, n_head, block_size, head_dim]`, that the caller updates in
+place. Position `p` of a row lives in slot `p mod block_size`; `TensorScatter` (mode "circular")
+writes the fed keys and values there, and the attention mask comes from `position_ids` alone: for a
+query at `p`, slot `s` holds position `p - ((p - s) mod block_size)`, valid when that is >= 0. So a
+row sees its last `block_size` positions (the window rolls by itself), rows of any lengths and
+positions share a batch without padding, and every row's attention spans the same `block_size`
+columns alone or in a batch: that constant width is what keeps a batched row bitwise its single run.
+
+Why by hand and not torch.onnx: the exporter writes ~250 nodes for this model (a decode step costs
+2-3 us per node at batch 1) and cannot spell an in-place cache update; here a layer is ~20 nodes.
+int8: weights as int8 with one float32 scale per output column, `DequantizeLinear` + `MatMul`
+(ONNX Runtime fuses the pair into its MatMulNBits kernel when it loads the file), the embedding kept
+in float32 (65 x n_embd: small).
+
+What it does not do: verify (sgpt_cli.train.export does, against PyTorch) or import torch: weights come in
+as numpy arrays keyed by the GPT's state-dict names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+
+OPSET = 24  # TensorScatter (opset 24); Gelu (20), LayerNormalization (17)
+IR_VERSION = 10  # what onnx 1.17+ writes for opset 23/24 models; ONNX Runtime >= 1.25 loads it
+ROPE_STEP = 256  # sgpt_cli.train.model.ROPE_STEP: positions = hi * 256 + lo, two tables of 256 angles
+
+
+def rotary_angle_tables(head_dim: int, base: float) -> np.ndarray:
+    """(4, ROPE_STEP, hs/2) float32: cos/sin of hi * ROPE_STEP * f and of lo * f, from float64 (as the
+    GPT's buffer: sgpt_cli.train.model.rotary_angle_tables)."""
+    inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    steps = np.arange(ROPE_STEP, dtype=np.float64)[:, None]
+    hi, lo = steps * ROPE_STEP * inv_freq, steps * inv_freq
+    return np.stack((np.cos(hi), np.sin(hi), np.cos(lo), np.sin(lo))).astype(np.float32)
+
+
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w (K, N) float32 -> (int8 (K, N), scale (N,)): symmetric, one scale per output column, in [-127, 127]."""
+    scale = np.abs(w).max(axis=0) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+class _Graph:
+    """Nodes, initializers and fresh names."""
+
+    def __init__(self):
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.require(array, requirements="C"), name))  # (0-d stays 0-d)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, out: list[str] | None = None, **attrs):
+        from onnx import helper
+
+        self.n += 1
+        outs = out or [f"{op_type.lower()}_{self.n}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}_{self.n}", **attrs))
+        return outs[0] if n_out == 1 else outs
+
+
+def _linear(g: _Graph, x: str, name: str, weight: np.ndarray, int8: bool, out: str | None = None) -> str:
+    """x @ weight.T for a torch Linear weight (out, in): float32, or int8 through DequantizeLinear."""
+    w = np.ascontiguousarray(weight.T.astype(np.float32))  # (in, out)
+    if not int8:
+        return g.op("MatMul", [x, g.const(name, w)], out=out and [out])
+    q, scale = quantize_columns(w)
+    deq = g.op("DequantizeLinear", [g.const(name + ".int8", q), g.const(name + ".scale", scale)], axis=1)
+    return g.op("MatMul", [x, deq], out=out and [out])
+
+
+def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
+    """The decoder as an onnx.ModelProto (no metadata: sgpt_cli.train.export adds it). cfg: ModelConfig.
+    A layer is 15 nodes: LayerNormalization, MatMul (q|k|v), Split, RotaryEmbedding (queries and keys
+    together), Split, 2 x TensorScatter, Attention, MatMul, Add, LayerNormalization, MatMul, Gelu,
+    MatMul, Add (+ a DequantizeLinear per weight in int8, which ONNX Runtime folds into its matmul)."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    C, nh, hd, W, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.block_size, cfg.vocab_size
+    i64 = lambda name, values: g.const(name, np.array(values, dtype=np.int64))  # noqa: E731
+    x = g.op("Gather", [g.const("wte", weights["wte.weight"].astype(np.float32)), INPUT_IDS])  # (B, T, C)
+
+    # rotary cos/sin per fed position, looked up and combined by the angle-sum rule (exact per element:
+    # vectorised Cos/Sin would give a position different last bits depending on its neighbours)
+    tables = rotary_angle_tables(hd, cfg.rope_base)
+    step = i64("rope_step", ROPE_STEP)
+    hi, lo = g.op("Div", [POSITION_IDS, step]), g.op("Mod", [POSITION_IDS, step])  # (B, T) each
+    ch, sh = (g.op("Gather", [g.const(n, tables[k]), hi]) for k, n in ((0, "rope_cos_hi"), (1, "rope_sin_hi")))
+    cl, sl = (g.op("Gather", [g.const(n, tables[k]), lo]) for k, n in ((2, "rope_cos_lo"), (3, "rope_sin_lo")))
+    cos = g.op("Sub", [g.op("Mul", [ch, cl]), g.op("Mul", [sh, sl])])  # (B, T, hs/2): cos(a + b)
+    sin = g.op("Add", [g.op("Mul", [sh, cl]), g.op("Mul", [ch, sl])])  # sin(a + b)
+
+    # the ring: row b's fed characters go to slots (position_ids[b, 0] + j) mod W; the mask (B, 1, T, W)
+    # lets a query at p see slot s when the position s holds, p - ((p - s) mod W), is >= 0
+    first = g.op("Gather", [POSITION_IDS, i64("zero", 0)], axis=1)  # (B,)
+    p3 = g.op("Unsqueeze", [POSITION_IDS, i64("axis2", [2])])  # (B, T, 1)
+    back = g.op("Mod", [g.op("Sub", [p3, i64("slots", np.arange(W))]), i64("window", W)])  # (B, T, W)
+    mask = g.op("Unsqueeze", [g.op("LessOrEqual", [back, p3]), i64("axis1", [1])])  # (B, 1, T, W) bool
+    split_qkv, split_qk = i64("split_qkv", [2 * C, C]), i64("split_qk", [C, C])
+
+    pasts, presents = past_names(cfg.n_layer), present_names(cfg.n_layer)
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        h = g.op("LayerNormalization", [x, g.const(p + "ln1", weights[p + "ln1.weight"])], epsilon=1e-5, axis=-1)
+        qkv = _linear(g, h, p + "qkv", weights[p + "attn.qkv.weight"], int8)  # (B, T, 3C): [q heads | k | v]
+        qk, v = g.op("Split", [qkv, split_qkv], n_out=2, axis=-1)  # (B, T, 2C), (B, T, C)
+        qk = g.op("RotaryEmbedding", [qk, cos, sin], num_heads=2 * nh)  # halves rotated, as apply_rotary
+        q, k = g.op("Split", [qk, split_qk], n_out=2, axis=-1)  # (B, T, C) each
+        keys = g.op("TensorScatter", [pasts[2 * i], k, first], out=[presents[2 * i]], axis=1, mode="circular")
+        vals = g.op("TensorScatter", [pasts[2 * i + 1], v, first], out=[presents[2 * i + 1]], axis=1, mode="circular")
+        y = g.op("Attention", [q, keys, vals, mask], q_num_heads=nh, kv_num_heads=nh)  # (B, T, C), scale hs^-0.5
+        x = g.op("Add", [x, _linear(g, y, p + "proj", weights[p + "attn.proj.weight"], int8)])
+        h = g.op("LayerNormalization", [x, g.const(p + "ln2", weights[p + "ln2.weight"])], epsilon=1e-5, axis=-1)
+        f = g.op("Gelu", [_linear(g, h, p + "fc", weights[p + "mlp.fc.weight"], int8)])
+        x = g.op("Add", [x, _linear(g, f, p + "mlp_proj", weights[p + "mlp.proj.weight"], int8)])
+    h = g.op("LayerNormalization", [x, g.const("ln_f", weights["ln_f.weight"])], epsilon=1e-5, axis=-1)
+    _linear(g, h, "lm_head", weights["lm_head.weight"], int8, out=LOGITS)  # (B, T, V)
+
+    cache = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", W, C])  # noqa: E731
+    inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64, ["batch", "sequence"])]
+    inputs += [cache(n) for n in pasts]
+    outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", "sequence", V])]
+    outputs += [cache(n) for n in presents]
+    graph = helper.make_graph(g.nodes, "sgpt_decoder", inputs, outputs, initializer=g.inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                             producer_name="sgpt")
