@@ -17,7 +17,7 @@ from sgpt_cli.errors import SgptError
 
 torch = pytest.importorskip("torch")
 
-from sgpt_cli import checkpoint  # noqa: E402  (torch)
+from sgpt_cli.train import checkpoint  # noqa: E402  (torch)
 
 
 def sgpt(*args, cwd=None) -> subprocess.CompletedProcess:

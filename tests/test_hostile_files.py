@@ -165,7 +165,7 @@ def test_sighup_during_export_exits_130_and_leaves_no_temporary(tiny_ckpt, tmp_p
     proc = subprocess.Popen([*SGPT, "export", str(tiny_ckpt), "--out", "out/q.onnx"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(NO_COLOR="1"))
     for line in proc.stdout:
-        if line.startswith("exporting"):
+        if line.startswith("writing the decoder graph"):
             proc.send_signal(signal.SIGHUP)
             break
     _, err = proc.communicate(timeout=120)

@@ -276,6 +276,8 @@ def chat_script(messages, vocab, block_size: int, limits: Limits = Limits()) -> 
     total = 0
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
+        if session.script and not session.script.endswith("\n"):
+            session.script += "\n"  # an earlier message is whole: only the last one's line stays open
         if not isinstance(message, dict):
             raise bad(f"{where} must be an object with role and content (got {message!r})", where, "invalid_type")
         extra = set(message) - {"role", "content", "name"}
