@@ -135,9 +135,9 @@ class HostCache:
         self.names = list(zip(past_names(model.n_layer), present_names(model.n_layer)))
         self.run_options = None  # the step's RunOptions: Ctrl-C terminates a run in flight (sgpt_cli.infer.interrupt)
 
-    def _bind(self, arrays: list[np.ndarray], tokens, positions, logits=None):
+    def _bind(self, arrays: list[np.ndarray], tokens, positions, logits=None, session=None):
         value = self.ort.OrtValue.ortvalue_from_numpy
-        b = self.session.io_binding()
+        b = (session or self.session).io_binding()
         b.bind_ortvalue_input(INPUT_IDS, value(tokens))
         b.bind_ortvalue_input(POSITION_IDS, value(positions))
         if logits is None:
@@ -150,9 +150,9 @@ class HostCache:
             b.bind_ortvalue_output(present, v)  # the same memory: updated in place
         return b
 
-    def _run(self, binding) -> None:
+    def _run(self, binding, session=None) -> None:
         try:
-            self.session.run_with_iobinding(binding, self.run_options)
+            (session or self.session).run_with_iobinding(binding, self.run_options)
         except Exception as exc:  # onnxruntime's exception types (a terminated run: RunGuard makes it Ctrl-C)
             raise _runtime_failed(self.model, exc) from None
 
@@ -166,12 +166,14 @@ class HostCache:
 
     def step(self, rows: int) -> np.ndarray:
         """Feed tokens[:rows] at positions[:rows] to rows 0..rows-1; returns logits (rows, V), a view
-        valid until the next step."""
+        valid until the next step. One row and many run on sessions of their own thread counts
+        (sgpt_cli.infer.onnx_model.BATCH_THREADS): the same bits, each at its best speed."""
         b = self.bindings.get(rows)
         if b is None:
-            b = self.bindings[rows] = self._bind([a[:rows] for a in self.buffers], self.tokens[:rows],
-                                                 self.positions[:rows], self.logits[:rows])
-        self._run(b)
+            session = self.model.session_for(rows)
+            b = self.bindings[rows] = (session, self._bind([a[:rows] for a in self.buffers], self.tokens[:rows],
+                                                           self.positions[:rows], self.logits[:rows], session))
+        self._run(b[1], b[0])
         return self.logits[:rows, 0]
 
     def move(self, src: int, dst: int) -> None:
@@ -204,7 +206,7 @@ class DeviceCache(HostCache):
 
         self.put = ort.InferenceSession(put_row_graph(2 * model.n_layer), providers=providers_for(device)[:1])
 
-    def _bind(self, values, tokens, positions, logits=None):
+    def _bind(self, values, tokens, positions, logits=None, session=None):
         b = self.session.io_binding()
         b.bind_cpu_input(INPUT_IDS, tokens)
         b.bind_cpu_input(POSITION_IDS, positions)

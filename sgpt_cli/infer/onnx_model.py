@@ -20,11 +20,17 @@ from sgpt_cli.files import probe
 from sgpt_cli.infer.interface import FORMAT, INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
-# One intra-op thread, no spinning. Measured on the 2-core development machine (benchmarks/bench_decode.py
-# --threads, bench_batch.py): a decode step is ~130 small kernels, too small to split, so a second
-# thread only adds hand-offs (batch 1: 1 thread ~10% faster), and a spinning pool halves a 16-row
-# step's speed on a busy machine. $SGPT_THREADS overrides (a prefill-heavy use on an idle machine).
-DEFAULT_THREADS = 1
+# Threads, measured on the 2-core development machine with the shipped model (ms per decode step,
+# medians of 9 interleaved rounds; "busy" = two other CPU-bound processes running):
+#   1 row:   1 thread 0.84 idle;  2 threads 0.94 idle, 0.98 busy;  2 spinning 0.86 idle, 2.27 busy
+#   16 rows: 1 thread 11.1 idle, 11.7 busy;  2 threads 8.45 idle, 13.1 busy;  2 spinning 6.5 idle, 20.5 busy
+# A one-row step is ~130 small kernels, too small to split: one thread. A step of many rows streams
+# every row's cache (2.4 MB a row here), which a second thread speeds up by a third on an idle machine;
+# a spinning pool is fastest idle but loses more than half when the cores are shared, so never spin.
+# The thread count does not change a row's bits (measured: a row of 8 equals itself alone, 1 or 2
+# threads), so the engine may run 1 row on one session and many on another. $SGPT_THREADS sets both.
+DEFAULT_THREADS = 1  # a step of one row (and every prefill)
+BATCH_THREADS = 2  # a step of several rows
 THREADS_ENV = "SGPT_THREADS"
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")
@@ -104,6 +110,7 @@ class OnnxModel:
 
     def __init__(self, path: Path | str, device: str = "auto", threads: int | None = None, session=None):
         self.path = Path(path)
+        given = session is not None
         if session is None:
             check_file(self.path)
             session = open_session(str(self.path), device, threads)
@@ -116,6 +123,18 @@ class OnnxModel:
         check_graph(self, session)
         self.provider = session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
+        # a second session for steps of several rows (BATCH_THREADS), opened when first needed; a
+        # caller that passed its own session or thread count gets that one for every step
+        self._batch_session = session if (given or threads or os.environ.get(THREADS_ENV)
+                                          or self.device != "cpu") else None
+
+    def session_for(self, rows: int):
+        """The session a step of `rows` rows runs on (module doc: why two)."""
+        if rows <= 1:
+            return self.session
+        if self._batch_session is None:
+            self._batch_session = open_session(str(self.path), "cpu", BATCH_THREADS)
+        return self._batch_session
 
     @property
     def val_loss(self) -> float | None:
