@@ -30,8 +30,12 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE
 
 DECODE_WORKER = r"""
 import json, sys, time
-from sgpt_cli.infer.engine import Engine
-from sgpt_cli.infer.onnx_model import OnnxModel
+try:  # an earlier layout (sgpt_cli/engine.py), or this one's
+    from sgpt_cli.engine import Engine
+    from sgpt_cli.onnx_model import OnnxModel
+except ImportError:
+    from sgpt_cli.infer.engine import Engine
+    from sgpt_cli.infer.onnx_model import OnnxModel
 from sgpt_cli.settings import SamplingParams
 path, chars, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 engine = Engine(OnnxModel(path, device="cpu"))
