@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sgpt_cli.infer.engine import Engine, SamplingParams  # noqa: E402
-from sgpt_cli.infer.onnx_model import OnnxModel, open_session  # noqa: E402
+from sgpt_cli.infer.onnx_model import OnnxModel  # noqa: E402
 
 TEXTS = [ROOT / "data" / "tinyshakespeare.txt", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"]
 
@@ -145,7 +145,7 @@ def main() -> None:
     res: dict = {"cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()[0], "threads": args.threads}
     path = args.model
     with tempfile.TemporaryDirectory() as tmp:
-        model = OnnxModel(path, session=open_session(str(path), "cpu", args.threads or None))
+        model = OnnxModel(path, device="cpu", threads=args.threads or None)  # the engine picks sessions by rows
         res["model"] = str(path)
         engine = Engine(model)
         prompts = prompts_for(model, args.prompts)
