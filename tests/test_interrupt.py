@@ -186,12 +186,12 @@ from sgpt_cli.settings import SamplingParams
 slow = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
 x = np.ones((1024, 1024), dtype=np.float32)
 real = HostCache._run
-def run(self, binding):  # every decode step also runs the slow graph, with the step's RunOptions
+def run(self, binding, session=None):  # every decode step also runs the slow graph, with its RunOptions
     if self.bindings:
         print("step", flush=True)
         for _ in range(1000):
             slow.run(["y"], {"x": x}, self.run_options)
-    real(self, binding)
+    real(self, binding, session)
 HostCache._run = run
 engine = Engine(OnnxModel(sys.argv[1], device="cpu"))
 t0 = time.perf_counter()

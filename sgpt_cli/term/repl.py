@@ -603,21 +603,15 @@ class Repl:
                 state["printer"] = None
                 state["k"] += 1
 
-        with StopOnCtrlC() as ctrl_c, keyboard_quiet(sys.stdin):
-            try:
-                drawn = time.perf_counter()
-                for event in stream:
-                    now = time.perf_counter()
-                    if event.done or now - drawn >= FLUSH_S:
-                        catch_up()
-                        drawn = now
-                    if ctrl_c.pressed:
-                        break
-            except KeyboardInterrupt:  # a second Ctrl-C, or one that landed inside the engine
-                pass
-            finally:
-                with contextlib.suppress(KeyboardInterrupt):
-                    stream.close()
+        drawn = [time.perf_counter()]
+
+        def each(event) -> None:
+            now = time.perf_counter()
+            if event.done or now - drawn[0] >= FLUSH_S:
+                catch_up()
+                drawn[0] = now
+
+        until_ctrl_c(stream, each)
         catch_up(final=True)
         done = sum(end not in (None, "interrupted") for end in self.session.choice_ends)
         if done < n:
@@ -631,23 +625,17 @@ class Repl:
         printer.begin(self.session.current_line())
         stream = self.session.stream_reply(self.engine)
         pending: list[str] = []  # pieces not drawn yet: drawn together every FLUSH_S
-        with StopOnCtrlC() as ctrl_c, keyboard_quiet(sys.stdin):
-            try:
-                drawn = time.perf_counter()
-                for piece in stream:
-                    pending.append(piece)
-                    now = time.perf_counter()
-                    if now - drawn >= FLUSH_S:
-                        printer.write("".join(pending))
-                        pending.clear()
-                        drawn = now
-                    if ctrl_c.pressed:
-                        break
-            except KeyboardInterrupt:  # a second Ctrl-C, or one that landed inside the engine
-                pass
-            finally:
-                with contextlib.suppress(KeyboardInterrupt):
-                    stream.close()
+        drawn = [time.perf_counter()]
+
+        def each(piece: str) -> None:
+            pending.append(piece)
+            now = time.perf_counter()
+            if now - drawn[0] >= FLUSH_S:
+                printer.write("".join(pending))
+                pending.clear()
+                drawn[0] = now
+
+        until_ctrl_c(stream, each)
         printer.write("".join(pending))
         stats = self.session.last_stats  # None: stopped before the engine's last event
         cut = stats is not None and stats.stop_reason == "max_tokens" and stats.chars > 0
@@ -670,6 +658,22 @@ class Repl:
         """The seed the last reply used (the session's seed plus the replies before it)."""
         seed = self.session.settings.seed
         return None if seed is None else (seed + self.session.replies - 1) % 2**64
+
+
+def until_ctrl_c(stream, each) -> None:
+    """`each(item)` for every item of `stream` until it ends or Ctrl-C is pressed (typed keys kept for
+    the next prompt); the stream is closed either way, so the engine leaves nothing in flight."""
+    with StopOnCtrlC() as ctrl_c, keyboard_quiet(sys.stdin):
+        try:
+            for item in stream:
+                each(item)
+                if ctrl_c.pressed:
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C, or one that landed inside the engine
+            pass
+        finally:
+            with contextlib.suppress(KeyboardInterrupt):
+                stream.close()
 
 
 # --- the command's worker --------------------------------------------------------------------------
