@@ -6,12 +6,20 @@ Tests never touch the user's real home: SGPT_HOME points into a temporary folder
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A suite started in the background by a non-interactive shell (`cmd &`, `nohup ... &`) inherits
+# SIGINT ignored, and so would every child it starts: the Ctrl-C tests' signals would do nothing.
+# A caught signal is reset to its default in an exec'd child, so catching it here gives the children
+# the default (Python's KeyboardInterrupt), as a terminal gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 PLAY = Path(__file__).resolve().parent / "data" / "play.txt"  # made by tests/data/make_play.py
 
 
