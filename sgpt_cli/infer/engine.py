@@ -134,6 +134,7 @@ class HostCache:
         self.bindings: dict[int, object] = {}
         self.names = list(zip(past_names(model.n_layer), present_names(model.n_layer)))
         self.run_options = None  # the step's RunOptions: Ctrl-C terminates a run in flight (sgpt_cli.infer.interrupt)
+        self.used = 0  # rows running (host: rows 0..used-1)
 
     def _bind(self, arrays: list[np.ndarray], tokens, positions, logits=None, session=None):
         value = self.ort.OrtValue.ortvalue_from_numpy
@@ -176,13 +177,26 @@ class HostCache:
         self._run(b[1], b[0])
         return self.logits[:rows, 0]
 
-    def move(self, src: int, dst: int) -> None:
-        """Row src's cache into row dst (a row left; the last one fills its place)."""
-        for a in self.buffers:
-            a[dst] = a[src]
+    def take(self) -> int:
+        """A row for a request joining: the next after the running ones (they are rows 0..B-1)."""
+        self.used += 1
+        return self.used - 1
+
+    def release(self, slot: int) -> int | None:
+        """Row `slot` is free: the last running row moves into it (its cache, token and position),
+        so the running rows stay 0..B-1. Returns the row that moved, or None."""
+        self.used -= 1
+        last = self.used
+        if slot == last:
+            return None
+        self.copy(last, slot)
+        self.tokens[slot], self.positions[slot] = self.tokens[last], self.positions[last]
+        return last
 
     def copy(self, src: int, dst: int) -> None:
-        self.move(src, dst)
+        """Row src's cache into row dst (N samples of one prompt share its prefill)."""
+        for a in self.buffers:
+            a[dst] = a[src]
 
 
 class DeviceCache(HostCache):
@@ -199,6 +213,7 @@ class DeviceCache(HostCache):
         new = lambda rows: [ort.OrtValue.ortvalue_from_shape_and_type(  # noqa: E731
             (rows, model.block_size, model.n_embd), np.float32, device, 0) for _ in range(2 * model.n_layer)]
         self.buffers, self.scratch = new(capacity), new(1)
+        self.free = list(range(capacity - 1, -1, -1))  # rows not in use
         for v in self.buffers + self.scratch:  # a placeholder row must hold finite numbers
             v.update_inplace(np.zeros(v.shape(), dtype=np.float32))
         from sgpt_cli.infer.onnx_model import providers_for
@@ -240,9 +255,13 @@ class DeviceCache(HostCache):
         self._run(b)
         return b.get_outputs()[0].numpy()[:, 0]  # every row's: running rows sit at any slot
 
-    def move(self, src: int, dst: int) -> None:
-        """Rows keep their slots on the device (no compaction): nothing to move but the placeholder."""
-        self.tokens[src, 0] = self.positions[src, 0] = 0
+    def take(self) -> int:
+        return self.free.pop()
+
+    def release(self, slot: int) -> None:
+        """Rows keep their rows on the device (no compaction): the freed one feeds a placeholder."""
+        self.tokens[slot, 0] = self.positions[slot, 0] = 0
+        self.free.append(slot)
 
     def copy(self, src: int, dst: int) -> None:
         """N samples of one prompt: the prefilled scratch row goes to each of their slots."""
@@ -263,8 +282,7 @@ class Engine:
         self._cache: HostCache | None = None  # made on the first step: capacity = max_rows
         self._lock = threading.Lock()
         self._waiting: collections.deque[_Run] = collections.deque()
-        self._running: list[_Run] = []  # host: running[i] is in row i
-        self._free: list[int] = []  # device: rows not in use
+        self._running: list[_Run] = []  # each in its cache row, run.slot
         self._cancelled: set[int] = set()
         self._next_id = 0
         self.position_limit = POSITION_LIMIT
@@ -340,14 +358,13 @@ class Engine:
         if self._running:
             logits = cache.step(len(self._running))
             for run in self._running:
-                run.logits = logits[run.slot] if not self.device_cache else logits[run.slot].copy()
+                run.logits = logits[run.slot]  # read before the next step writes the buffer again
                 if run.pos >= self.position_limit:  # re-base: the window again from position 0, alone
                     run.logits = cache.prefill(run.slot, np.array(run.context, dtype=np.int64))
                     run.pos = len(run.context)
 
     def _make_cache(self) -> HostCache:
         self._cache = (DeviceCache if self.device_cache else HostCache)(self.model, self.max_rows)
-        self._free = list(range(self.max_rows - 1, -1, -1))
         return self._cache
 
     def _drop_cancelled(self, events: list[Event]) -> None:
@@ -373,7 +390,7 @@ class Engine:
             if run.params.max_tokens == 0:
                 events.append(run.finish("", "max_tokens"))
                 continue
-            run.slot = self._free.pop() if self.device_cache else len(self._running)
+            run.slot = cache.take()
             key = run.ids.tobytes()
             if shared is not None and shared[0] == key:
                 cache.copy(shared[1], run.slot)
@@ -387,16 +404,11 @@ class Engine:
             self._running.append(run)
 
     def _release(self, run: _Run) -> None:
-        """A finished row leaves at once: on the host the last row takes its place."""
+        """A finished row leaves at once (the cache says which row, if any, moved into its place)."""
         self._running.remove(run)
-        if self.device_cache:
-            self._cache.move(run.slot, run.slot)
-            self._free.append(run.slot)
-        elif run.slot != len(self._running):
-            last = next(r for r in self._running if r.slot == len(self._running))
-            self._cache.move(last.slot, run.slot)
-            self._cache.tokens[run.slot], self._cache.positions[run.slot] = self._cache.tokens[last.slot], self._cache.positions[last.slot]
-            last.slot = run.slot
+        moved = self._cache.release(run.slot)
+        if moved is not None:
+            next(r for r in self._running if r.slot == moved).slot = run.slot
         run.slot = -1
 
     def run(self) -> Iterator[Event]:

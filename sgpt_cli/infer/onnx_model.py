@@ -17,6 +17,7 @@ import numpy as np
 from sgpt_cli.config import MAX_BLOCK_SIZE
 from sgpt_cli.errors import SgptError, UsageError, first_line, shown
 from sgpt_cli.files import probe
+from sgpt_cli.infer.interrupt import RunGuard
 from sgpt_cli.infer.interface import FORMAT, INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
@@ -160,8 +161,6 @@ class OnnxModel:
             position_ids = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape)
         feed = {INPUT_IDS: ids, POSITION_IDS: np.ascontiguousarray(position_ids, dtype=np.int64)}
         feed.update(zip(past_names(self.n_layer), past))
-        from sgpt_cli.infer.interrupt import RunGuard
-
         with RunGuard() as run_options:  # Ctrl-C ends even a run that never ends a step
             outs = self.session.run([LOGITS] + present_names(self.n_layer), feed, run_options)
         return outs[0], outs[1:]

@@ -16,7 +16,7 @@ int8: weights as int8 with one float32 scale per output column, `DequantizeLinea
 (ONNX Runtime fuses the pair into its MatMulNBits kernel when it loads the file), the embedding kept
 in float32 (65 x n_embd: small).
 
-What it does not do: verify (sgpt_cli.train.export does, against PyTorch) or import torch: weights come in
+What it does not do: verify (sgpt_cli.train.export does, against PyTorch) or run the model: weights come in
 as numpy arrays keyed by the GPT's state-dict names.
 """
 
@@ -25,19 +25,10 @@ from __future__ import annotations
 import numpy as np
 
 from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from sgpt_cli.train.model import ROPE_STEP, rotary_angle_tables  # positions = hi * ROPE_STEP + lo
 
 OPSET = 24  # TensorScatter (opset 24); Gelu (20), LayerNormalization (17)
 IR_VERSION = 10  # what onnx 1.17+ writes for opset 23/24 models; ONNX Runtime >= 1.25 loads it
-ROPE_STEP = 256  # sgpt_cli.train.model.ROPE_STEP: positions = hi * 256 + lo, two tables of 256 angles
-
-
-def rotary_angle_tables(head_dim: int, base: float) -> np.ndarray:
-    """(4, ROPE_STEP, hs/2) float32: cos/sin of hi * ROPE_STEP * f and of lo * f, from float64 (as the
-    GPT's buffer: sgpt_cli.train.model.rotary_angle_tables)."""
-    inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    steps = np.arange(ROPE_STEP, dtype=np.float64)[:, None]
-    hi, lo = steps * ROPE_STEP * inv_freq, steps * inv_freq
-    return np.stack((np.cos(hi), np.sin(hi), np.cos(lo), np.sin(lo))).astype(np.float32)
 
 
 def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +84,7 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
 
     # rotary cos/sin per fed position, looked up and combined by the angle-sum rule (exact per element:
     # vectorised Cos/Sin would give a position different last bits depending on its neighbours)
-    tables = rotary_angle_tables(hd, cfg.rope_base)
+    tables = rotary_angle_tables(hd, cfg.rope_base).numpy()  # the GPT's own tables, bit for bit
     step = i64("rope_step", ROPE_STEP)
     hi, lo = g.op("Div", [POSITION_IDS, step]), g.op("Mod", [POSITION_IDS, step])  # (B, T) each
     ch, sh = (g.op("Gather", [g.const(n, tables[k]), hi]) for k, n in ((0, "rope_cos_hi"), (1, "rope_sin_hi")))
