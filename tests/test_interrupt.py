@@ -216,3 +216,18 @@ def test_ctrl_c_inside_an_engine_step_ends_the_request_as_interrupted(tiny_onnx,
     reason, seconds, busy = out.split()
     assert reason == "interrupted" and busy == "False", err
     assert float(seconds) < 20
+
+
+def test_a_guards_run_options_spare_onnx_runtime_its_failing_graph_id_lookup():
+    """onnxruntime's run_with_iobinding asks every RunOptions for "gpu_graph_id"; unset, that lookup
+    raises inside pybind11 (~50 us a step). A guard's own RunOptions sets it to the value assumed
+    when unset, and a RunOptions the caller passes is left as it is."""
+    import onnxruntime as ort
+
+    from sgpt_cli.infer.interrupt import GRAPH_ID_DEFAULT, GRAPH_ID_ENTRY, RunGuard
+
+    assert RunGuard().run_options.get_run_config_entry(GRAPH_ID_ENTRY) == GRAPH_ID_DEFAULT == "0"
+    mine = ort.RunOptions()
+    assert RunGuard(run_options=mine).run_options is mine
+    with pytest.raises(RuntimeError):
+        mine.get_run_config_entry(GRAPH_ID_ENTRY)
