@@ -72,6 +72,33 @@ def tiny_onnx(tmp_path_factory, tiny_ckpt) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def wide_onnx(tmp_path_factory, text_file) -> Path:
+    """Random weights with a window of 112 (not a multiple of the engine's SPAN_STEP): what the tiny
+    model's window of 32 cannot show, a cache span that grows 32, 64, 96, 112. Exported (and so
+    verified against PyTorch) by `sgpt export`'s own function."""
+    import dataclasses
+
+    import torch
+
+    from sgpt_cli.config import ModelConfig, TrainConfig
+    from sgpt_cli.infer.tokenizer import CharTokenizer
+    from sgpt_cli.train import checkpoint
+    from sgpt_cli.train.export import export
+    from sgpt_cli.train.model import GPT
+
+    torch.manual_seed(0)
+    chars = sorted(set(text_file.read_text(encoding="utf-8")))
+    cfg = ModelConfig(vocab_size=len(chars), block_size=112, n_layer=2, n_head=2, n_embd=32)
+    folder = tmp_path_factory.mktemp("wide")
+    checkpoint.save(folder / "wide.pt", {
+        "model": GPT(cfg).state_dict(), "model_config": dataclasses.asdict(cfg),
+        "train_config": dataclasses.asdict(TrainConfig()), "vocab": CharTokenizer(chars).to_json(),
+        "iter": 0, "val_loss": None, "data_sha256": "", "train_seconds": 0.0, "hardware": "random weights"})
+    export(folder / "wide.pt", folder / "wide.onnx")
+    return folder / "wide.onnx"
+
+
 def run_env(**extra) -> dict:
     """Environment for a subprocess running sgpt from this checkout."""
     env = dict(os.environ)

@@ -510,3 +510,85 @@ def test_model_lookup_and_sampling_load_neither_onnxruntime_nor_torch():
             "print([m for m in ('onnxruntime', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- the cache's span (slots bound) and split steps ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wide(wide_onnx) -> OnnxModel:
+    return OnnxModel(wide_onnx, device="cpu")
+
+
+def decode_logits(model: OnnxModel, prompts: list[np.ndarray], steps: int, fit: bool) -> list[np.ndarray]:
+    """Each prompt's logits, prefilled then fed `steps` random ids, all rows in one cache; with fit,
+    the span follows the rows as the engine sets it (else the whole window throughout)."""
+    cache = HostCache(model, len(prompts))
+    slots = [cache.take() for _ in prompts]
+    rng = np.random.default_rng(7)
+    feed = rng.integers(0, model.vocab_size, (len(prompts), steps))
+    if fit:
+        cache.fit(max(len(p) for p in prompts))
+    got = [[cache.prefill(s, p)] for s, p in zip(slots, prompts)]
+    for t in range(steps):
+        for s, p in zip(slots, prompts):
+            cache.tokens[s, 0], cache.positions[s, 0] = feed[s, t], len(p) + t
+        if fit:
+            cache.fit(max(len(p) for p in prompts) + t + 1)
+        logits = cache.step(len(prompts))
+        for s in slots:
+            got[s].append(logits[s].copy())
+    return [np.stack(g) for g in got]
+
+
+def test_a_row_has_the_same_bits_whatever_span_its_cache_is_bound_with(wide):
+    """Alone with a span that grows 32, 64, 96, 112 (then rolls), in a batch whose span is set by a
+    longer row, and with the whole window throughout: bitwise the same logits, step after step."""
+    rng = np.random.default_rng(3)
+    short, long = rng.integers(0, wide.vocab_size, 5), rng.integers(0, wide.vocab_size, 70)
+    grown = decode_logits(wide, [short], 150, fit=True)[0]
+    whole = decode_logits(wide, [short], 150, fit=False)[0]
+    beside_long = decode_logits(wide, [short, long], 150, fit=True)[0]
+    assert np.array_equal(grown, whole) and np.array_equal(grown, beside_long)
+
+
+def test_the_span_grows_with_the_rows_and_shrinks_when_they_leave(wide, monkeypatch):
+    spans = []
+    relayout = HostCache._relayout
+    monkeypatch.setattr(HostCache, "_relayout", lambda self, span: (spans.append(span), relayout(self, span)))
+    reqs = [("ROMEO:", dict(seed=1, max_tokens=100)), ("K", dict(seed=2, max_tokens=20)),
+            ("JULIET:", dict(seed=3, max_tokens=10))]
+    alone = [run(Engine(wide), p, **kw)[0] for p, kw in reqs]
+    spans.clear()
+    engine = Engine(wide, max_rows=1)  # the long request first, then the short ones in its row
+    ids = [engine.submit(*_req(r)) for r in reqs]
+    done = drain(engine)
+    assert [done[i][0] for i in ids] == alone
+    # from the whole window down to 32 for the first prompt, grown as it runs, down again after it
+    assert spans == [32, 64, 96, 112, 32]
+
+
+def test_a_file_with_a_fixed_slots_axis_runs_with_the_whole_window(wide_onnx, wide, tmp_path):
+    """Files exported before the cache's slots axis was named hold block_size there: still run."""
+    import onnx
+
+    proto = onnx.load(str(wide_onnx))
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        if vi.name.startswith(("past_key_values.", "present.")):
+            vi.type.tensor_type.shape.dim[1].dim_value = wide.block_size
+    onnx.save(proto, tmp_path / "fixed.onnx")
+    fixed = OnnxModel(tmp_path / "fixed.onnx", device="cpu")
+    assert fixed.slots_fixed and not wide.slots_fixed
+    kw = dict(seed=5, max_tokens=150, temperature=1.0)
+    assert gen(Engine(fixed), **kw) == gen(Engine(wide), **kw)
+
+
+def test_a_step_of_several_rows_runs_as_parts_and_each_row_stays_its_single_run(wide):
+    assert len(wide.step_sessions(1)) == len(wide.step_sessions(3)) == 1
+    assert len(wide.step_sessions(6)) == 2 and wide.step_sessions(6)[0] is wide.session
+    reqs = [(p, dict(seed=s, max_tokens=60 + 9 * s)) for s, p in enumerate(["A", "BE", "ROMEO:", "O", "JULIET:", "K"])]
+    alone = [run(Engine(wide), p, **kw)[0] for p, kw in reqs]
+    engine = Engine(wide, max_rows=6)
+    ids = [engine.submit(*_req(r)) for r in reqs]
+    done = drain(engine)
+    assert [done[i][0] for i in ids] == alone
+    assert engine._cache.workers is not None  # the later part ran on the worker thread

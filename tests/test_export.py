@@ -176,7 +176,7 @@ def test_file_has_the_interface_names_axes_and_metadata(tiny_ckpt, tiny_onnx):
     assert list(outputs) == ["logits", *present]
     assert dims(inputs["input_ids"]) == dims(inputs["position_ids"]) == ["batch", "sequence"]
     assert inputs["input_ids"].type.tensor_type.elem_type == onnx.TensorProto.INT64
-    assert dims(inputs["past_key_values.0.key"]) == dims(outputs["present.1.value"]) == ["batch", W, C]
+    assert dims(inputs["past_key_values.0.key"]) == dims(outputs["present.1.value"]) == ["batch", "slots", C]
     assert dims(outputs["logits"])[:2] == ["batch", "sequence"]
 
     ckpt = torch.load(tiny_ckpt, weights_only=True)

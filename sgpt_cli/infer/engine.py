@@ -45,6 +45,11 @@ from sgpt_cli.infer.stops import StopMatcher
 
 POSITION_LIMIT = 1 << 14  # float32 angle error at this position: ~1e-3 rad, far below what matters
 MAX_ROWS = 16  # rows decoded in one step by default: where a 2-core CPU's speed per row levels off
+# The host cache binds slots in multiples of this until a row's window is full: attention then reads
+# only the slots the rows have written (a quarter of the cache for 64-character rows). Any multiple
+# of 16 keeps a row's bits whatever the span (ONNX Runtime 1.31's softmax sums 16 lanes; measured on
+# 300 random rows, every multiple of 16 from 16 to 256 against 256); 32 also fits AVX2's 8.
+SPAN_STEP = 32
 
 
 @dataclass(frozen=True)
@@ -118,23 +123,54 @@ class _Run:
 
 
 class HostCache:
-    """The cache as numpy arrays `[capacity, block_size, n_embd]` per layer and key/value, wrapped as
+    """The cache as numpy arrays `[capacity, span, n_embd]` per layer and key/value, wrapped as
     OrtValues that share their memory: ONNX Runtime writes each step's keys and values into them in
-    place. Running rows are the first B rows; a step binds views of them (one binding per B, kept)."""
+    place. Running rows are the first B rows; a step binds views of them (one binding per B and span,
+    kept). The span (the graph's `slots`) is block_size until `fit` is called; the engine fits it to
+    the smallest multiple of SPAN_STEP that holds every running row's positions (block_size once a
+    row's window is full), re-laying the rows out when it changes (growing at once, shrinking when
+    it would at least halve): rarely, never per step."""
 
     def __init__(self, model, capacity: int):
         import onnxruntime as ort
 
         self.ort, self.model, self.session, self.capacity = ort, model, model.session, capacity
-        shape = (capacity, model.block_size, model.n_embd)
-        self.buffers = [np.zeros(shape, dtype=np.float32) for _ in range(2 * model.n_layer)]
+        self.window, self.width = model.block_size, model.n_embd
+        size = capacity * model.block_size * model.n_embd
+        self.flat = [np.zeros(size, dtype=np.float32) for _ in range(2 * model.n_layer)]  # room for any span
+        self._lay_out(self.window)  # the whole window until `fit` says less will do
         self.tokens = np.zeros((capacity, 1), dtype=np.int64)
         self.positions = np.zeros((capacity, 1), dtype=np.int64)
         self.logits = np.zeros((capacity, 1, model.vocab_size), dtype=np.float32)
-        self.bindings: dict[int, object] = {}
+        self.bindings: dict[tuple[int, int], list] = {}  # (rows, span) -> [(session, binding)] a part each
+        self.workers = None  # the threads that run a step's later parts (made when first needed)
         self.names = list(zip(past_names(model.n_layer), present_names(model.n_layer)))
         self.run_options = None  # the step's RunOptions: Ctrl-C terminates a run in flight (sgpt_cli.infer.interrupt)
         self.used = 0  # rows running (host: rows 0..used-1)
+
+    def _lay_out(self, span: int) -> None:
+        self.span = span
+        self.buffers = [f[:self.capacity * span * self.width].reshape(self.capacity, span, self.width)
+                        for f in self.flat]
+
+    def fit(self, needed: int) -> None:
+        """Make the span hold positions 0..needed-1 of every running row (module doc, SPAN_STEP)."""
+        if self.model.slots_fixed:
+            return
+        span = min(self.window, -(-max(needed, 1) // SPAN_STEP) * SPAN_STEP)
+        if span > self.span or 2 * span <= self.span:
+            self._relayout(span)
+
+    def _relayout(self, span: int) -> None:
+        """Rows 0..used-1 into a layout of `span` slots, each row's first min(old, new) slots kept
+        (they hold positions 0.. in order: a row with fewer positions than the window never wrapped)."""
+        old, keep = self.buffers, min(self.span, span)
+        order = range(self.used - 1, -1, -1) if span > self.span else range(self.used)  # no row over one not yet moved
+        self._lay_out(span)
+        for src, dst in zip(old, self.buffers):
+            for r in order:
+                dst[r, :keep] = src[r, :keep]  # numpy copies overlapping memory correctly
+                dst[r, keep:] = 0.0
 
     def _bind(self, arrays: list[np.ndarray], tokens, positions, logits=None, session=None):
         value = self.ort.OrtValue.ortvalue_from_numpy
@@ -167,15 +203,38 @@ class HostCache:
 
     def step(self, rows: int) -> np.ndarray:
         """Feed tokens[:rows] at positions[:rows] to rows 0..rows-1; returns logits (rows, V), a view
-        valid until the next step. One row and many run on sessions of their own thread counts
-        (sgpt_cli.infer.onnx_model.BATCH_THREADS): the same bits, each at its best speed."""
-        b = self.bindings.get(rows)
-        if b is None:
-            session = self.model.session_for(rows)
-            b = self.bindings[rows] = (session, self._bind([a[:rows] for a in self.buffers], self.tokens[:rows],
-                                                           self.positions[:rows], self.logits[:rows], session))
-        self._run(b[1], b[0])
+        valid until the next step. Several rows run as parts at once, each on a session of its own
+        (sgpt_cli.infer.onnx_model.STEP_PARTS): a row's bits do not depend on its part."""
+        parts = self.bindings.get((rows, self.span))
+        if parts is None:
+            parts = self.bindings[rows, self.span] = self._bind_parts(rows)
+        if len(parts) == 1:
+            self._run(parts[0][1], parts[0][0])
+        else:
+            self._run_parts(parts)
         return self.logits[:rows, 0]
+
+    def _bind_parts(self, rows: int) -> list:
+        sessions = self.model.step_sessions(rows)
+        cuts = [rows * k // len(sessions) for k in range(len(sessions) + 1)]
+        return [(s, self._bind([a[lo:hi] for a in self.buffers], self.tokens[lo:hi], self.positions[lo:hi],
+                               self.logits[lo:hi], s)) for s, lo, hi in zip(sessions, cuts, cuts[1:])]
+
+    def _run_parts(self, parts: list) -> None:
+        """Parts 1.. on the worker threads, part 0 here; every part has ended when this returns (a
+        Ctrl-C terminates them all: they share the guard's RunOptions)."""
+        if self.workers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.workers = ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="sgpt-step")
+        futures = [self.workers.submit(self._run, b, s) for s, b in parts[1:]]
+        try:
+            self._run(parts[0][1], parts[0][0])
+        finally:
+            for f in futures:
+                f.exception()  # waits; a part's error is raised below, after every part has ended
+        for f in futures:
+            f.result()
 
     def take(self) -> int:
         """A row for a request joining: the next after the running ones (they are rows 0..B-1)."""
@@ -213,6 +272,7 @@ class DeviceCache(HostCache):
         new = lambda rows: [ort.OrtValue.ortvalue_from_shape_and_type(  # noqa: E731
             (rows, model.block_size, model.n_embd), np.float32, device, 0) for _ in range(2 * model.n_layer)]
         self.buffers, self.scratch = new(capacity), new(1)
+        self.span = model.block_size  # every row's ring whole: nothing to re-lay on the device
         self.free = list(range(capacity - 1, -1, -1))  # rows not in use
         for v in self.buffers + self.scratch:  # a placeholder row must hold finite numbers
             v.update_inplace(np.zeros(v.shape(), dtype=np.float32))
@@ -230,6 +290,9 @@ class DeviceCache(HostCache):
             b.bind_ortvalue_input(past, v)
             b.bind_ortvalue_output(present, v)
         return b
+
+    def fit(self, needed: int) -> None:
+        """The device binds every row's whole ring (block_size slots) always."""
 
     def _put(self, src: list, row: int, dst: list) -> None:
         b = self.put.io_binding()
@@ -356,6 +419,7 @@ class Engine:
         for run in done:
             self._release(run)
         if self._running:
+            cache.fit(max(run.pos for run in self._running))  # every fed position has a slot
             logits = cache.step(len(self._running))
             for run in self._running:
                 run.logits = logits[run.slot]  # read before the next step writes the buffer again
@@ -396,6 +460,7 @@ class Engine:
                 cache.copy(shared[1], run.slot)
                 run.logits = shared[2]
             else:
+                cache.fit(max([len(run.ids)] + [r.pos for r in self._running]))
                 run.logits = cache.prefill(run.slot, run.ids)
                 shared = (key, run.slot, run.logits)
             run.context.extend(int(i) for i in run.ids)

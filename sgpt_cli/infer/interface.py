@@ -12,7 +12,8 @@ FORMAT = "2"  # metadata sgpt.format of the files this sgpt writes and reads
 INPUT_IDS = "input_ids"  # (batch, sequence) int64 character ids
 POSITION_IDS = "position_ids"  # (batch, sequence) int64 absolute positions, consecutive within a row
 LOGITS = "logits"  # (batch, sequence, vocab) float32
-PAST = "past_key_values"  # past_key_values.{layer}.key / .value: (batch, block_size, n_embd), the ring
+PAST = "past_key_values"  # past_key_values.{layer}.key / .value: (batch, slots, n_embd), the ring
+SLOTS = "slots"  # the cache's ring axis: any length from 1 to block_size (block_size: the whole window)
 PRESENT = "present"  # present.{layer}.key / .value: the same shape, the ring with the fed positions written
 KV = ("key", "value")
 

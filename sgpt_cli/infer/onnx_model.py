@@ -25,13 +25,18 @@ from sgpt_cli.infer.tokenizer import CharTokenizer
 # medians of 9 interleaved rounds; "busy" = two other CPU-bound processes running):
 #   1 row:   1 thread 0.84 idle;  2 threads 0.94 idle, 0.98 busy;  2 spinning 0.86 idle, 2.27 busy
 #   16 rows: 1 thread 11.1 idle, 11.7 busy;  2 threads 8.45 idle, 13.1 busy;  2 spinning 6.5 idle, 20.5 busy
-# A one-row step is ~130 small kernels, too small to split: one thread. A step of many rows streams
-# every row's cache (2.4 MB a row here), which a second thread speeds up by a third on an idle machine;
-# a spinning pool is fastest idle but loses more than half when the cores are shared, so never spin.
-# The thread count does not change a row's bits (measured: a row of 8 equals itself alone, 1 or 2
-# threads), so the engine may run 1 row on one session and many on another. $SGPT_THREADS sets both.
-DEFAULT_THREADS = 1  # a step of one row (and every prefill)
-BATCH_THREADS = 2  # a step of several rows
+# A one-row step is ~110 small kernels, too small to split: one thread. A step of many rows streams
+# every row's cache (2.4 MB a row here); ONNX Runtime's own second thread splits each kernel and
+# waits for it (a third faster idle); a spinning pool is fastest idle but loses more than half when
+# the cores are shared, so never spin. Faster again: cut the rows in STEP_PARTS parts and run the
+# parts at once, each on a one-thread session of its own (its own copy of the graph), from two
+# Python threads (ONNX Runtime releases the GIL): no synchronisation inside a step at all.
+# Neither the thread count nor the number of rows beside it changes a row's bits (measured: a row
+# of 8 equals itself alone, 1 or 2 threads; tests/test_engine.py), so any split gives the same text.
+# $SGPT_THREADS (or a caller's own session) means one session of that many threads for every step.
+DEFAULT_THREADS = 1  # every session's threads: a step of one row, every prefill, each part of a step
+STEP_PARTS = 2  # a step of several rows runs as this many parts at once (the development machine's cores)
+PART_MIN_ROWS = 2  # rows in a part, at the least: a step of fewer than 2 x this is not split
 THREADS_ENV = "SGPT_THREADS"
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")
@@ -124,18 +129,18 @@ class OnnxModel:
         check_graph(self, session)
         self.provider = session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
-        # a second session for steps of several rows (BATCH_THREADS), opened when first needed; a
-        # caller that passed its own session or thread count gets that one for every step
-        self._batch_session = session if (given or threads or os.environ.get(THREADS_ENV)
-                                          or self.device != "cpu") else None
+        # more one-thread sessions for the parts of a step of several rows (STEP_PARTS), opened when
+        # first needed; a caller that passed its own session or thread count gets that one alone
+        self._parts = [session] if (given or threads or os.environ.get(THREADS_ENV) or self.device != "cpu") else None
 
-    def session_for(self, rows: int):
-        """The session a step of `rows` rows runs on (module doc: why two)."""
-        if rows <= 1:
-            return self.session
-        if self._batch_session is None:
-            self._batch_session = open_session(str(self.path), "cpu", BATCH_THREADS)
-        return self._batch_session
+    def step_sessions(self, rows: int) -> list:
+        """The sessions a step of `rows` rows runs on, one per part (module doc: why)."""
+        if rows < 2 * PART_MIN_ROWS:
+            return [self.session]
+        if self._parts is None:
+            self._parts = [self.session] + [open_session(str(self.path), "cpu", DEFAULT_THREADS)
+                                            for _ in range(STEP_PARTS - 1)]
+        return self._parts
 
     @property
     def val_loss(self) -> float | None:
@@ -198,8 +203,9 @@ def _static(dim) -> int | None:
 
 def check_graph(model: "OnnxModel", session) -> None:
     """The parsed metadata against the graph, so that no edited number reaches numpy or ONNX Runtime
-    as a shape: block_size in 1..MAX_BLOCK_SIZE, n_layer = the past inputs, block_size and n_embd =
-    the cache inputs' static axes, the vocabulary = the logits' width."""
+    as a shape: block_size in 1..MAX_BLOCK_SIZE, n_layer = the past inputs, n_embd = the cache
+    inputs' last axis, block_size = their slots axis where it is static, the vocabulary = the
+    logits' width. Sets model.slots_fixed: True when the cache must be bound with block_size slots."""
     block, n_layer, n_head, n_embd = model.block_size, model.n_layer, model.n_head, model.n_embd
     b, nl, nh, ne = (shown(v) for v in (block, n_layer, n_head, n_embd))  # an edited 400-digit number: cut
 
@@ -221,6 +227,7 @@ def check_graph(model: "OnnxModel", session) -> None:
     for name in [INPUT_IDS, POSITION_IDS]:
         if name not in inputs:
             refuse(f"no input {name}")
+    fixed = False  # a cache axis of block_size slots only (files from before the "slots" axis)
     for name in past_names(n_layer):
         past = inputs.get(name)
         if past is None:
@@ -229,8 +236,9 @@ def check_graph(model: "OnnxModel", session) -> None:
         if len(shape) != 3:
             refuse(f"{name} has {len(shape)} axes, not 3 (batch, block_size, n_embd)")
         width, channels = _static(shape[1]), _static(shape[2])
-        if width != block:
+        if width is not None and width != block:
             refuse(f"sgpt.block_size {b}, but the cache holds {shown(shape[1])} positions")
+        fixed = fixed or width is not None
         if channels != n_embd:
             refuse(f"sgpt.n_embd {ne}, but the cache is {shown(shape[2])} wide")
     logits = outputs.get(LOGITS)
@@ -240,6 +248,7 @@ def check_graph(model: "OnnxModel", session) -> None:
     vocab = model.vocab_size
     if width is not None and width != vocab:
         refuse(f"{vocab} characters in sgpt.vocab, but the logits are {width} wide")
+    model.slots_fixed = fixed
 
 
 def parse_metadata(meta: dict, path: Path) -> tuple[int, int, int, int]:

@@ -194,7 +194,8 @@ def rolling_reference(model: GPT, ids: torch.Tensor, prefill: int) -> np.ndarray
 def _check_rows(model: GPT, onnx_model, gen: torch.Generator, compare) -> dict:
     """Rows of three prompt lengths through the engine's in-place cache: prefilled alone, decoded
     together (each at its own position) until every row's window has rolled past block_size, each
-    against PyTorch; and each row's logits bitwise against the same row decoded alone."""
+    against PyTorch; and each row's logits bitwise against the same row decoded alone (whose cache
+    span grows step by step where the batch's is the whole window from the start)."""
     from sgpt_cli.infer.engine import HostCache
 
     cfg = model.cfg
@@ -205,10 +206,13 @@ def _check_rows(model: GPT, onnx_model, gen: torch.Generator, compare) -> dict:
 
     def decode(members: list[int]) -> list[list[np.ndarray]]:
         cache = HostCache(onnx_model, len(members))
-        got = [[cache.prefill(slot, rows[r][:prompts[r]].numpy())] for slot, r in enumerate(members)]
+        slots = [cache.take() for _ in members]  # as the engine does: its span grows with the rows
+        cache.fit(max(prompts[r] for r in members))
+        got = [[cache.prefill(slot, rows[r][:prompts[r]].numpy())] for slot, r in zip(slots, members)]
         for t in range(steps):
-            for slot, r in enumerate(members):
+            for slot, r in zip(slots, members):
                 cache.tokens[slot, 0], cache.positions[slot, 0] = rows[r][prompts[r] + t], prompts[r] + t
+            cache.fit(max(prompts[r] for r in members) + t + 1)
             logits = cache.step(len(members))
             for slot in range(len(members)):
                 got[slot].append(logits[slot].copy())

@@ -2,13 +2,18 @@
 
 What it holds: `build(weights, cfg, int8)`, an onnx.ModelProto in the standard ONNX domain only
 (opset 24): one graph for a prefill (many characters from an empty row) and for one-character steps,
-over a fixed cache per layer, `[batch, n_head, block_size, head_dim]`, that the caller updates in
-place. Position `p` of a row lives in slot `p mod block_size`; `TensorScatter` (mode "circular")
-writes the fed keys and values there, and the attention mask comes from `position_ids` alone: for a
-query at `p`, slot `s` holds position `p - ((p - s) mod block_size)`, valid when that is >= 0. So a
-row sees its last `block_size` positions (the window rolls by itself), rows of any lengths and
-positions share a batch without padding, and every row's attention spans the same `block_size`
-columns alone or in a batch: that constant width is what keeps a batched row bitwise its single run.
+over a cache per layer, `[batch, slots, n_embd]`, that the caller updates in place. Position `p` of
+a row lives in slot `p mod slots`; `TensorScatter` (mode "circular") writes the fed keys and values
+there, and the attention mask comes from `position_ids` alone: for a query at `p`, slot `s` holds
+position `p - ((p - s) mod slots)`, valid when that is >= 0. With `slots` = block_size a row sees its
+last block_size positions (the window rolls by itself); with fewer slots than that, while every
+position fed is below `slots`, attention reads only those slots (what sgpt's engine does until a
+row's window is full: less of the cache read per step). Rows of any lengths and positions share a
+batch without padding.
+
+Attention runs with scale 1: the queries' weights are scaled by head_dim^-0.5 instead, which lets
+ONNX Runtime take its one-row matrix-vector kernel for q.k (an alpha other than 1 makes it pack the
+keys first: measured 13% of a 16-row step's attention).
 
 Why by hand and not torch.onnx: the exporter writes ~250 nodes for this model (a decode step costs
 2-3 us per node at batch 1) and cannot spell an in-place cache update; here a layer is ~20 nodes.
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, SLOTS, past_names, present_names
 from sgpt_cli.train.model import ROPE_STEP, rotary_angle_tables  # positions = hi * ROPE_STEP + lo
 
 OPSET = 24  # TensorScatter (opset 24); Gelu (20), LayerNormalization (17)
@@ -78,7 +83,7 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     from onnx import TensorProto, helper
 
     g = _Graph()
-    C, nh, hd, W, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.block_size, cfg.vocab_size
+    C, nh, hd, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.vocab_size
     i64 = lambda name, values: g.const(name, np.array(values, dtype=np.int64))  # noqa: E731
     x = g.op("Gather", [g.const("wte", weights["wte.weight"].astype(np.float32)), INPUT_IDS])  # (B, T, C)
 
@@ -92,25 +97,30 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     cos = g.op("Sub", [g.op("Mul", [ch, cl]), g.op("Mul", [sh, sl])])  # (B, T, hs/2): cos(a + b)
     sin = g.op("Add", [g.op("Mul", [sh, cl]), g.op("Mul", [ch, sl])])  # sin(a + b)
 
-    # the ring: row b's fed characters go to slots (position_ids[b, 0] + j) mod W; the mask (B, 1, T, W)
-    # lets a query at p see slot s when the position s holds, p - ((p - s) mod W), is >= 0
+    # the ring: row b's fed characters go to slots (position_ids[b, 0] + j) mod S (S = the cache's
+    # slots, as bound); the mask (B, 1, T, S) lets a query at p see slot s when the position s holds,
+    # p - ((p - s) mod S), is >= 0
     first = g.op("Gather", [POSITION_IDS, i64("zero", 0)], axis=1)  # (B,)
     p3 = g.op("Unsqueeze", [POSITION_IDS, i64("axis2", [2])])  # (B, T, 1)
-    back = g.op("Mod", [g.op("Sub", [p3, i64("slots", np.arange(W))]), i64("window", W)])  # (B, T, W)
-    mask = g.op("Unsqueeze", [g.op("LessOrEqual", [back, p3]), i64("axis1", [1])])  # (B, 1, T, W) bool
+    S = g.op("Squeeze", [g.op("Shape", [past_names(cfg.n_layer)[0]], start=1, end=2)])  # ()
+    slots = g.op("Range", [i64("zero_scalar", 0), S, i64("one_scalar", 1)])  # (S,)
+    back = g.op("Mod", [g.op("Sub", [p3, slots]), S])  # (B, T, S)
+    mask = g.op("Unsqueeze", [g.op("LessOrEqual", [back, p3]), i64("axis1", [1])])  # (B, 1, T, S) bool
     split_qkv, split_qk = i64("split_qkv", [2 * C, C]), i64("split_qk", [C, C])
 
     pasts, presents = past_names(cfg.n_layer), present_names(cfg.n_layer)
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         h = g.op("LayerNormalization", [x, g.const(p + "ln1", weights[p + "ln1.weight"])], epsilon=1e-5, axis=-1)
-        qkv = _linear(g, h, p + "qkv", weights[p + "attn.qkv.weight"], int8)  # (B, T, 3C): [q heads | k | v]
+        qkv = weights[p + "attn.qkv.weight"].astype(np.float32)  # (3C, C): rows [q heads | k | v]
+        qkv = np.concatenate([qkv[:C] * np.float32(hd ** -0.5), qkv[C:]])  # the attention scale, in the queries
+        qkv = _linear(g, h, p + "qkv", qkv, int8)  # (B, T, 3C)
         qk, v = g.op("Split", [qkv, split_qkv], n_out=2, axis=-1)  # (B, T, 2C), (B, T, C)
         qk = g.op("RotaryEmbedding", [qk, cos, sin], num_heads=2 * nh)  # halves rotated, as apply_rotary
         q, k = g.op("Split", [qk, split_qk], n_out=2, axis=-1)  # (B, T, C) each
         keys = g.op("TensorScatter", [pasts[2 * i], k, first], out=[presents[2 * i]], axis=1, mode="circular")
         vals = g.op("TensorScatter", [pasts[2 * i + 1], v, first], out=[presents[2 * i + 1]], axis=1, mode="circular")
-        y = g.op("Attention", [q, keys, vals, mask], q_num_heads=nh, kv_num_heads=nh)  # (B, T, C), scale hs^-0.5
+        y = g.op("Attention", [q, keys, vals, mask], q_num_heads=nh, kv_num_heads=nh, scale=1.0)  # (B, T, C)
         x = g.op("Add", [x, _linear(g, y, p + "proj", weights[p + "attn.proj.weight"], int8)])
         h = g.op("LayerNormalization", [x, g.const(p + "ln2", weights[p + "ln2.weight"])], epsilon=1e-5, axis=-1)
         f = g.op("Gelu", [_linear(g, h, p + "fc", weights[p + "mlp.fc.weight"], int8)])
@@ -118,7 +128,7 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     h = g.op("LayerNormalization", [x, g.const("ln_f", weights["ln_f.weight"])], epsilon=1e-5, axis=-1)
     _linear(g, h, "lm_head", weights["lm_head.weight"], int8, out=LOGITS)  # (B, T, V)
 
-    cache = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", W, C])  # noqa: E731
+    cache = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", SLOTS, C])  # noqa: E731
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64, ["batch", "sequence"])]
     inputs += [cache(n) for n in pasts]
