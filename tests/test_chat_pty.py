@@ -213,15 +213,20 @@ def test_pty_the_hint_on_an_empty_line_fits_a_narrow_terminal(tiny_onnx, isolate
     assert finish(child) == 0
 
 
+def a_reply_then_endless_ones(child) -> None:
+    """A first short reply (for /regen), then replies that run until Ctrl-C."""
+    child.send("ROMEO:\r")
+    child.expect(">>> ")
+    command(child, "/set max_tokens 100000", "max_tokens = 100000")
+    command(child, "/set one_speech off", "one_speech = off")
+
+
 def test_pty_ctrl_c_stops_regen_n_at_once_keeps_the_parts_and_typed_keys(tiny_onnx, isolated_home, tmp_path):
     """Defect 2: with long alternatives, Ctrl-C did nothing for 20 s, swallowed a /show typed
     meanwhile and threw every partial text away. Now the first alternative streams at once, one
     Ctrl-C stops them all, the /show typed meanwhile runs next, and /pick takes a stopped one."""
     child = spawn(tiny_onnx, isolated_home, "--seed", "5", "-n", "20")
-    child.send("ROMEO:\r")
-    child.expect(">>> ")
-    command(child, "/set max_tokens 100000", "max_tokens = 100000")
-    command(child, "/set one_speech off", "one_speech = off")
+    a_reply_then_endless_ones(child)
     child.send("/regen 3\r")
     child.expect_exact("[1] seed 6")
     child.expect(r"[a-z]{2}")  # the first alternative streams before any is finished
@@ -271,10 +276,7 @@ def test_pty_heat_colours_a_wrapped_reply_by_probability_and_shows_its_legend(ti
 
 def test_pty_heat_with_ctrl_c_and_regen_n(tiny_onnx, isolated_home, tmp_path):
     child = spawn(tiny_onnx, isolated_home, "--seed", "5", "-n", "20", "--heat", color=True)
-    child.send("ROMEO:\r")
-    child.expect(">>> ")
-    command(child, "/set max_tokens 100000", "max_tokens = 100000")
-    command(child, "/set one_speech off", "one_speech = off")
+    a_reply_then_endless_ones(child)
     child.send("JULIET:\r")
     child.expect_exact("JULIET:")
     child.expect(HEAT_SGR)  # the reply streams in heat's colours
