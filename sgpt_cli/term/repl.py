@@ -87,6 +87,8 @@ def styled(text: str, style) -> Text:
         n = sum(1 for _ in run)
         out.append(text[i:i + n], one)
         i += n
+    if i < len(text):  # characters beyond the styles given: the reply's own
+        out.append(text[i:], REPLY)
     return out
 
 
