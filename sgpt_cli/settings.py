@@ -2,9 +2,10 @@
 
 What it holds: `Setting` (one knob: how it is spelled as a flag and as a /set name, what it holds,
 its limits, and how its values are checked and read from text), the sampling settings `SAMPLING`
-(temperature, top_k, top_p, min_p, repetition_penalty, max_tokens, seed, stop), chat's own settings, the
+(temperature, top_k, top_p, min_p, repetition_penalty, max_tokens, seed, stop), `LOGPROBS` (what the
+model believed, reported beside the text), chat's own settings (heat among them), the
 options several commands share (`MODEL`, `DEVICE`, `DATA`), `SamplingParams` (the engine's
-parameters, a dataclass built from `SAMPLING`) and `sampling_params_from`, which checks a dict of
+parameters, a dataclass built from `PARAMS`: SAMPLING and LOGPROBS) and `sampling_params_from`, which checks a dict of
 per-row settings (a JSONL request, say). `argparse_parser` builds a parser from a list of settings
 (`sgpt complete`'s Typer-free fast path); `sgpt_cli.term.common.typer_command` builds a Typer
 command from the same list; chat's `/set` parses, completes and shows from it.
@@ -275,6 +276,17 @@ SAMPLING: tuple[Setting, ...] = (
             most=STOP_MOST, longest=STOP_LONGEST),
 )
 SAMPLING_NAMES = tuple(s.name for s in SAMPLING)
+
+# what the model believed, beside what it chose: not a sampling setting (it changes no character)
+# but a request's, so SamplingParams holds it, as vLLM's does; None computes nothing at all
+LOGPROBS_MOST = 20  # OpenAI's top_logprobs limit; a character vocabulary has few more worth reading
+LOGPROBS = Setting("logprobs", ("--logprobs",), int, None,
+                   "With --json (or --batch): each generated character's log probability under the model "
+                   "(softmax of its raw logits, before temperature and the other settings) and the K likeliest "
+                   "characters, in OpenAI's shape; 0 gives the chosen character's alone.",
+                   low=0, high=LOGPROBS_MOST, none="off", metavar="K")
+PARAMS: tuple[Setting, ...] = SAMPLING + (LOGPROBS,)  # SamplingParams' fields, in order
+PARAM_NAMES = tuple(s.name for s in PARAMS)
 SEED_DRAW = 2**31  # a seed drawn for an unseeded run is below this: short enough to type back
 
 
@@ -290,16 +302,16 @@ def _post_init(self) -> None:
     """Valid by construction: every value checked and normalised (5.0 -> 5, a list of stops -> a
     tuple) where it enters; a one-line UsageError naming the flag otherwise. Nothing downstream
     (the engine, the sampler) checks again."""
-    for name, value in check_values(SAMPLING, {n: getattr(self, n) for n in SAMPLING_NAMES}).items():
+    for name, value in check_values(PARAMS, {n: getattr(self, n) for n in PARAM_NAMES}).items():
         object.__setattr__(self, name, value)
 
 
 SamplingParams = make_dataclass(
     "SamplingParams",
-    [(s.name, s.annotation(), field(default=s.default)) for s in SAMPLING],
+    [(s.name, s.annotation(), field(default=s.default)) for s in PARAMS],
     namespace={"__post_init__": _post_init, "__module__": __name__,
-               "__doc__": "The engine's sampling parameters, valid by construction; fields, defaults and "
-                          "limits: sgpt_cli.settings.SAMPLING."},
+               "__doc__": "The engine's parameters of one request, valid by construction; fields, defaults and "
+                          "limits: sgpt_cli.settings.PARAMS (SAMPLING, then LOGPROBS)."},
     frozen=True,
 )
 
@@ -307,13 +319,13 @@ SamplingParams = make_dataclass(
 def sampling_params_from(values: dict, style: str = NAME, defaults: dict | None = None) -> "SamplingParams":
     """SamplingParams from a dict of settings (one JSONL request row, say): unknown keys and bad
     values are a one-line UsageError naming the key; missing ones take `defaults`, then SAMPLING's."""
-    unknown = [k for k in values if k not in SAMPLING_NAMES]
+    unknown = [k for k in values if k not in PARAM_NAMES]
     if unknown:
-        raise UsageError(f"unknown setting {unknown[0]!r}; settings: {', '.join(SAMPLING_NAMES)}")
-    merged = {s.name: s.default for s in SAMPLING}
+        raise UsageError(f"unknown setting {unknown[0]!r}; settings: {', '.join(PARAM_NAMES)}")
+    merged = {s.name: s.default for s in PARAMS}
     merged.update(defaults or {})
     merged.update(values)
-    return SamplingParams(**check_values(SAMPLING, merged, style))
+    return SamplingParams(**check_values(PARAMS, merged, style))
 
 
 # --- chat's settings: the sampling ones, with chat's defaults, and two of its own -------------------
@@ -331,6 +343,9 @@ CHAT_SETTINGS: tuple[Setting, ...] = tuple(
             "End each reply at the end of a speech (a blank line), or let it run to --max-tokens."),
     Setting("verbose", ("--verbose", "-v"), bool, False,
             "After each reply, a line with its length, time to first character and speed."),
+    Setting("heat", ("--heat/--no-heat",), bool, False,  # off: a reply in one colour reads as a play
+            "Colour each character of a reply by the probability the model gave it (/help shows the "
+            "legend); plain text where colour is off (NO_COLOR, not a terminal)."),
 )
 
 # --- options several commands share ------------------------------------------------------------

@@ -159,6 +159,24 @@ def test_batch_pulls_requests_only_as_rows_free_up(model):
     assert seen == 12
 
 
+def test_batched_rows_give_bitwise_the_logprobs_of_their_single_runs(model):
+    """What the model believed of each character is a function of the row's own logits, which are
+    bitwise its single run's: the numbers are equal, not close."""
+    engine = Engine(model)
+    reqs = requests(0.8, logprobs=3)
+
+    def believed(events) -> dict[int, list]:
+        out: dict[int, list] = {}
+        for ev in events:
+            out.setdefault(ev.request, []).extend(ev.logprobs)
+        return out
+
+    singles = [next(iter(believed(engine.stream(p, s)).values())) for p, s in reqs]
+    together = believed(engine.generate_batch(reqs, 8))
+    assert [together[i] for i in range(len(reqs))] == singles
+    assert all(singles)
+
+
 def test_rows_in_one_step_are_bitwise_their_single_steps(model):
     """The property the engine rests on, at the level of one step: rows at different positions in one
     call give bitwise the logits each gives alone."""

@@ -90,6 +90,24 @@ def test_num_samples_are_the_single_runs_with_seeds_s_to_s_plus_n(tiny_onnx):
         assert f"--- sample {i + 1} of 3 (seed {s['seed']}) ---\n{s['text']}" in text
 
 
+def test_batch_and_num_samples_rows_carry_the_logprobs_of_their_single_runs(tiny_onnx):
+    """--logprobs for every row, or "logprobs" in a row; each row's numbers are exactly those of its
+    single run (`complete --json --logprobs`)."""
+    lines = "\n".join([json.dumps({"prompt": "ROMEO:", "seed": 3, "logprobs": 2}), json.dumps({"prompt": "K", "seed": 4})])
+    done = sgpt(["complete", "--model", str(tiny_onnx), "--batch", "-", "-n", "30"], lines)
+    assert done.returncode == 0, done.stderr
+    asked, plain = [json.loads(x) for x in done.stdout.decode().splitlines()]
+    single = sgpt(["complete", "--model", str(tiny_onnx), "--json", "--seed", "3", "-n", "30", "--logprobs", "2", "ROMEO:"])
+    assert asked["logprobs"] == json.loads(single.stdout)["logprobs"] and "logprobs" not in plain
+    assert "".join(c["token"] for c in asked["logprobs"]["content"]) == asked["text"]
+    every = sgpt(["complete", "--model", str(tiny_onnx), "--batch", "-", "-n", "30", "--logprobs", "0"], lines)
+    rows = [json.loads(x) for x in every.stdout.decode().splitlines()]
+    assert all(len(r["logprobs"]["content"]) == r["chars"] for r in rows)
+    samples = sgpt(["complete", "--model", str(tiny_onnx), "--num-samples", "2", "--seed", "3", "-n", "30", "--json",
+                    "--logprobs", "2", "ROMEO:"])
+    assert json.loads(samples.stdout)["samples"][0]["logprobs"] == asked["logprobs"]
+
+
 @pytest.mark.parametrize("args, message, code", [
     (["--batch", "-", "PROMPT"], "give no PROMPT argument", 2),
     (["--batch", "-", "--num-samples", "2"], "neither --num-samples nor --echo", 2),

@@ -5,6 +5,7 @@ test_chat_pty.py."""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -655,3 +656,121 @@ def test_slash_load_then_save_round_trips_in_the_repl(tmp_path):
     assert "JULIET:\nAy\n" in out and f"loaded {len(text)} characters" in out
     code, out, _ = piped_repl(engine, "/load\n")
     assert code == 1 and "/load needs a file name" in out
+
+
+# --- /set heat: each character coloured by the probability the model gave it (issue 18) ----------
+
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+HEAT_CODES = {"bright_blue": "94", "cyan": "36", "green": "32", "yellow": "33", "red": "31"}
+
+
+def coloured(stream: str) -> list[tuple[str, str]]:
+    """(character, the SGR code in force) for each printable character, in the order written."""
+    out, code, i = [], "", 0
+    while i < len(stream):
+        m = SGR.match(stream, i)
+        if m:
+            code, i = m.group(1), m.end()
+            continue
+        if stream[i] == "\x1b":  # another sequence (the wrap's cursor moves): no character
+            i = re.match(r"\x1b\[[0-9;]*[A-Za-z]", stream[i:]).end() + i
+            continue
+        if stream[i].isprintable():
+            out.append((stream[i], code))
+        i += 1
+    return out
+
+
+def test_heat_bins_cover_every_probability_and_the_legend_names_each():
+    from sgpt_cli.term.repl import HEAT, heat_legend, heat_style
+
+    assert [heat_style(p) for p in (1.0, 0.9, 0.89, 0.6, 0.3, 0.1, 0.099, 0.0)] == [
+        "bright_blue", "bright_blue", "cyan", "cyan", "green", "yellow", "red", "red"]
+    assert heat_style(None) == "cyan"  # a character whose probability is not known: the reply's colour
+    legend = heat_legend()
+    assert all(words in legend.plain for _, _, words in HEAT)
+    assert [span.style for span in legend.spans][-len(HEAT):] == [style for _, style, _ in HEAT]
+
+
+@pytest.fixture()
+def colour(monkeypatch):
+    """rich obeys NO_COLOR (which the suite sets) even on a console told to colour."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+def test_heat_colours_each_character_by_its_bin_and_is_plain_text_when_colour_is_off(colour):
+    from sgpt_cli.term.repl import ReplyPrinter, make_console
+
+    def draw(color: bool, heat: bool, width: int = 80) -> str:
+        out = io.StringIO()
+        console = make_console(out, color=color)
+        console.width = width
+        printer = ReplyPrinter(console, wrap=True, heat=heat)
+        printer.write("Ay me\nO", probs=[0.95, 0.95, 0.7, 0.4, 0.2, None, 0.01])
+        printer.end()
+        return out.getvalue()
+
+    shown = [(c, code) for c, code in coloured(draw(True, True)) if c.strip()]
+    assert shown == [("A", "94"), ("y", "94"), ("m", "32"), ("e", "33"), ("O", "31")]
+    assert draw(False, True) == draw(False, False) == "Ay me\nO\n"  # NO_COLOR, a pipe: the text alone
+    assert "\x1b[94m" not in draw(True, False)  # heat off: the reply's one colour
+
+
+def test_heat_keeps_each_characters_colour_when_a_word_is_wrapped_onto_the_next_row(colour):
+    from sgpt_cli.term.repl import ReplyPrinter, make_console
+
+    out = io.StringIO()
+    console = make_console(out, color=True)
+    console.width = 6
+    printer = ReplyPrinter(console, wrap=True, heat=True)
+    for piece, probs in (("Ay me", [0.95, 0.95, None, 0.2, 0.2]), ("ow", [0.01, 0.5])):
+        printer.write(piece, probs=probs)  # 'meow' crosses the edge: taken back, drawn on the next row
+    printer.end()
+    stream = out.getvalue()
+    assert "\x1b[K" in stream
+    redrawn = coloured(stream[stream.rindex("\x1b[K"):])
+    assert [(c, code) for c, code in redrawn if c.strip()] == [("m", "33"), ("e", "33"), ("o", "31"), ("w", "32")]
+
+
+def test_heat_asks_the_engine_for_the_chosen_characters_probabilities_only_when_on(tiny_engine):
+    session = ChatSession(tiny_engine.model.tokenizer.chars, tiny_engine.model.block_size,
+                          ChatSettings(seed=4, max_tokens=40, one_speech=False))
+    assert session.sampling_params().logprobs is None
+    session.add_user_text("ROMEO:")
+    off = reply(session, tiny_engine)
+    assert session.reply_probs == []
+    session.set("heat", "on")
+    assert session.sampling_params().logprobs == 0  # the chosen character's alone: no alternatives
+    session.drop_last_reply()
+    session.replies = 0
+    on = reply(session, tiny_engine)
+    assert on == off and len(session.reply_probs) == len(on) and all(0 < p <= 1 for p in session.reply_probs)
+    list(session.alternatives(tiny_engine, 2))
+    assert [len(p) for p in session.choice_probs] == [len(c) for c in session.choices]
+
+
+def test_set_heat_on_shows_the_legend_and_says_when_there_is_no_colour():
+    engine = FakeEngine([])
+    code, out, session = piped_repl(engine, "/set heat on\n/help\n")
+    assert code == 0 and session.settings.heat
+    assert "heat = on" in out and out.count("■ 90% or more") == 2  # when turned on, and in /help
+    assert "no colour (NO_COLOR, or not a terminal), so replies stay plain text" in out
+    assert "/set heat on" in out  # /help's row
+
+
+def test_heat_in_the_repl_colours_a_real_reply_and_changes_no_character(tiny_engine, colour):
+    from sgpt_cli.term.repl import LineReader, Repl, make_console
+
+    def transcript(lines: str) -> str:
+        out = io.StringIO()
+        session = ChatSession(tiny_engine.model.tokenizer.chars, tiny_engine.model.block_size,
+                              ChatSettings(seed=6, max_tokens=120, one_speech=False))
+        Repl(session, tiny_engine, LineReader(io.StringIO(lines)), make_console(out, color=True)).run()
+        return out.getvalue()
+
+    hot, plain = transcript("/set heat on\nROMEO:\n"), transcript("ROMEO:\n")
+    reply_of = lambda stream: "".join(c for c, _ in coloured(stream[stream.index("ROMEO:"):]))  # noqa: E731
+    assert reply_of(hot) == reply_of(plain)
+    codes = {code for _, code in coloured(hot[hot.index("ROMEO:"):])}
+    assert len(codes & set(HEAT_CODES.values()) - {"36"}) >= 2  # several bins in 120 characters
+    assert not {code for _, code in coloured(plain[plain.index("ROMEO:"):])} & {"94", "31"}

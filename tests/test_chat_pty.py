@@ -1,5 +1,6 @@
 """`sgpt chat` at a real pseudo-terminal (pexpect): the banner, a streamed reply, Ctrl-C during a
-reply and at the prompt, the up arrow, /quit and Ctrl-D. Timeouts are generous (a loaded machine);
+reply and at the prompt, the up arrow, /quit and Ctrl-D, word wrap, /regen N, /set heat (in colour
+and without). Timeouts are generous (a loaded machine);
 nothing here measures time."""
 
 from __future__ import annotations
@@ -212,15 +213,20 @@ def test_pty_the_hint_on_an_empty_line_fits_a_narrow_terminal(tiny_onnx, isolate
     assert finish(child) == 0
 
 
+def a_reply_then_endless_ones(child) -> None:
+    """A first short reply (for /regen), then replies that run until Ctrl-C."""
+    child.send("ROMEO:\r")
+    child.expect(">>> ")
+    command(child, "/set max_tokens 100000", "max_tokens = 100000")
+    command(child, "/set one_speech off", "one_speech = off")
+
+
 def test_pty_ctrl_c_stops_regen_n_at_once_keeps_the_parts_and_typed_keys(tiny_onnx, isolated_home, tmp_path):
     """Defect 2: with long alternatives, Ctrl-C did nothing for 20 s, swallowed a /show typed
     meanwhile and threw every partial text away. Now the first alternative streams at once, one
     Ctrl-C stops them all, the /show typed meanwhile runs next, and /pick takes a stopped one."""
     child = spawn(tiny_onnx, isolated_home, "--seed", "5", "-n", "20")
-    child.send("ROMEO:\r")
-    child.expect(">>> ")
-    command(child, "/set max_tokens 100000", "max_tokens = 100000")
-    command(child, "/set one_speech off", "one_speech = off")
+    a_reply_then_endless_ones(child)
     child.send("/regen 3\r")
     child.expect_exact("[1] seed 6")
     child.expect(r"[a-z]{2}")  # the first alternative streams before any is finished
@@ -244,3 +250,56 @@ def test_pty_romeo_but_soft_is_finished_on_the_same_line(tiny_onnx, isolated_hom
     reply = saved_reply(child, tmp_path, "ROMEO:\nBut soft")  # no line break after the user's words
     assert finish(child) == 0
     assert len(reply) == 30
+
+
+# --- issue 18: /set heat colours each character by its probability ---------------------------------
+
+HEAT_SGR = re.compile(r"\x1b\[(?:[0-9;]*;)?(94|36|32|33|31)m")  # the five bins' colours, as rich writes them
+
+
+def test_pty_heat_colours_a_wrapped_reply_by_probability_and_shows_its_legend(tiny_onnx, isolated_home, tmp_path):
+    child = spawn(tiny_onnx, isolated_home, "--seed", "3", "-n", "400", "--no-one-speech", color=True, fixed=False)
+    child.setwinsize(40, 40)  # after the banner, whose coloured words a narrow terminal breaks apart
+    command(child, "/set heat on", "under 10%")  # turning it on shows the legend
+    child.send("ROMEO:\r")
+    child.expect_exact("ROMEO:")
+    child.expect_exact("(cut at max_tokens")
+    raw = child.before.split("\n", 1)[1]
+    rows = [r for r in screen_rows(raw, 40) if r]
+    child.expect(">>> ")
+    text = saved_reply(child, tmp_path, "ROMEO:\n")
+    assert finish(child) == 0
+    assert len(set(HEAT_SGR.findall(raw))) >= 2  # the tiny, barely trained model: spaces likelier than letters
+    assert len(rows) >= 5 and all(len(r) <= 40 for r in rows), rows
+    assert_whole_words(rows, text, 40)  # words still wrap whole, each character in its own colour
+
+
+def test_pty_heat_with_ctrl_c_and_regen_n(tiny_onnx, isolated_home, tmp_path):
+    child = spawn(tiny_onnx, isolated_home, "--seed", "5", "-n", "20", "--heat", color=True)
+    a_reply_then_endless_ones(child)
+    child.send("JULIET:\r")
+    child.expect_exact("JULIET:")
+    child.expect(HEAT_SGR)  # the reply streams in heat's colours
+    child.sendintr()
+    child.expect_exact("(stopped: the part written so far stays in the script")
+    child.expect(">>> ")
+    child.send("/regen 2\r")
+    child.expect(r"\[1\](\x1b\[[0-9;]*m)* seed")  # in colour: the number and the seed in their styles
+    child.expect(HEAT_SGR)
+    child.sendintr()
+    child.expect_exact("(stopped: 0 of 2 alternatives finished")
+    child.expect(">>> ")
+    command(child, "/pick 2", "alternative 2 is the reply")
+    assert finish(child) == 0
+
+
+def test_pty_heat_without_colour_is_plain_text_and_says_so(tiny_onnx, isolated_home):
+    child = spawn(tiny_onnx, isolated_home, "--seed", "3", "-n", "60", "--no-one-speech")  # NO_COLOR is set
+    command(child, "/set heat on", "replies stay plain text")
+    child.send("ROMEO:\r")
+    child.expect_exact("ROMEO:")
+    child.expect_exact("(cut at max_tokens")
+    raw = child.before.split("\n", 1)[1]
+    child.expect(">>> ")
+    assert finish(child) == 0
+    assert not HEAT_SGR.search(raw) and any(screen_rows(raw, 120))  # the reply, in no colour

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import io
 import json
+import math
 import shlex
 import signal
 import subprocess
@@ -103,6 +104,26 @@ def test_json_is_one_object_with_text_tokens_timings_and_model(model):
     assert result["stop_reason"] == "max_tokens"
     assert set(result["timings"]) >= {"load_s", "ttft_s", "generate_s", "chars_per_s"}
     assert result["text"] == text_of("complete", "--model", model, "-n", "20", "--seed", "4", stdin=b"ROMEO:")
+
+
+def test_json_logprobs_give_each_character_its_probability_and_the_k_likeliest(model):
+    """Issue 18: OpenAI's chat shape, one entry per character of "text", in order; what the model
+    believed, not what the draw was shaped into, and asking changes no character."""
+    flags = ("complete", "--model", model, "-n", "25", "--seed", "4", "-t", "1.5", "--json")
+    result = json.loads(text_of(*flags, "--logprobs", "3", stdin=b"ROMEO:"))
+    content = result["logprobs"]["content"]
+    assert "".join(c["token"] for c in content) == result["text"] and len(content) == 25
+    assert result["text"] == json.loads(text_of(*flags, stdin=b"ROMEO:"))["text"]
+    assert "logprobs" not in json.loads(text_of(*flags, stdin=b"ROMEO:"))
+    for c in content:
+        top = c["top_logprobs"]
+        assert c["bytes"] == list(c["token"].encode("utf-8")) and c["logprob"] <= 0
+        assert len(top) == 3 and [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert all(t["bytes"] == list(t["token"].encode("utf-8")) for t in top)
+        assert c["logprob"] <= top[0]["logprob"] and sum(math.exp(t["logprob"]) for t in top) <= 1 + 1e-9
+        assert all(t["logprob"] == c["logprob"] for t in top if t["token"] == c["token"])
+    alone = json.loads(text_of(*flags, "--logprobs", "0", stdin=b"ROMEO:"))["logprobs"]["content"]
+    assert [(a["token"], a["logprob"], a["top_logprobs"]) for a in alone] == [(c["token"], c["logprob"], []) for c in content]
 
 
 def test_seed_reproducibility_across_processes(model):
@@ -256,6 +277,10 @@ def test_ctrl_c_exits_130_without_a_traceback(model):
     (["--model", "{model}", "--top-k", "0"], "--top-k must be a whole number of 1 or more", 2),
     (["--model", "{model}", "--seed", "-1"], "--seed must be a whole number from 0 to", 2),
     (["--model", "{model}", "--stop", ""], "--stop must be", 2),
+    (["--model", "{model}", "--logprobs", "21", "--json"], "--logprobs must be a whole number from 0 to 20 (got 21)", 2),
+    (["--model", "{model}", "--logprobs", "3"], "--logprobs needs --json: the probabilities are written in the "
+                                                "JSON object (add --json", 2),
+    (["--model", "{model}", "--logprobs", "3", "--num-samples", "2"], "--logprobs needs --json", 2),
 ])
 def test_user_errors_are_one_line(model, tmp_path, args, needle, status):
     """Bad files and failures exit 1, bad flag values 2 (the README's table), each in one line."""
@@ -287,11 +312,11 @@ def test_worker_streams_what_it_returns(model):
 
 def test_options_are_the_declared_sampling_settings():
     from sgpt_cli.infer.engine import SamplingParams
-    from sgpt_cli.settings import SAMPLING
+    from sgpt_cli.settings import PARAMS, SAMPLING
 
-    assert OPTIONS[:len(SAMPLING)] == SAMPLING  # the very objects: nothing written twice
+    assert OPTIONS[:len(PARAMS)] == PARAMS and PARAMS[:len(SAMPLING)] == SAMPLING  # the very objects
     engine_defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
-    assert engine_defaults == {s.name: s.default for s in SAMPLING}
+    assert engine_defaults == {s.name: s.default for s in PARAMS}
 
 
 def test_typer_signature_is_the_options_table():

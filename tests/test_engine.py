@@ -287,6 +287,89 @@ def test_empty_prompt_starts_from_a_line_break(engine):
     assert run(engine, "", **kw)[1].prompt_chars == 1
 
 
+# --- what the model believed: logprobs (issue 18) ------------------------------------------------
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    return x - x.max() - np.log(np.exp(x - x.max()).sum())
+
+
+def believed(engine, prompt="ROMEO:", **kw) -> tuple[list, list]:
+    """(events, every TokenLogprob given, in order) of one request alone."""
+    events = list(engine.stream(prompt, SamplingParams(**kw)))
+    return events, [t for e in events for t in e.logprobs]
+
+
+def test_logprobs_are_the_models_own_softmax_one_per_character_given_out(engine, model):
+    """The raw logits' distribution, not the tempered, cut one the draw used (as OpenAI and vLLM
+    report): a full pass over the text so far gives the same numbers."""
+    n = model.block_size - len("ROMEO:")
+    events, entries = believed(engine, temperature=1.7, top_k=4, seed=3, max_tokens=n, logprobs=3)
+    text = "".join(e.text for e in events)
+    assert all("".join(t.token for t in e.logprobs) == e.text for e in events)
+    assert len(entries) == len(text) == n
+    ids = list(model.tokenizer.encode("ROMEO:"))
+    for t, ch in zip(entries, text):
+        ref = log_softmax(full_pass_logits(model, ids))
+        assert t.token == ch and abs(t.logprob - ref[model.tokenizer.stoi[ch]]) < 1e-4
+        assert [c for c, _ in t.top] == [model.tokenizer.shown[i] for i in np.argsort(-ref, kind="stable")[:3]]
+        assert [lp for _, lp in t.top] == sorted((lp for _, lp in t.top), reverse=True)
+        assert t.top[0][1] >= t.logprob
+        ids.append(model.tokenizer.stoi[ch])
+    assert any(t.token != t.top[0][0] for t in entries)  # at 1.7 some choices were not the likeliest
+
+
+def test_logprobs_change_no_character_and_cost_nothing_when_off(engine, monkeypatch):
+    import sgpt_cli.infer.engine as engine_module
+
+    events, entries = believed(engine, seed=8, max_tokens=40, logprobs=0)
+    assert all(t.top == () for t in entries)
+    plain = list(engine.stream("ROMEO:", SamplingParams(seed=8, max_tokens=40)))
+    assert "".join(e.text for e in plain) == "".join(e.text for e in events)
+    assert all(e.logprobs is None for e in plain)
+
+    def never(*args):
+        raise AssertionError("logprobs computed for a request that asked for none")
+
+    monkeypatch.setattr(engine_module, "believed", never)
+    assert gen(engine, seed=8, max_tokens=40) == "".join(e.text for e in plain)
+
+
+def test_logprobs_follow_the_text_through_held_back_and_dropped_stop_strings(engine):
+    full_events, full = believed(engine, temperature=1.0, seed=5, max_tokens=120, logprobs=2)
+    text = "".join(e.text for e in full_events)
+    stop = text[30:33]
+    events, entries = believed(engine, temperature=1.0, seed=5, max_tokens=120, stop=(stop,), logprobs=2)
+    got = "".join(e.text for e in events)
+    assert got == text[:text.find(stop)] and entries == full[:len(got)]  # the stop's characters dropped
+    c = text[10]
+    follower = next(x for x in engine.model.tokenizer.chars if c + x not in text)
+    events, entries = believed(engine, temperature=1.0, seed=5, max_tokens=120, stop=(c + follower + "zz",),
+                               logprobs=2)
+    assert any(len(e.text) > 1 for e in events)  # held-back characters came out together...
+    assert all("".join(t.token for t in e.logprobs) == e.text for e in events)  # ...with their numbers
+    assert entries == full
+
+
+def test_a_piece_of_several_characters_is_cut_where_the_text_given_out_ends(model):
+    from sgpt_cli.infer.engine import _Run
+    from sgpt_cli.infer.logprobs import TokenLogprob
+
+    run = _Run(0, np.array([0]), SamplingParams(logprobs=1), model.tokenizer.vocab_size, model.block_size)
+    run.held.extend([TokenLogprob("ab", -0.5, (("a", -0.1),)), TokenLogprob("c", -0.2)])
+    assert run.take_logprobs(1) == (TokenLogprob("a", -0.5, (("a", -0.1),)),)
+    assert run.take_logprobs(2) == (TokenLogprob("b", -0.5, (("a", -0.1),)), TokenLogprob("c", -0.2))
+    assert _Run(0, np.array([0]), SamplingParams(), 3, 8).take_logprobs(1) is None
+
+
+def test_impossible_characters_get_openais_floor_not_minus_infinity():
+    from sgpt_cli.infer.logprobs import LOGPROB_FLOOR, believed as believe
+
+    logits = np.array([0.0, np.nan, -np.inf, 1.0], dtype=np.float32)
+    entry = believe(logits, 1, 4, list("abcd"))
+    assert entry.logprob == LOGPROB_FLOOR and entry.top[0][0] == "d" and np.isfinite([lp for _, lp in entry.top]).all()
+
+
 # --- requests: submit, step, cancel --------------------------------------------------------------------
 
 def drain(engine: Engine, limit: int = 10_000) -> dict[int, tuple[str, GenerationStats]]:

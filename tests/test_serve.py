@@ -196,6 +196,59 @@ def test_openai_client_chat_is_the_reply_sgpt_chat_makes(client, model):
     assert chunks[-1].choices[0].finish_reason == got.choices[0].finish_reason
 
 
+def believed_alone(model, prompt: str, **params) -> list:
+    """The TokenLogprobs one request alone gives (as `alone` gives its text)."""
+    from sgpt_cli.infer.engine import Engine
+
+    fed = read_for_model([prompt], model.tokenizer.stoi, model.block_size).fed
+    return [t for e in Engine(model).stream(fed, SamplingParams(**params)) for t in e.logprobs]
+
+
+def test_openai_client_completion_logprobs_in_the_legacy_shape_streamed_and_not(client, model):
+    """/v1/completions' `logprobs` K: tokens, token_logprobs, top_logprobs (the K likeliest and the
+    chosen one) and text_offset, exactly the engine's numbers for the request alone."""
+    got = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=30, seed=7, logprobs=3)
+    choice = got.choices[0]
+    lp = choice.logprobs
+    ref = believed_alone(model, "ROMEO:", max_tokens=30, seed=7, logprobs=3)
+    assert "".join(lp.tokens) == choice.text and lp.text_offset == list(range(30))
+    assert lp.tokens == [t.token for t in ref] and lp.token_logprobs == [t.logprob for t in ref]
+    assert lp.top_logprobs == [{**dict(t.top), t.token: t.logprob} for t in ref]
+    assert all(3 <= len(top) <= 4 for top in lp.top_logprobs)
+    chunks = list(client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=30, seed=7, logprobs=3,
+                                            stream=True))
+    parts = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs is not None]
+    assert [t for p in parts for t in p.tokens] == lp.tokens
+    assert [o for p in parts for o in p.text_offset] == lp.text_offset  # offsets run on across chunks
+    assert [x for p in parts for x in p.token_logprobs] == lp.token_logprobs
+    plain = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=30, seed=7)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
+
+
+def test_openai_client_chat_logprobs_in_the_chat_shape_streamed_and_not(client, model):
+    """/v1/chat/completions' `logprobs: true` and `top_logprobs`: content entries with token,
+    logprob, bytes and top_logprobs, one per character of the reply."""
+    messages = [{"role": "user", "content": "JULIET:"}]
+    kw = dict(model="tiny", messages=messages, max_tokens=40, seed=2)
+    got = client.chat.completions.create(**kw, logprobs=True, top_logprobs=2)
+    content = got.choices[0].logprobs.content
+    from sgpt_cli.infer.engine import Engine
+
+    script, _ = chat_script(messages, model.tokenizer.chars, model.block_size)
+    events = Engine(model).stream(script, SamplingParams(max_tokens=40, seed=2, stop=("\n\n",), logprobs=2))
+    ref = [t for e in events for t in e.logprobs]
+    assert "".join(c.token for c in content) == got.choices[0].message.content
+    assert [(c.token, c.logprob, [(t.token, t.logprob) for t in c.top_logprobs]) for c in content] == [
+        (t.token, t.logprob, list(t.top)) for t in ref]
+    assert all(c.bytes == list(c.token.encode("utf-8")) and len(c.top_logprobs) == 2 for c in content)
+    chunks = list(client.chat.completions.create(**kw, logprobs=True, top_logprobs=2, stream=True))
+    streamed = [c for ch in chunks if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
+    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    chosen_only = client.chat.completions.create(**kw, logprobs=True)
+    assert all(c.top_logprobs == [] for c in chosen_only.choices[0].logprobs.content)
+    assert client.chat.completions.create(**kw).choices[0].logprobs is None
+
+
 def test_n_choices_and_a_list_of_prompts_each_equal_their_single_run(server, model):
     body = {"prompt": ["ROMEO:", "K"], "n": 3, "max_tokens": 15, "seed": 5, "echo": True}
     r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
@@ -252,7 +305,9 @@ BAD = [
     ({"prompt": "A", "stop": [""]}, 400, "stop", "invalid_value"),
     ({"prompt": "A", "seed": -1}, 400, "seed", "invalid_value"),
     ({"prompt": "A", "max_tokenz": 5}, 400, "max_tokenz", "unknown_field"),
-    ({"prompt": "A", "logprobs": 1}, 400, "logprobs", "unsupported"),
+    ({"prompt": "A", "logprobs": 21}, 400, "logprobs", "invalid_value"),
+    ({"prompt": "A", "logprobs": "3"}, 400, "logprobs", "invalid_value"),
+    ({"prompt": "A", "logprobs": 1, "echo": True}, 400, "logprobs", "unsupported"),
     ({"prompt": "A", "presence_penalty": 0.5}, 400, "presence_penalty", "unsupported"),
     ({"prompt": [1, 2, 3]}, 400, "prompt", "invalid_type"),
     ({"max_tokens": 3}, 400, "prompt", "missing_field"),
@@ -269,8 +324,8 @@ def test_bad_requests_get_openai_error_objects(server, body, status, param, code
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["param"], error["code"]) == (param, code), error
     assert "\n" not in error["message"] and "Traceback" not in r.text
-    if param == "logprobs":
-        assert "not supported yet" in error["message"]
+    if code == "unsupported" and param == "logprobs":
+        assert "leave out echo or logprobs" in error["message"]
 
 
 CHAT_BAD = [
@@ -280,7 +335,10 @@ CHAT_BAD = [
     ({"messages": [{"role": "user", "name": "R2D2", "content": "x"}]}, "messages[0].name"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
-    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": "yes"}, "logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
 ]
 
 
@@ -498,6 +556,10 @@ def test_parsing_gives_one_job_per_choice(model):
     odd = parse_chat({"messages": [{"role": "user", "content": "JULIET\u00e9:"}]}, "tiny", model.tokenizer.chars,
                      window, Limits())
     assert odd.jobs[0][0] == "JULIET:\n" and odd.warnings == ["dropped characters the model does not know: '\u00e9'"]
+    asked = parse_chat({"messages": [{"role": "user", "content": "JULIET:"}], "logprobs": True, "top_logprobs": 3},
+                       "tiny", model.tokenizer.chars, window, Limits())
+    assert asked.logprobs and asked.jobs[0][1].logprobs == 3 and not chat.logprobs
+    assert parse_completion({"prompt": "A", "logprobs": 0}, "tiny", stoi, window, Limits()).jobs[0][1].logprobs == 0
     with pytest.raises(ApiError) as e:
         parse_completion({"prompt": "A", "max_tokens": 11}, "tiny", stoi, window, Limits(max_tokens_limit=10))
     assert e.value.param == "max_tokens" and "10" in e.value.message

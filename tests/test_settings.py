@@ -13,7 +13,7 @@ from sgpt_cli.term.app import build_app
 from sgpt_cli.infer.complete import OPTIONS, fast_parser
 from sgpt_cli.errors import UsageError
 from sgpt_cli.settings import (
-    CHAT_SETTINGS, SAMPLING, SamplingParams, by_name, decode_escapes, sampling_params_from,
+    CHAT_SETTINGS, LOGPROBS, PARAMS, SAMPLING, SamplingParams, by_name, decode_escapes, sampling_params_from,
 )
 
 
@@ -31,7 +31,11 @@ def test_every_sampling_setting_reaches_every_parser_with_its_default():
         assert s.help in complete[s.name].help and "[default: " in complete[s.name].help
         if s.name != "stop":  # chat ends replies with --one-speech instead
             assert s.name in SETTING_NAMES and tuple(chat[s.name].opts) == s.flags
-    assert [f.name for f in dataclasses.fields(SamplingParams)] == [s.name for s in SAMPLING]
+    assert [f.name for f in dataclasses.fields(SamplingParams)] == [s.name for s in PARAMS]
+    assert PARAMS == SAMPLING + (LOGPROBS,)
+    assert tuple(complete["logprobs"].opts) == ("--logprobs",) and fast["logprobs"].option_strings == ["--logprobs"]
+    assert "logprobs" not in chat and "logprobs" not in SETTING_NAMES  # chat shows them as heat
+    assert tuple(chat["heat"].opts) == ("--heat",) and "heat" in SETTING_NAMES
     assert [f.name for f in dataclasses.fields(ChatSettings)] == [s.name for s in CHAT_SETTINGS]
     assert chat["max_tokens"].default == ChatSettings().max_tokens == 300  # chat's own default, declared once
 
@@ -88,6 +92,17 @@ def test_rows_are_checked_with_the_same_declaration():
         with pytest.raises(UsageError) as info:
             sampling_params_from(row)
         assert words in str(info.value) and not str(info.value).startswith("--"), (row, info.value)
+
+
+def test_logprobs_is_declared_once_with_its_range_and_off_by_default():
+    assert SamplingParams().logprobs is None
+    assert SamplingParams(logprobs=20.0).logprobs == 20 and SamplingParams(logprobs=0).logprobs == 0
+    for bad in (-1, 21, 2.5, True, "3"):
+        with pytest.raises(UsageError, match="^--logprobs must be a whole number from 0 to 20"):
+            SamplingParams(logprobs=bad)
+    assert sampling_params_from({"logprobs": 5}).logprobs == 5
+    with pytest.raises(UsageError, match="^logprobs must be a whole number from 0 to 20, or off"):
+        sampling_params_from({"logprobs": 99})
 
 
 def test_stop_escapes():

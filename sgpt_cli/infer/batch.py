@@ -6,7 +6,8 @@ prompt; whatever a line holds, a malformed one becomes an error for that line on
 requests through `Engine.generate_batch` as its rows free up, never more than AHEAD_ROWS x the batch
 size lines ahead of the output, and writing each result in input order as soon as it and every
 earlier one are done (`run_batch`), as strict JSON (`dumps`: no NaN, terminal controls escaped),
-and the N samples of one prompt (`run_samples`).
+and the N samples of one prompt (`run_samples`). A row (or sample) that asks for logprobs (its
+"logprobs", or --logprobs) carries them as `complete --json` does (`with_logprobs`).
 
 What it does not do: sample or run ONNX (sgpt_cli.infer.engine does), parse flags (sgpt_cli.infer.complete),
 import Typer, rich or torch.
@@ -33,7 +34,8 @@ MAX_ROWS = 4096  # --num-samples and --batch-size: a typo of 10**9 is refused, n
 AHEAD_ROWS = 8  # --batch reads at most 8 x --batch-size lines past the oldest line not yet written
 MAX_LINE_BYTES = 1 << 24  # a --batch line longer than 16 MiB is that line's error (skipped, not held)
 READ_CHUNK = 1 << 16  # bytes read at a time
-ROW_SETTINGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop")
+ROW_SETTINGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop",
+                "logprobs")
 ROW_KEYS = ("prompt", "id", *ROW_SETTINGS)
 
 
@@ -186,9 +188,18 @@ def read_lines(f: BinaryIO, limit: int = None) -> Iterator[str]:
         yield line()
 
 
-def result_row(line: BatchLine, text: str, stats) -> dict:
-    return {"id": line.id, "text": text, "chars": len(text), "stop_reason": stats.stop_reason,
-            "seed": line.params.seed}
+def with_logprobs(row: dict, params, believed) -> dict:
+    """`row` with "logprobs" (OpenAI's chat shape, as `complete --json` writes it) when `params` asked."""
+    if params.logprobs is not None:
+        from sgpt_cli.infer.logprobs import chat_entries
+
+        row["logprobs"] = {"content": chat_entries(believed)}
+    return row
+
+
+def result_row(line: BatchLine, text: str, stats, believed=()) -> dict:
+    return with_logprobs({"id": line.id, "text": text, "chars": len(text), "stop_reason": stats.stop_reason,
+                          "seed": line.params.seed}, line.params, believed)
 
 
 def run_batch(engine, lines: Iterable[BatchLine], out: TextIO, err: TextIO, batch_size: int | None,
@@ -242,17 +253,21 @@ def run_batch(engine, lines: Iterable[BatchLine], out: TextIO, err: TextIO, batc
         while not state["exhausted"] and not interrupted:
             starts: list[int] = []  # this run's request index -> line index
             texts: dict[int, list[str]] = {}
+            believed: dict[int, list] = {}  # with logprobs: each row's TokenLogprobs so far
             before = taken
             events = engine.generate_batch(requests(starts), batch_size)
             try:
                 for ev in events:
                     i = starts[ev.request]
                     texts.setdefault(i, []).append(ev.text)
+                    if ev.logprobs:
+                        believed.setdefault(i, []).extend(ev.logprobs)
                     if ev.stats is not None:
                         if ev.stats.stop_reason == "interrupted":
                             interrupted = True
                             continue
-                        results[i] = result_row(held.pop(i), clean("".join(texts.pop(i))), ev.stats)
+                        results[i] = result_row(held.pop(i), clean("".join(texts.pop(i))), ev.stats,
+                                                believed.pop(i, ()))
                         write_ready()
             finally:
                 if hasattr(events, "close"):
@@ -291,6 +306,7 @@ def run_samples(engine, prompt: str, fed: str, params, n: int, batch_size: int |
     seeds = sample_seeds(params.seed, n)
     reqs = [(fed, dataclasses.replace(params, seed=s)) for s in seeds]
     texts: list[list[str]] = [[] for _ in range(n)]
+    believed: list[list] = [[] for _ in range(n)]  # with logprobs: each sample's TokenLogprobs
     done: dict[int, object] = {}
     shown = 0
     t0 = time.perf_counter()
@@ -299,6 +315,7 @@ def run_samples(engine, prompt: str, fed: str, params, n: int, batch_size: int |
     try:
         for ev in events:
             texts[ev.request].append(ev.text)
+            believed[ev.request].extend(ev.logprobs or ())
             if ev.stats is None:
                 continue
             if ev.stats.stop_reason == "interrupted":
@@ -318,8 +335,8 @@ def run_samples(engine, prompt: str, fed: str, params, n: int, batch_size: int |
     chars = sum(len("".join(t)) for t in texts)
     result = {
         "model": about["model"], "prompt": prompt, "device": about["device"],
-        "samples": [{"seed": seeds[i], "text": "".join(texts[i]), "tokens": len("".join(texts[i])),
-                     "stop_reason": done[i].stop_reason} for i in range(n)],
+        "samples": [with_logprobs({"seed": seeds[i], "text": "".join(texts[i]), "tokens": len("".join(texts[i])),
+                                   "stop_reason": done[i].stop_reason}, params, believed[i]) for i in range(n)],
         "timings": {"load_s": about["load_s"], "generate_s": round(seconds, 4),
                     "chars_per_s": round(chars / seconds, 1) if seconds > 0 else 0.0},
     }

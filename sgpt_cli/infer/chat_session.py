@@ -1,7 +1,8 @@
 """The state of one `sgpt chat`: the growing play script, the settings, and the slash commands.
 
 What it holds: `ChatSettings` (the sampling knobs `/set` changes), `ChatSession` (the script, which
-the user's lines and the model's replies both extend; /reset, /regen, /save, /show's rows), parsing
+the user's lines and the model's replies both extend; /reset, /regen, /save, /show's rows; with
+`/set heat on`, the probability the model gave each character of a reply, for the REPL to colour), parsing
 and checking slash commands, joining `\"\"\"` blocks of several lines, and where the input history
 lives. Everything here takes and returns plain values, so tests drive it directly.
 
@@ -23,6 +24,7 @@ back.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field, make_dataclass, replace
@@ -49,6 +51,11 @@ SPEAKER_AND_TEXT = re.compile(rf"^({_NAME}):[ \t]+(\S.*)$")
 def is_speaker_line(line: str) -> bool:
     """A line that names who speaks next, as the corpus writes it ('ROMEO:', 'First Citizen:')."""
     return bool(SPEAKER_LINE.match(line.rstrip()))
+
+
+def char_probs(event) -> list[float]:
+    """The probability the model gave each character of `event.text` (its logprobs, one per character)."""
+    return [p for t in event.logprobs for p in (math.exp(t.logprob),) * len(t.token)]
 
 
 def history_path(environ=os.environ) -> Path:
@@ -183,6 +190,7 @@ HELP_CONVENTION = (
 def help_rows() -> list[tuple[str, str]]:
     rows = [((name + " " + args).strip(), what) for name, (args, what) in COMMANDS.items()]
     rows.insert(2, ("/set top_k none", "clear top_k, top_p or seed"))
+    rows.insert(3, ("/set heat on", "colour each character of a reply by the probability the model gave it"))
     return rows
 
 
@@ -278,6 +286,10 @@ class ChatSession:
         self.choice_seeds: list[int | None] = []
         self.last_stop: str | None = None  # the last reply's stop reason
         self.last_stats = None  # the last reply's GenerationStats; None while one runs or if it was stopped
+        # with heat on: the probability of each character of the last reply as yielded, and of each
+        # alternative's (None for a given-back speech end); empty lists when heat is off
+        self.reply_probs: list[float] = []
+        self.choice_probs: list[list[float | None]] = []
         if self.settings.seed is None:  # a seed for every session, so any session can be repeated
             self.settings = replace(self.settings, seed=draw_seed())
 
@@ -335,7 +347,7 @@ class ChatSession:
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
             repetition_penalty=s.repetition_penalty, max_tokens=s.max_tokens,
             seed=None if s.seed is None else (s.seed + n) % 2**64,
-            stop=self.stops())
+            stop=self.stops(), logprobs=0 if s.heat else None)  # heat: the chosen character's alone
 
     def stops(self) -> tuple[str, ...]:
         """What ends a reply: the end of a speech (one_speech), then the user's own stop strings."""
@@ -363,12 +375,15 @@ class ChatSession:
         self.reply_start = len(self.script)
         self.replies += 1
         self.last_stats = None
+        self.reply_probs = []
         events = engine.stream(self.context(), params)
         try:
             for event in events:
                 self.last_stats = event.stats or self.last_stats
                 if event.text:
                     self.script += event.text
+                    if event.logprobs is not None:
+                        self.reply_probs += char_probs(event)
                     yield event.text
         finally:
             events.close()
@@ -386,6 +401,7 @@ class ChatSession:
         params = [self.sampling_params(self.replies + k) for k in range(n)]
         self.replies += n
         self.choices = [""] * n
+        self.choice_probs = [[] for _ in range(n)]
         self.choice_ends = [None] * n
         self.choice_seeds = [p.seed for p in params]
         events = engine.generate_batch([(self.context(), p) for p in params])
@@ -395,9 +411,14 @@ class ChatSession:
         try:
             for ev in events:
                 self.choices[ev.request] += ev.text
+                if ev.logprobs is not None:
+                    self.choice_probs[ev.request] += char_probs(ev)
                 if ev.stats is not None:
                     self.choice_ends[ev.request] = ev.stats.stop_reason
-                    self.choices[ev.request] += self.given_back(ev.stats)  # as stream_reply gives it back
+                    back = self.given_back(ev.stats)  # as stream_reply gives it back
+                    self.choices[ev.request] += back
+                    if ev.logprobs is not None:
+                        self.choice_probs[ev.request] += [None] * len(back)
                 yield AltEvent(ev.request + 1, ev.text, ev.stats is not None)
         finally:
             events.close()
@@ -452,7 +473,7 @@ class ChatSession:
         self.script = ""
         self.reply_start = None
         self.replies = 0
-        self.choices, self.choice_ends, self.choice_seeds = [], [], []
+        self.choices, self.choice_ends, self.choice_seeds, self.choice_probs = [], [], [], []
         self.last_stop = None
 
     def set(self, name: str, raw: str) -> tuple[str, str]:

@@ -32,14 +32,16 @@ from typing import BinaryIO, Iterable, Iterator, TextIO
 from sgpt_cli.infer.batch import DEFAULT_BATCH_SIZE, MAX_ROWS
 from sgpt_cli.term.common import report, use_color
 from sgpt_cli.errors import SgptError, UsageError, visible
-from sgpt_cli.settings import DEVICE, FLAG, JSON, MODEL, SAMPLING, Setting, argparse_parser, check_values
+from sgpt_cli.settings import DEVICE, FLAG, JSON, MODEL, PARAMS, Setting, argparse_parser, check_values
 
-# The command's flags: the sampling settings, the shared model/device options, and its own three.
-OPTIONS: tuple[Setting, ...] = SAMPLING + (
+# The command's flags: the engine's (sampling settings, --logprobs), the shared model/device options,
+# and its own.
+OPTIONS: tuple[Setting, ...] = PARAMS + (
     MODEL,
     DEVICE,
     Setting("echo", ("--echo",), bool, False, "Write the prompt before the continuation."),
-    JSON.but(help="Print one JSON object (text, tokens, timings, model) when done, instead of streaming."),
+    JSON.but(help="Print one JSON object (text, tokens, timings, model; with --logprobs, what the model "
+                  "believed of each character) when done, instead of streaming."),
     Setting("verbose", ("--verbose", "-v"), bool, False, "Say on stderr which model file is used, and how fast it ran."),
     Setting("num_samples", ("--num-samples",), int, 1,  # one: the plain streaming continuation
             "Generate N continuations of the prompt in one batched run; sample i uses seed --seed + i.",
@@ -251,9 +253,9 @@ def _open_batch(source: str, stdin: BinaryIO | None):
 
 def flag_params(values: dict):
     """SamplingParams from the flags (checked)."""
-    from sgpt_cli.settings import SAMPLING_NAMES, SamplingParams
+    from sgpt_cli.settings import PARAM_NAMES, SamplingParams
 
-    return SamplingParams(**{n: values[n] for n in SAMPLING_NAMES if n in values})
+    return SamplingParams(**{n: values[n] for n in PARAM_NAMES if n in values})
 
 
 def load_engine(model: str | None, device: str, verbose: bool, errs: TextIO):
@@ -275,19 +277,24 @@ def load_engine(model: str | None, device: str, verbose: bool, errs: TextIO):
 
 def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             seed: int | None = None, stop=(), min_p: float | None = None, model: str | None = None,
-             device: str = "auto",
+             seed: int | None = None, stop=(), min_p: float | None = None, logprobs: int | None = None,
+             model: str | None = None, device: str = "auto",
              echo: bool = False, as_json: bool = False, verbose: bool = False, color: bool | None = None,
              num_samples: int = 1, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Stream the continuation of `prompt` to `out` (or one JSON object with --json); return the
     result as the JSON object holds it. Warnings and --verbose lines go to `errs`. With num_samples
     > 1, that many continuations in one batched run (sgpt_cli.infer.batch.run_samples). Without a seed
-    one is drawn (sgpt_cli.settings.draw_seed) and reported: in --json, in -v, and in `seed`."""
+    one is drawn (sgpt_cli.settings.draw_seed) and reported: in --json, in -v, and in `seed`.
+    With `logprobs` K (--json only), the object's "logprobs" is OpenAI's chat shape of what the model
+    believed of each character (sgpt_cli.infer.logprobs)."""
     from sgpt_cli.settings import SamplingParams, draw_seed
 
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repetition_penalty=repetition_penalty, max_tokens=max_tokens, seed=seed,
-                            stop=stop)
+                            stop=stop, logprobs=logprobs)
+    if logprobs is not None and not as_json:
+        raise UsageError("--logprobs needs --json: the probabilities are written in the JSON object "
+                         "(add --json; --batch writes them in its rows)")
     engine, path, load_s = load_engine(model, device, verbose, errs)
 
     on_terminal = out.isatty()
@@ -309,9 +316,11 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
                           echo=out if echo and not as_json else None, bold=color)
     warn_unknown(read, errs)
     pieces: list[str] = []
+    believed: list = []  # TokenLogprobs, one per character, with --logprobs
     stats = None
     for event in engine.stream(read.fed, params):
         stats = event.stats or stats
+        believed.extend(event.logprobs or ())
         if event.text:
             pieces.append(event.text)
             if not as_json:
@@ -334,6 +343,10 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
             "chars_per_s": round(stats.chars_per_s, 1) if stats else None,
         },
     }
+    if params.logprobs is not None:
+        from sgpt_cli.infer.logprobs import chat_entries
+
+        result["logprobs"] = {"content": chat_entries(believed)}
     if stats is not None and stats.stop_reason == "interrupted":
         raise KeyboardInterrupt  # the engine stopped cleanly on Ctrl-C; the command still exits 130
     if as_json:

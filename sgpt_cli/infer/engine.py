@@ -1,7 +1,9 @@
 """Text generation with an exported model: requests in, a stream of events out, one decode loop.
 
 What it holds: `Engine` (submit a request, step, receive its `Event`s, cancel it), `Event` (text made
-since the last event; the request's `GenerationStats` on its last event) and the two caches the one
+since the last event, with what the model believed of each character when the request asked
+(`SamplingParams.logprobs`: sgpt_cli.infer.logprobs); the request's `GenerationStats` on its last
+event) and the two caches the one
 decode step runs over: `HostCache` (numpy arrays that ONNX Runtime reads and writes in place through
 I/O binding: the CPU) and `DeviceCache` (OrtValues on the model's device: CUDA; nothing crosses the
 bus but ids, positions and one row of logits per request and step).
@@ -29,6 +31,7 @@ so float32 rotary angles never grow large enough to lose precision; the tables c
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ import numpy as np
 from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
 from sgpt_cli.infer.interrupt import RunGuard
+from sgpt_cli.infer.logprobs import TokenLogprob, believed
 from sgpt_cli.infer.sampling import Sampler
 from sgpt_cli.settings import SamplingParams
 from sgpt_cli.infer.stops import StopMatcher
@@ -69,6 +73,10 @@ class Event:
     request: int
     text: str  # made since this request's last event (may be "")
     stats: GenerationStats | None = None  # set on the request's last event only
+    # what the model believed of each character of `text`, in order (their tokens joined are `text`
+    # exactly: a held-back stop string's characters come with them, a dropped one's go with it);
+    # None when the request asked for none (params.logprobs None: nothing computed)
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 def _runtime_failed(model, exc: Exception) -> SgptError:
@@ -92,15 +100,36 @@ class _Run:
         self.pos = 0  # absolute position of the next id fed
         self.slot = -1  # its row in the cache while it runs
         self.logits: np.ndarray | None = None  # (V,) for the next choice
+        # what the model believed of each character chosen and not given out yet (the stop matcher
+        # holds text back); None: the request asked for no logprobs
+        self.held: collections.deque[TokenLogprob] | None = None if params.logprobs is None else collections.deque()
+
+    def take_logprobs(self, n: int) -> tuple[TokenLogprob, ...] | None:
+        """The held TokenLogprobs of the next n characters given out, in order."""
+        held = self.held
+        if held is None:
+            return None
+        out = []
+        while n > 0 and held:
+            entry = held.popleft()
+            if len(entry.token) > n:  # a stop string ends inside a piece of several characters
+                entry, rest = entry.cut(n)
+                held.appendleft(rest)
+            out.append(entry)
+            n -= len(entry.token)
+        return tuple(out)
 
     def finish(self, text: str, reason: str) -> Event:
+        logprobs = self.take_logprobs(len(text))
+        if self.held:
+            self.held.clear()  # a matched stop string's characters, never given out
         self.given += len(text)
         seconds = time.perf_counter() - self.t0
         stats = GenerationStats(prompt_chars=int(len(self.ids)), chars=self.given,
                                 ttft_s=seconds if self.ttft is None else self.ttft, seconds=seconds,
                                 chars_per_s=self.given / seconds if seconds > 0 else 0.0, stop_reason=reason,
                                 stop_string=self.stops.matched if reason == "stop" else None)
-        return Event(self.id, text, stats)
+        return Event(self.id, text, stats, logprobs)
 
     def choose(self, chars: list[str]) -> tuple[Event | None, int]:
         """One character: (the event to give, None when there is nothing to say; the id chosen, -1
@@ -108,6 +137,8 @@ class _Run:
         nxt = self.sampler(self.logits)
         if self.ttft is None:
             self.ttft = time.perf_counter() - self.t0
+        if self.held is not None:
+            self.held.append(believed(self.logits, nxt, self.params.logprobs, chars))
         piece, stopped = self.stops.push(chars[nxt])
         self.n += 1
         if stopped:
@@ -119,7 +150,7 @@ class _Run:
         self.context.append(nxt)
         self.sampler.add(nxt)
         self.given += len(piece)
-        return (Event(self.id, piece) if piece else None), nxt
+        return (Event(self.id, piece, logprobs=self.take_logprobs(len(piece))) if piece else None), nxt
 
 
 class HostCache:
@@ -531,14 +562,14 @@ class Engine:
                     return
                 events = self.step()
                 for e in events:
-                    yield Event(e.request - base, e.text, e.stats)
+                    yield dataclasses.replace(e, request=e.request - base)
                 if any(e.stats is not None and e.stats.stop_reason == "interrupted" for e in events):
                     finished = True  # Ctrl-C inside the step: start nothing more
                     return
         except KeyboardInterrupt:
             finished = True
             for e in self.interrupt_all():
-                yield Event(e.request - base, e.text, e.stats)
+                yield dataclasses.replace(e, request=e.request - base)
         finally:
             if not finished:
                 self.interrupt_all()

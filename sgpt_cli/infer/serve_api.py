@@ -5,7 +5,8 @@ What it holds: `ApiError` (an OpenAI-style error object with its HTTP status), `
 server's caps, from the SERVE settings), `Request` (what a checked body asks for: one engine job per
 choice, in choice order), `parse_completion` and `parse_chat` (the two endpoints' bodies; every
 value is checked here, once, by the declared settings), `chat_script` (messages become the play
-script, laid out by sgpt_cli.infer.chat_session's conventions), and the builders of response objects.
+script, laid out by sgpt_cli.infer.chat_session's conventions), and the builders of response objects
+(with logprobs, each endpoint's own OpenAI shape: sgpt_cli.infer.logprobs).
 
 What it does not do: import a web framework, asyncio, numpy or ONNX Runtime (sgpt_cli.web.server serves;
 sgpt_cli.infer.engine generates), or print. Tests call it directly.
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 
 from sgpt_cli.infer.complete import PromptRead, read_for_model, unknown_note
 from sgpt_cli.errors import UsageError
-from sgpt_cli.settings import (CHAT_SETTINGS, NAME, SAMPLING, SAMPLING_NAMES, SERVE_REQUEST, SERVE_STOPS,
+from sgpt_cli.infer.logprobs import chat_logprobs, completion_logprobs
+from sgpt_cli.settings import (CHAT_SETTINGS, LOGPROBS, NAME, SAMPLING, SAMPLING_NAMES, SERVE_REQUEST, SERVE_STOPS,
                                SamplingParams, by_name)
 
 MESSAGE_LIMIT = 400  # characters of an error message: a value quoted back is cut, never a megabyte
@@ -31,6 +33,7 @@ _REQUEST = by_name(SERVE_REQUEST)
 _HARMLESS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
 COMPLETION_FIELDS = {"model", "prompt", "n", "stream", "echo", "stream_options", "logprobs", "suffix", "best_of",
                      "frequency_penalty", "presence_penalty", "logit_bias", *SAMPLING_NAMES, *_HARMLESS}
+_TOP = LOGPROBS.but(none=None)  # how many alternatives: a number in a body (null is the default: off)
 CHAT_FIELDS = {"model", "messages", "n", "stream", "stream_options", "logprobs", "top_logprobs",
                "frequency_penalty", "presence_penalty", "logit_bias", "max_completion_tokens", "tools",
                "tool_choice", "functions", "function_call", "response_format", "one_speech",
@@ -80,6 +83,11 @@ class Request:
     prompts: list[str] = field(default_factory=list)  # as given (echo puts them back)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def logprobs(self) -> bool:
+        """The choices carry what the model believed (every job asks alike)."""
+        return bool(self.jobs) and self.jobs[0][1].logprobs is not None
+
 
 # --- checking a body -------------------------------------------------------------------------------
 
@@ -102,9 +110,6 @@ def _unsupported(body: dict, chat: bool) -> None:
     def given(key, *neutral):
         return key in body and body[key] is not None and body[key] not in neutral
 
-    if given("logprobs", False) or given("top_logprobs"):
-        raise bad("logprobs is not supported yet: sgpt serve returns no probabilities; leave it out",
-                  "logprobs", "unsupported")
     for key in ("frequency_penalty", "presence_penalty"):
         if given(key, 0, 0.0):
             raise bad(f"{key} is not supported; use repetition_penalty (1 is off) instead", key, "unsupported")
@@ -173,6 +178,30 @@ def _sampling(body: dict, limits: Limits, defaults: dict) -> dict:
     return values
 
 
+def _completion_logprobs(body: dict, echo: bool) -> int | None:
+    """/v1/completions' `logprobs`: how many alternatives per character (0: the chosen one's alone)."""
+    raw = body.get("logprobs")
+    if raw is None or raw is False:
+        return None
+    if echo:
+        raise bad("logprobs with echo is not supported: the prompt's characters are not scored; leave out "
+                  "echo or logprobs", "logprobs", "unsupported")
+    return _checked(_TOP, raw, "logprobs")
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    """/v1/chat/completions' `logprobs: true` and `top_logprobs` (0 to 20, only with logprobs)."""
+    wanted = body.get("logprobs")
+    if wanted is not None:
+        wanted = _checked(_REQUEST["stream"].but(name="logprobs"), wanted)
+    top = body.get("top_logprobs")
+    if top is not None and not wanted:
+        raise bad("top_logprobs needs \"logprobs\": true", "top_logprobs")
+    if not wanted:
+        return None
+    return 0 if top is None else _checked(_TOP.but(name="top_logprobs"), top)
+
+
 def _jobs(prompts: list[str], n: int, values: dict, extra_stop: tuple[str, ...] = ()) -> list:
     """One job per choice: choice j of a prompt gets seed + j (as `sgpt complete --num-samples`)."""
     jobs = []
@@ -215,6 +244,7 @@ def parse_completion(body: dict, model_id: str, stoi: dict, window: int, limits:
             raise bad(f"a prompt of {len(p):,} characters is longer than this server takes "
                       f"({limits.max_prompt_chars:,}, --max-prompt-chars)", "prompt", "prompt_too_long")
     values = _sampling(body, limits, {})
+    values["logprobs"] = _completion_logprobs(body, echo)
     fed, warnings = [], []
     for i, p in enumerate(prompts):
         read = read_for_model([p], stoi, window)
@@ -324,6 +354,7 @@ def parse_chat(body: dict, model_id: str, vocab, window: int, limits: Limits) ->
     _count(n, n, limits, "n")
     defaults = {"max_tokens": _CHAT["max_tokens"].default}  # chat's: a reply reads at a glance
     values = _sampling(body, limits, defaults)
+    values["logprobs"] = _chat_logprobs(body)
     one = body.get("one_speech")
     one_speech = _checked(_REQUEST["one_speech"], one) if one is not None else True
     warnings = []
@@ -361,6 +392,8 @@ class Reply:
     created: int = 0
     texts: list[list[str]] = field(default_factory=list)
     stats: list = field(default_factory=list)
+    believed: list[list] = field(default_factory=list)  # with logprobs: each choice's TokenLogprobs
+    length: list[int] = field(default_factory=list)  # each choice's characters so far
 
     def __post_init__(self):
         self.id = self.id or new_id(self.request.kind)
@@ -368,6 +401,8 @@ class Reply:
         k = len(self.request.jobs)
         self.texts = [[] for _ in range(k)]
         self.stats = [None] * k
+        self.believed = [[] for _ in range(k)]
+        self.length = [0] * k
 
     @property
     def left(self) -> int:
@@ -376,6 +411,9 @@ class Reply:
     def add(self, index: int, event) -> None:
         if event.text:
             self.texts[index].append(event.text)
+            self.length[index] += len(event.text)
+        if event.logprobs:
+            self.believed[index].extend(event.logprobs)
         if event.stats is not None:
             self.stats[index] = event.stats
 
@@ -398,22 +436,35 @@ class Reply:
             if self.request.kind == "completion":
                 if self.request.echo:
                     text = self.request.prompts[k // self.request.n] + text
-                choices.append({"index": k, "text": text, "logprobs": None, "finish_reason": reason})
+                choices.append({"index": k, "text": text, "logprobs": self._logprobs(self.believed[k]),
+                                "finish_reason": reason})
             else:
                 choices.append({"index": k, "message": {"role": "assistant", "content": text},
-                                "logprobs": None, "finish_reason": reason})
+                                "logprobs": self._logprobs(self.believed[k]), "finish_reason": reason})
         out = {**self._head(False), "choices": choices, "usage": self.usage()}
         if self.request.warnings:
             out["warnings"] = self.request.warnings
         return out
 
-    def chunk(self, index: int, text: str | None = None, finish: str | None = None, role: bool = False) -> dict:
-        """One server-sent event's object: a piece of choice `index` (chat: its delta)."""
+    def _logprobs(self, entries, offset: int = 0) -> dict | None:
+        """The endpoint's own OpenAI shape of `entries` (None when the request asked for none)."""
+        if entries is None or not self.request.logprobs:
+            return None
         if self.request.kind == "completion":
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return completion_logprobs(entries, offset)
+        return chat_logprobs(entries)
+
+    def chunk(self, index: int, text: str | None = None, finish: str | None = None, role: bool = False,
+              logprobs=None) -> dict:
+        """One server-sent event's object: a piece of choice `index` (chat: its delta), with the
+        TokenLogprobs of its text when the request asked (`add` has already counted the text)."""
+        if self.request.kind == "completion":
+            offset = self.length[index] - len(text or "")
+            choice = {"index": index, "text": text or "", "logprobs": self._logprobs(logprobs, offset),
+                      "finish_reason": finish}
         else:
             delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": self._logprobs(logprobs), "finish_reason": finish}
         return {**self._head(True), "choices": [choice]}
 
     def usage_chunk(self) -> dict:

@@ -1,7 +1,7 @@
 """`sgpt chat`: the flags, and a call into sgpt_cli.term.repl inside the command.
 
 An optional SCENE file starts the session from a saved script. The flags are chat's settings (sgpt_cli.settings.CHAT_SETTINGS: the sampling settings with chat's
-defaults, one_speech and verbose; /set changes the same ones) and the shared --model and --device.
+defaults, one_speech, verbose and heat; /set changes the same ones) and the shared --model and --device.
 rich, prompt_toolkit and ONNX Runtime load only when the command runs.
 """
 

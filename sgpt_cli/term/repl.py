@@ -3,7 +3,8 @@
 What it holds: the loop (`Repl`), the two ways of reading input (`PromptReader`: prompt-toolkit
 with history, auto-suggest, multi-line editing and a lexer that colours speakers and commands;
 `LineReader`: plain lines from a pipe, for `printf ... | sgpt chat`), `ReplyPrinter` (streams a reply
-with rich, a character at a time, colouring a speaker's name once its line is complete), the
+with rich, a character at a time, colouring a speaker's name once its line is complete, or with
+`/set heat on` each character by the probability the model gave it: `HEAT`, five bins), the
 history file with its in-memory fallback, and Ctrl-C handling during a reply. `run_chat` is what
 the command calls.
 
@@ -14,6 +15,7 @@ rich and prompt_toolkit are imported here, and this module is imported only when
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -49,6 +51,45 @@ CTRL_C_HINT = "(Ctrl-C clears the line; Ctrl-D or /quit leaves)"
 FLUSH_S = 0.02
 TAIL_SHOWN = 400  # characters of a loaded script shown: where it goes on
 STOP_WORDS = {"stop": "end of speech", "max_tokens": "max_tokens reached", "interrupted": "stopped by Ctrl-C"}
+# /set heat on: a character's colour is the probability the model gave it (its own softmax, before
+# temperature and the other settings), in five bins: (lowest probability, style, legend)
+HEAT = ((0.9, "bright_blue", "90% or more"), (0.6, "cyan", "60–90%"), (0.3, "green", "30–60%"),
+        (0.1, "yellow", "10–30%"), (0.0, "red", "under 10%"))
+NO_COLOR_HEAT = "this terminal shows no colour (NO_COLOR, or not a terminal), so replies stay plain text"
+
+
+def heat_style(p: float | None) -> str:
+    """The style of a character the model gave probability p (None: not known, the reply's own)."""
+    if p is None:
+        return REPLY
+    for low, style, _ in HEAT:
+        if p >= low:
+            return style
+    return HEAT[-1][1]
+
+
+def heat_legend() -> Text:
+    """/help's and `/set heat on`'s line: what each colour means."""
+    legend = Text("heat (/set heat on): each character's colour is the probability the model gave it: ", style=DIM)
+    for i, (_, style, words) in enumerate(HEAT):
+        legend.append(("" if i == 0 else "  ") + "■ " + words, style=style)
+    return legend
+
+
+def styled(text: str, style) -> Text:
+    """`text` in one style, or in one style per character (a list: runs of one style share a span)."""
+    if not isinstance(style, str) and len(set(style)) < 2:
+        style = style[0] if style else REPLY
+    if isinstance(style, str):
+        return Text(text, style=style)
+    out, i = Text(), 0
+    for one, run in itertools.groupby(style):
+        n = sum(1 for _ in run)
+        out.append(text[i:i + n], one)
+        i += n
+    if i < len(text):  # characters beyond the styles given: the reply's own
+        out.append(text[i:], REPLY)
+    return out
 
 
 def make_console(stream: TextIO, color: bool | None = None) -> Console:
@@ -76,16 +117,20 @@ class ReplyPrinter:
     On a terminal it wraps at word boundaries, as it streams: a word that would cross the right
     edge is taken back from the row (carriage return, cursor forward, erase to the end of the row)
     and written on the next one. The width is read at every write, so a resize mid-reply wraps at
-    the new width from then on. Elsewhere (a pipe, a file) the text goes out exactly as made."""
+    the new width from then on. Elsewhere (a pipe, a file) the text goes out exactly as made.
 
-    def __init__(self, console: Console, wrap: bool | None = None):
+    With heat (and colour), each character written with its probability gets that probability's
+    colour (HEAT), and speakers' names are not redrawn (every colour then means one thing)."""
+
+    def __init__(self, console: Console, wrap: bool | None = None, heat: bool = False):
         self.console = console
-        self.restyle = console.is_terminal and console.color_system is not None
+        self.heat = heat and console.color_system is not None and not console.no_color  # else plain text
+        self.restyle = console.is_terminal and console.color_system is not None and not self.heat
         self.wrap = on_a_terminal(console) if wrap is None else wrap
         self.line = ""  # the script's current line as plain text
         self.col = 0  # cells used on the screen's current row
         self.word = ""  # the characters since the row's last space (what a wrap moves down)
-        self.word_style = REPLY
+        self.word_styles: list[str] = []  # their styles
         self.breakable = False  # the row has a space before `word`
 
     def width(self) -> int:
@@ -97,35 +142,46 @@ class ReplyPrinter:
     def begin(self, partial_line: str = "") -> None:
         """Start on a fresh line, showing (dim) the unfinished line the model is about to continue."""
         self.line = ""
-        self.col, self.word, self.breakable = 0, "", False
+        self.col, self.word, self.word_styles, self.breakable = 0, "", [], False
         self._text(partial_line, DIM)
         self.line = partial_line
 
-    def write(self, piece: str, style: str = REPLY) -> None:
-        parts = piece.split("\n")
-        for i, part in enumerate(parts):
+    def write(self, piece: str, style: str = REPLY, probs=None) -> None:
+        """`piece` in `style`; with heat, `probs` (one probability per character, None where not
+        known) colours each character instead."""
+        styles = [heat_style(p) for p in probs] if self.heat and probs is not None else None
+        at = 0
+        for i, part in enumerate(piece.split("\n")):
             if i:
                 self.newline()
+                at += 1
             if part:
-                self._text(part, style)
+                self._text(part, style if styles is None else styles[at:at + len(part)])
                 self.line += part
+            at += len(part)
 
-    def _text(self, text: str, style: str) -> None:
-        """Text without line breaks onto the screen, wrapped at word boundaries on a terminal."""
+    def _text(self, text: str, style) -> None:
+        """Text without line breaks onto the screen, wrapped at word boundaries on a terminal.
+        `style`: one rich style, or a list of one per character (heat)."""
         if not text:
             return
+        each = None if isinstance(style, str) else style
         if not self.wrap:
-            self.console.print(Text(text, style=style), end="", soft_wrap=True)
+            self.console.print(styled(text, style), end="", soft_wrap=True)
             return
         width = max(self.width(), 2)
         run: list[str] = []  # characters not drawn yet, all on the current row
+        run_styles: list[str] = []
 
         def flush() -> None:
             if run:
-                self.console.print(Text("".join(run), style=style), end="", soft_wrap=True)
+                self.console.print(styled("".join(run), style if each is None else run_styles), end="",
+                                   soft_wrap=True)
                 run.clear()
+                run_styles.clear()
 
-        for c in text:
+        for i, c in enumerate(text):
+            one = style if each is None else (each[i] if i < len(each) else REPLY)
             w = cell_len(c)
             if c == " ":
                 if self.col + 1 > width:  # a space at the edge is the break itself
@@ -133,8 +189,9 @@ class ReplyPrinter:
                     self._row_break()
                     continue
                 run.append(c)
+                run_styles.append(one)
                 self.col += 1
-                self.word, self.breakable = "", True
+                self.word, self.word_styles, self.breakable = "", [], True
                 continue
             if self.col + w > width:
                 flush()
@@ -142,20 +199,22 @@ class ReplyPrinter:
                 if self.breakable and cell_len(word) + w <= width:
                     start = self.col - cell_len(word)  # >= 1: a space comes before the word
                     self.console.file.write(f"\r\x1b[{start}C\x1b[K")  # take the word back
+                    styles = self.word_styles
                     self._row_break()
-                    self.console.print(Text(word, style=self.word_style), end="", soft_wrap=True)
-                    self.col, self.word = cell_len(word), word
+                    self.console.print(styled(word, styles), end="", soft_wrap=True)
+                    self.col, self.word, self.word_styles = cell_len(word), word, styles
                 else:  # a word longer than the row: break it where it reaches the edge
                     self._row_break()
             run.append(c)
+            run_styles.append(one)
             self.col += w
             self.word += c
-            self.word_style = style
+            self.word_styles.append(one)
         flush()
 
     def _row_break(self) -> None:
         self.console.print()
-        self.col, self.word, self.breakable = 0, "", False
+        self.col, self.word, self.word_styles, self.breakable = 0, "", [], False
 
     def newline(self) -> None:
         if (self.restyle and is_speaker_line(self.line) and cell_len(self.line) < self.width()
@@ -164,7 +223,7 @@ class ReplyPrinter:
             self.console.print(Text(self.line, style=SPEAKER), end="", soft_wrap=True)
         self.console.print()
         self.line = ""
-        self.col, self.word, self.breakable = 0, "", False
+        self.col, self.word, self.word_styles, self.breakable = 0, "", [], False
 
     def end(self) -> None:
         """Leave the cursor at the start of a line."""
@@ -528,6 +587,8 @@ class Repl:
                 name, _, value = cmd.arg.partition(" ")
                 name, value = self.session.set(name, value)
                 self.notice(f"{name} = {value}")
+                if name == "heat" and self.session.settings.heat:
+                    self.heat_legend()
         elif cmd.name == "/show":
             self.rows(self.session.show_rows(self.summary))
             self.out.print()
@@ -570,7 +631,17 @@ class Repl:
         self.out.print()
         for line in HELP_CONVENTION:
             self.out.print(Text(line, style=DIM))
+        self.heat_legend()
         self.out.print()
+
+    def heat_legend(self) -> None:
+        """What heat's colours mean; where there is no colour, that replies stay plain."""
+        self.out.print(heat_legend())
+        if self.out.color_system is None:
+            self.notice(f"({NO_COLOR_HEAT})")
+
+    def printer(self) -> ReplyPrinter:
+        return ReplyPrinter(self.out, heat=self.session.settings.heat)
 
     def alternatives(self, n: int) -> None:
         """/regen N: the alternatives, numbered, each streamed as it is made (the first at once;
@@ -589,10 +660,11 @@ class Repl:
                 if state["printer"] is None:
                     self.out.print(Text.assemble((f"[{k + 1}]", HINT),
                                                  (f" seed {self.session.choice_seeds[k]}", DIM)))
-                    state["printer"] = ReplyPrinter(self.out)
+                    state["printer"] = self.printer()
                     state["printer"].begin(line)
                 text = self.session.choices[k]
-                state["printer"].write(text[drawn_upto[k]:])
+                probs = self.session.choice_probs[k] if self.session.choice_probs else None
+                state["printer"].write(text[drawn_upto[k]:], probs=probs and probs[drawn_upto[k]:len(text)])
                 drawn_upto[k] = len(text)
                 end = self.session.choice_ends[k]
                 if end is None and not final:
@@ -621,22 +693,29 @@ class Repl:
 
     def reply(self) -> None:
         """Stream the model's continuation of the script; Ctrl-C stops it and keeps what came."""
-        printer = ReplyPrinter(self.out)
+        printer = self.printer()
         printer.begin(self.session.current_line())
         stream = self.session.stream_reply(self.engine)
         pending: list[str] = []  # pieces not drawn yet: drawn together every FLUSH_S
-        drawn = [time.perf_counter()]
+        drawn = [time.perf_counter(), 0]  # when the screen was last drawn; characters drawn
+
+        def draw() -> None:
+            text = "".join(pending)
+            pending.clear()
+            start = drawn[1]
+            drawn[1] += len(text)
+            # heat: the probabilities of these characters (the session keeps them as the reply grows)
+            printer.write(text, probs=self.session.reply_probs[start:drawn[1]] if printer.heat else None)
 
         def each(piece: str) -> None:
             pending.append(piece)
             now = time.perf_counter()
             if now - drawn[0] >= FLUSH_S:
-                printer.write("".join(pending))
-                pending.clear()
+                draw()
                 drawn[0] = now
 
         until_ctrl_c(stream, each)
-        printer.write("".join(pending))
+        draw()
         stats = self.session.last_stats  # None: stopped before the engine's last event
         cut = stats is not None and stats.stop_reason == "max_tokens" and stats.chars > 0
         if cut:

@@ -150,7 +150,7 @@ class Batcher:
         self.engine, self.metrics, self.capacity = engine, metrics, capacity
         self.cond = threading.Condition()
         self.sinks: dict[int, tuple[asyncio.Queue, int]] = {}
-        self.held: dict[int, list[str]] = {}  # the text so far of requests whose sink takes it whole
+        self.held: dict[int, list[Event]] = {}  # the events so far of requests whose sink takes them whole
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = self.closed = False
         self.failure: str | None = None  # the last engine failure, said to the requests it ended
@@ -236,10 +236,10 @@ class Batcher:
                         continue
                     held = self.held.get(e.request)
                     if held is not None:
-                        held.append(e.text)
+                        held.append(e)
                         if e.stats is None:
                             continue
-                        e = Event(e.request, "".join(self.held.pop(e.request)), e.stats)
+                        e = merged(e.request, self.held.pop(e.request))
                     if e.stats is not None:
                         del self.sinks[e.request]
                     deliveries.append((sink[0], sink[1], e))
@@ -385,8 +385,9 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: asyncio.Queu
                     first["warnings"] = parsed.warnings
                 yield data(first)
         while reply.left:
-            for index, text, stats in await take(queue):
-                reply.add(index, Event(index, text, stats))
+            for index, event in await take(queue):
+                reply.add(index, event)
+                text, stats, logprobs = event.text, event.stats, event.logprobs
                 if stats is not None and stats.stop_reason == "interrupted":
                     err = ApiError(500, state.batcher.failure or "the engine stopped", code="engine_failed",
                                    kind="server_error")
@@ -395,10 +396,10 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: asyncio.Queu
                 reason = finish_reason(stats.stop_reason) if stats is not None else None
                 if parsed.kind == "completion":
                     if text or reason:
-                        yield data(reply.chunk(index, text, reason))
+                        yield data(reply.chunk(index, text, reason, logprobs=logprobs))
                 else:
                     if text:
-                        yield data(reply.chunk(index, text))
+                        yield data(reply.chunk(index, text, logprobs=logprobs))
                     if reason:
                         yield data(reply.chunk(index, None, reason))
         if parsed.include_usage:
@@ -410,20 +411,28 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: asyncio.Queu
             state.batcher.cancel(left)
 
 
-async def take(queue: asyncio.Queue) -> list[tuple[int, str, object]]:
-    """The events waiting (at least one): per choice, the text made since its last chunk and its
-    stats if it ended. A client that reads slower than the model writes gets longer chunks, never a
-    backlog of tiny ones."""
+def merged(request: int, events: list[Event]) -> Event:
+    """Several events of one request as one: their texts joined, their logprobs too, the last stats."""
+    if len(events) == 1:
+        return events[0]
+    logprobs = None
+    if events[0].logprobs is not None:
+        logprobs = tuple(t for e in events for t in e.logprobs)
+    stats = next((e.stats for e in reversed(events) if e.stats is not None), None)
+    return Event(request, "".join(e.text for e in events), stats, logprobs)
+
+
+async def take(queue: asyncio.Queue) -> list[tuple[int, Event]]:
+    """The events waiting (at least one), one per choice: the text (and logprobs) made since its
+    last chunk, and its stats if it ended. A client that reads slower than the model writes gets
+    longer chunks, never a backlog of tiny ones."""
     items = [await queue.get()]
     while not queue.empty():
         items.append(queue.get_nowait())
-    merged: dict[int, tuple[list[str], object]] = {}
+    by_choice: dict[int, list[Event]] = {}
     for index, event in items:
-        texts, stats = merged.setdefault(index, ([], None))
-        texts.append(event.text)
-        if event.stats is not None:
-            merged[index] = (texts, event.stats)
-    return [(index, "".join(texts), stats) for index, (texts, stats) in merged.items()]
+        by_choice.setdefault(index, []).append(event)
+    return [(index, merged(index, events)) for index, events in by_choice.items()]
 
 
 class Guard:
