@@ -184,3 +184,25 @@ def test_min_p_is_checked_and_the_stream_sampler_takes_it_from_params():
     sampler = Sampler.from_params(4, SamplingParams(temperature=1.0, min_p=1.0, seed=3))
     assert sampler.min_p == 1.0
     assert {sampler(np.log(np.array([0.1, 0.6, 0.2, 0.1]))) for _ in range(200)} == {1}
+
+
+def test_temperature_alone_draws_exactly_what_the_general_rule_draws():
+    """Sampler's fast path for temperature alone is the same arithmetic as _choose: the same ids from
+    the same seeds, with -inf, NaN and +inf scores too (those take the general path)."""
+    from sgpt_cli.infer.sampling import _choose
+
+    rng = np.random.default_rng(1)
+    for trial in range(600):
+        temperature = [1.0, 0.8, 0.0, 1.7, 0.001][trial % 5]
+        logits = (rng.standard_normal(65) * rng.uniform(0.1, 30)).astype(np.float32)
+        if trial % 7 == 0:
+            logits[rng.integers(0, 65, 5)] = -np.inf
+        if trial % 11 == 0:
+            logits[3] = np.nan
+        if trial % 13 == 0:
+            logits[5] = np.inf
+        fast = Sampler(65, np.random.default_rng(trial), temperature=temperature)
+        assert fast.plain
+        general = np.random.default_rng(trial)
+        for _ in range(3):
+            assert fast(logits) == _choose(logits, general, temperature, None, None, 1.0, None, None)
