@@ -675,3 +675,35 @@ def test_a_step_of_several_rows_runs_as_parts_and_each_row_stays_its_single_run(
     done = drain(engine)
     assert [done[i][0] for i in ids] == alone
     assert engine._cache.workers is not None  # the later part ran on the worker thread
+
+
+def test_a_ctrl_c_while_a_split_step_waits_still_waits_for_every_part():
+    """The parts of a step share the guard's RunOptions: a Ctrl-C terminates them all, and the step
+    returns (raising KeyboardInterrupt) only after the last part has stopped writing the cache."""
+    import threading
+    from concurrent.futures import Future
+
+    from sgpt_cli.infer.engine import _wait_all
+
+    part = Future()
+    finished = []
+
+    def finish_later():
+        threading.Event().wait(0.2)
+        finished.append(True)
+        part.set_result(None)
+
+    threading.Thread(target=finish_later).start()
+    calls = {"n": 0}
+    real = part.exception
+
+    def interrupted_once(timeout=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # the Ctrl-C lands while the main thread waits
+        return real(timeout)
+
+    part.exception = interrupted_once
+    with pytest.raises(KeyboardInterrupt):
+        _wait_all([part])
+    assert finished == [True] and calls["n"] == 2

@@ -153,6 +153,21 @@ class _Run:
         return (Event(self.id, piece, logprobs=self.take_logprobs(len(piece))) if piece else None), nxt
 
 
+def _wait_all(futures) -> None:
+    """Wait for every future to finish, a Ctrl-C included: the guard's RunOptions, shared by every
+    part, is terminated by then, so each ends within a node; the Ctrl-C is raised after."""
+    interrupted = None
+    for f in futures:
+        while True:
+            try:
+                f.exception()
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 class HostCache:
     """The cache as numpy arrays `[capacity, span, n_embd]` per layer and key/value, wrapped as
     OrtValues that share their memory: ONNX Runtime writes each step's keys and values into them in
@@ -262,10 +277,9 @@ class HostCache:
         try:
             self._run(parts[0][1], parts[0][0])
         finally:
-            for f in futures:
-                f.exception()  # waits; a part's error is raised below, after every part has ended
+            _wait_all(futures)  # no part may still write the cache when the caller moves on
         for f in futures:
-            f.result()
+            f.result()  # a part's error
 
     def take(self) -> int:
         """A row for a request joining: the next after the running ones (they are rows 0..B-1)."""
