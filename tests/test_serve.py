@@ -174,6 +174,20 @@ def test_openai_client_streams_the_same_text(client, model):
     assert chunks[-1].choices[0].finish_reason == "length"  # 30 characters, no "Qx" in them
 
 
+def test_a_stream_sends_at_most_a_chunk_per_chunk_interval_and_the_same_text(server, model):
+    """Text made between two chunks goes out in one (sgpt_cli.web.server.CHUNK_S): a stream of 600
+    characters is far fewer than 600 chunks, however fast the model, and still its single run."""
+    from sgpt_cli.web.server import CHUNK_S
+
+    body = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 600, "seed": 8, "stream": True}
+    t0 = time.perf_counter()
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+        chunks = [c for c in sse(r) if c != "[DONE]"]
+    elapsed = time.perf_counter() - t0
+    assert "".join(c["choices"][0]["text"] for c in chunks) == alone(model, "ROMEO:", max_tokens=600, seed=8)
+    assert len(chunks) <= 2 + elapsed / CHUNK_S
+
+
 def test_openai_client_chat_is_the_reply_sgpt_chat_makes(client, model):
     from sgpt_cli.infer.chat_session import ChatSession
     from sgpt_cli.infer.engine import Engine
