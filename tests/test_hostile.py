@@ -20,6 +20,7 @@ import pytest
 
 from conftest import SGPT, run_env
 from sgpt_cli.infer.chat_session import ChatSession
+from sgpt_cli.settings import SamplingParams
 from sgpt_cli.errors import SgptError
 from sgpt_cli.files import atomic_write_text
 
@@ -362,7 +363,8 @@ BAD_METADATA = {
     "n_head 0": ({"sgpt_n_head": 0}, "each must be at least 1"),
     "n_head 3": ({"sgpt_n_head": 3}, "sgpt.n_embd 32 is not divisible by sgpt.n_head 3"),
     "n_embd 64": ({"sgpt_n_embd": 64}, "sgpt.n_embd 64, but the cache is 32 wide"),
-    "block_size 16": ({"sgpt_block_size": 16}, "sgpt.block_size 16, but the cache holds 32 positions"),
+    # a file whose cache declares its slots (block_size there, as the first format-2 files did)
+    "block_size 16, slots 32": ({"sgpt_block_size": 16, "slots": 32}, "sgpt.block_size 16, but the cache holds 32 positions"),
     "n_layer 0": ({"sgpt_n_layer": 0}, "each must be at least 1"),
     "n_layer -1": ({"sgpt_n_layer": -1}, "each must be at least 1"),
     "n_layer 3": ({"sgpt_n_layer": 3}, "sgpt.n_layer 3, but the graph has 2 layers"),
@@ -372,16 +374,37 @@ BAD_METADATA = {
 }
 
 
+def fixed_slots(n: int):
+    def edit(proto):
+        for vi in list(proto.graph.input) + list(proto.graph.output):
+            if vi.name.startswith(("past_key_values.", "present.")):
+                vi.type.tensor_type.shape.dim[1].dim_value = n
+    return edit
+
+
+def test_a_window_edited_smaller_runs_the_graph_with_that_window_only(tiny_onnx, tmp_path):
+    """A graph with a slots axis runs any window up to its rotary tables' 65,536 positions, so an
+    edited sgpt.block_size cannot mislead a shape: it only changes the window the engine keeps."""
+    from sgpt_cli.infer.engine import Engine
+    from sgpt_cli.infer.onnx_model import OnnxModel
+
+    model = OnnxModel(edited_model(tiny_onnx, tmp_path / "w16.onnx", sgpt_block_size=16), device="cpu")
+    assert model.block_size == 16 and not model.slots_fixed
+    events = list(Engine(model).stream("ROMEO: " * 10, SamplingParams(max_tokens=50, seed=1)))
+    assert sum(len(e.text) for e in events) == 50 and events[-1].stats.prompt_chars == 16
+
+
 @pytest.mark.parametrize("name", BAD_METADATA)
 def test_metadata_that_does_not_fit_the_graph_is_refused(name, tiny_onnx, tmp_path):
     import json
 
     from sgpt_cli.infer.onnx_model import OnnxModel
 
-    meta, words = BAD_METADATA[name]
+    meta, words = dict(BAD_METADATA[name][0]), BAD_METADATA[name][1]
     if meta.get("sgpt_vocab") == "VOCAB20":
         meta = {"sgpt_vocab": json.dumps(OnnxModel(tiny_onnx, device="cpu").tokenizer.chars[:20])}
-    path = edited_model(tiny_onnx, tmp_path / "bad.onnx", **meta)
+    slots = meta.pop("slots", None)
+    path = edited_model(tiny_onnx, tmp_path / "bad.onnx", edit=slots and fixed_slots(slots), **meta)
     with pytest.raises(SgptError, match="re-export") as exc:
         OnnxModel(path, device="cpu")
     assert words in str(exc.value)
@@ -395,10 +418,11 @@ def test_eval_and_complete_refuse_edited_metadata_in_one_line(name, tiny_onnx, t
 
     from sgpt_cli.infer.onnx_model import OnnxModel
 
-    meta, words = BAD_METADATA[name]
+    meta, words = dict(BAD_METADATA[name][0]), BAD_METADATA[name][1]
     if meta.get("sgpt_vocab") == "VOCAB20":
         meta = {"sgpt_vocab": json.dumps(OnnxModel(tiny_onnx, device="cpu").tokenizer.chars[:20])}
-    path = edited_model(tiny_onnx, tmp_path / "bad.onnx", **meta)
+    slots = meta.pop("slots", None)
+    path = edited_model(tiny_onnx, tmp_path / "bad.onnx", edit=slots and fixed_slots(slots), **meta)
     for proc in (sgpt("eval", "--model", str(path), "--data", str(text_file)),
                  sgpt("complete", "--model", str(path), "-n", "50", "ROMEO:")):
         err = proc.stderr.decode()
