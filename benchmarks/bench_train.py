@@ -120,10 +120,11 @@ def default_run(data: Path, repeats: int, tmp: Path, extra: dict) -> None:
         wall = time.perf_counter() - t0
         if trained.returncode != 0:
             sys.exit(f"sgpt train failed:\n{trained.stderr}")
-        exported = sgpt("export", cwd=folder)
+        exported = sgpt("export", "--out", "export/bench.onnx", cwd=folder)
         if exported.returncode != 0:
             sys.exit(f"sgpt export failed:\n{exported.stderr}")
-        evaluated = sgpt("eval", "--json", cwd=folder)
+        # --model: sgpt never picks an export unasked (without it, eval scores the shipped model)
+        evaluated = sgpt("eval", "--json", "--model", "export/bench.onnx", cwd=folder)
         if evaluated.returncode != 0:
             sys.exit(f"sgpt eval failed:\n{evaluated.stderr}")
         result = json.loads(evaluated.stdout)

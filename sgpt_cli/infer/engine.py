@@ -12,17 +12,19 @@ What it does not do: import torch, print, know about terminals or tokenization b
 vocabulary (prompts are ids of known characters; sgpt_cli.infer.complete says what was dropped).
 
 How a request runs (format 2 of docs/onnx-interface.md): its prompt, trimmed once to the window, is
-prefilled alone (batch 1, its own length) into its row of a fixed cache, `[rows, block_size,
-n_embd]` per layer; then each `step` samples one character for every running row and feeds them all
-in one call, each row at its own position. The graph writes the new keys and values in place at slot
-`position mod block_size` and masks by position, so past the window the cache rolls by itself, rows
-of any lengths share a step without padding, and a row costs the same at any position. A row's text
-is bitwise the text it gets alone, whatever shares its steps: its prefill is the same call, its
-attention always spans block_size columns, the rotary angles are looked up (exact per element), and
-ONNX Runtime's matmuls give a row the same bits in a batch of 1 or of 16 on this CPU (measured, not
-promised: `sgpt export` and tests/test_engine.py check it). Rows join at the next step and leave at
-once (a finished or cancelled row's slot is refilled by the last row: one row copy, never a copy of
-the cache per step).
+prefilled alone (batch 1, its own length) into its row of the cache, `[rows, span, n_embd]` per
+layer; then each `step` samples one character for every running row and feeds them all in one call
+(two parts at once when there are several rows: sgpt_cli.infer.onnx_model.STEP_PARTS), each row at
+its own position. The graph writes the new keys and values in place at slot `position mod span` and
+masks by position; the span is the smallest multiple of SPAN_STEP that holds every running row's
+positions, and block_size once a row's window is full, so past the window the cache rolls by
+itself, rows of any lengths share a step without padding, and attention reads only what was written.
+A row's text is bitwise the text it gets alone, whatever shares its steps: its prefill is the same
+call, masked slots add exact zeros to its sums for any span that is a multiple of 16 (measured), the
+rotary angles are looked up (exact per element), and ONNX Runtime's matmuls give a row the same bits
+in a batch of 1 or of 16, on 1 thread or 2 (measured, not promised: `sgpt export` and
+tests/test_engine.py check it). Rows join at the next step and leave at once (a finished or
+cancelled row's slot is refilled by the last row: one row copy, never a copy of the cache per step).
 
 Positions are re-based every `POSITION_LIMIT` characters (the row's window prefilled again from 0),
 so float32 rotary angles never grow large enough to lose precision; the tables cover 65,536.
