@@ -53,8 +53,8 @@ POSITION_LIMIT = 1 << 14  # float32 angle error at this position: ~1e-3 rad, far
 MAX_ROWS = 16  # rows decoded in one step by default: where a 2-core CPU's speed per row levels off
 # The host cache binds slots in multiples of this until a row's window is full: attention then reads
 # only the slots the rows have written (a quarter of the cache for 64-character rows). Any multiple
-# of 16 keeps a row's bits whatever the span (ONNX Runtime 1.31's softmax sums 16 lanes; measured on
-# 300 random rows, every multiple of 16 from 16 to 256 against 256); 32 also fits AVX2's 8.
+# of 16 kept a row's bits whatever the span (ONNX Runtime 1.31 on this CPU, 300 random rows: every
+# multiple of 16 from 16 to 256 gave the bits of 256; a length of p + 1 did not); 32 leaves margin.
 SPAN_STEP = 32
 
 

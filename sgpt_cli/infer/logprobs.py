@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sgpt_cli.infer.onnx_model import log_softmax
 from sgpt_cli.infer.sampling import _finite
 
 LOGPROB_FLOOR = -9999.0  # OpenAI's value for a token of probability 0
@@ -46,9 +47,7 @@ class TokenLogprob:
 def believed(logits: np.ndarray, chosen: int, k: int, shown: list[str]) -> TokenLogprob:
     """Id `chosen` as given out, with its log probability under softmax(logits) (float64) and the
     k likeliest ids' (ties: the lower id first)."""
-    x = _finite(np.asarray(logits, dtype=np.float64).reshape(-1))
-    m = x.max()
-    lp = np.maximum(x - (m + np.log(np.exp(x - m).sum())), LOGPROB_FLOOR)
+    lp = np.maximum(log_softmax(_finite(np.asarray(logits, dtype=np.float64).reshape(-1))), LOGPROB_FLOOR)
     top = ()
     if k:
         order = np.argsort(-lp, kind="stable")[:k]

@@ -102,6 +102,8 @@ class Sampler:
         self.temperature, self.top_k, self.top_p, self.min_p = float(temperature), top_k, top_p, min_p
         self.repetition_penalty = float(repetition_penalty)
         self.counts = np.zeros(vocab_size, dtype=np.int64)  # (V,) occurrences in the history
+        # temperature alone (no penalty, top-k, top-p or min-p): the decode loop's common case
+        self.plain = self.repetition_penalty == 1.0 and top_k is None and top_p is None and not min_p
 
     @classmethod
     def from_params(cls, vocab_size: int, params) -> "Sampler":
@@ -133,11 +135,6 @@ class Sampler:
         penalised = np.flatnonzero(self.counts) if self.repetition_penalty != 1.0 else None
         return _choose(logits, self.rng, self.temperature, self.top_k, self.top_p,
                        self.repetition_penalty, penalised, self.min_p)
-
-    @property
-    def plain(self) -> bool:
-        """Temperature alone (no penalty, top-k, top-p or min-p): the decode loop's common case."""
-        return self.repetition_penalty == 1.0 and self.top_k is None and self.top_p is None and not self.min_p
 
     def _plain(self, logits: np.ndarray) -> int:
         """_choose's arithmetic for temperature alone, bit for bit, in fewer passes (~15 us, not ~27,

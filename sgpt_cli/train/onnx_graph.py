@@ -102,13 +102,13 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     # p - ((p - s) mod S), is >= 0
     first = g.op("Gather", [POSITION_IDS, i64("zero", 0)], axis=1)  # (B,)
     p3 = g.op("Unsqueeze", [POSITION_IDS, i64("axis2", [2])])  # (B, T, 1)
-    S = g.op("Squeeze", [g.op("Shape", [past_names(cfg.n_layer)[0]], start=1, end=2)])  # ()
+    pasts, presents = past_names(cfg.n_layer), present_names(cfg.n_layer)
+    S = g.op("Squeeze", [g.op("Shape", [pasts[0]], start=1, end=2)])  # ()
     slots = g.op("Range", [i64("zero_scalar", 0), S, i64("one_scalar", 1)])  # (S,)
     back = g.op("Mod", [g.op("Sub", [p3, slots]), S])  # (B, T, S)
     mask = g.op("Unsqueeze", [g.op("LessOrEqual", [back, p3]), i64("axis1", [1])])  # (B, 1, T, S) bool
     split_qkv, split_qk = i64("split_qkv", [2 * C, C]), i64("split_qk", [C, C])
 
-    pasts, presents = past_names(cfg.n_layer), present_names(cfg.n_layer)
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         h = g.op("LayerNormalization", [x, g.const(p + "ln1", weights[p + "ln1.weight"])], epsilon=1e-5, axis=-1)
