@@ -75,7 +75,8 @@ def tiny_onnx(tmp_path_factory, tiny_ckpt) -> Path:
 @pytest.fixture(scope="session")
 def wide_onnx(tmp_path_factory, text_file) -> Path:
     """Random weights with a window of 112 (not a multiple of the engine's SPAN_STEP): what the tiny
-    model's window of 32 cannot show, a cache span that grows 32, 64, 96, 112. Exported (and so
+    model's window of 32 cannot show, a cache span that grows 32, 64, 96, 112; and grouped-query
+    attention, where the tiny model has a key/value head per query head. Exported (and so
     verified against PyTorch) by `sgpt export`'s own function."""
     import dataclasses
 
@@ -89,7 +90,8 @@ def wide_onnx(tmp_path_factory, text_file) -> Path:
 
     torch.manual_seed(0)
     chars = sorted(set(text_file.read_text(encoding="utf-8")))
-    cfg = ModelConfig(vocab_size=len(chars), block_size=112, n_layer=2, n_head=2, n_embd=32)
+    # grouped-query attention (4 query heads, 2 key/value heads): the tiny model covers one per head
+    cfg = ModelConfig(vocab_size=len(chars), block_size=112, n_layer=2, n_head=4, n_embd=32, n_kv_head=2)
     folder = tmp_path_factory.mktemp("wide")
     checkpoint.save(folder / "wide.pt", {
         "model": GPT(cfg).state_dict(), "model_config": dataclasses.asdict(cfg),

@@ -154,6 +154,60 @@ def test_the_shipped_file_runs_in_the_onnx_reference_evaluator(text_file):
     assert abs(ref - ort_loss) <= 0.01 and ref < 2.5  # the play is Shakespeare-like: a real model scores it well
 
 
+# -- grouped-query attention -------------------------------------------------------------------
+
+
+def test_grouped_query_attention_keeps_one_key_value_head_per_group(wide_onnx, text_file):
+    """wide_onnx has 4 query heads over 2 key/value heads: the file says so, its cache is half as wide,
+    it matches PyTorch through prefill, steps and the rolling window with batched rows bitwise alone,
+    and onnx's reference evaluator groups the heads as ONNX Runtime does."""
+    import onnx
+
+    from sgpt_cli.train.export import load_model, verify
+
+    proto = onnx.load(str(wide_onnx))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert (meta["sgpt.n_head"], meta["sgpt.n_kv_head"], meta["sgpt.n_embd"]) == ("4", "2", "32")
+    caches = [vi for vi in proto.graph.input if vi.name.startswith("past_key_values.")]
+    assert {vi.type.tensor_type.shape.dim[2].dim_value for vi in caches} == {16}  # 2 heads x 8
+    assert {a.i for n in proto.graph.node if n.op_type == "Attention" for a in n.attribute
+            if a.name == "kv_num_heads"} == {2}
+    model, _ = load_model(wide_onnx.with_suffix(".pt"))
+    report = verify(model, wide_onnx)
+    assert report["max_abs_diff"] <= 1e-4 and report["batch_bitwise"]
+    _, _, diff = reference_and_runtime_losses(wide_onnx, text_file.read_text(encoding="utf-8"), windows=2)
+    assert diff <= 1e-4
+
+
+def test_grouped_query_attention_in_pytorch_is_multi_head_with_each_key_value_head_repeated():
+    """The grouping the ONNX graph relies on: query head h reads key/value head h // (n_head / n_kv_head).
+    A 4-head model whose k and v weights repeat 2 heads [0, 0, 1, 1] gives the grouped model's logits,
+    trained path and cached path alike."""
+    import torch
+
+    from sgpt_cli.config import ModelConfig
+    from sgpt_cli.train.model import GPT
+
+    torch.manual_seed(0)
+    grouped = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=4, n_embd=32, n_kv_head=2))
+    plain = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=4, n_embd=32))
+    state = grouped.state_dict()
+    for i in range(2):
+        w = state[f"blocks.{i}.attn.qkv.weight"]  # (32 + 2 * 16, 32): q | k | v
+        q, k, v = w.split((32, 16, 16))
+        heads = lambda t: t.view(2, 8, 32).repeat_interleave(2, dim=0).reshape(32, 32)  # noqa: E731
+        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat((q, heads(k), heads(v)))
+    plain.load_state_dict(state)
+    grouped.eval(), plain.eval()
+    ids = torch.randint(0, 20, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(grouped(ids)[0], plain(ids)[0], rtol=0, atol=1e-5)
+        logits, past = grouped(ids[:, :5], past=grouped.empty_cache(2))
+        assert past[0][0].shape == (2, 2, 5, 8)  # (B, n_kv_head, T, hs)
+        step, _ = grouped(ids[:, 5:], past=past)
+        torch.testing.assert_close(torch.cat((logits, step), 1), plain(ids)[0], rtol=0, atol=1e-5)
+
+
 # -- the file ----------------------------------------------------------------------------------
 
 
@@ -538,3 +592,34 @@ def test_int8_batched_rows_equal_single_runs_bitwise(int8_export):
         texts[ev.request] += ev.text
     alone = ["".join(e.text for e in engine.stream(p, s)) for p, s in reqs]
     assert [texts[i] for i in range(len(reqs))] == alone
+
+
+def test_int8_prefills_run_in_float32_on_their_own_session_with_the_same_bits_on_any_threads(int8_export):
+    """An int8 file's prefills and plain passes run on a session of their own that computes in float32
+    from the dequantized weights (no int8 kernel left in it: ONNX Runtime folded DequantizeLinear), on
+    PREFILL_THREADS threads; one-character steps keep the int8 kernel. A prefill gives the same bits on
+    one thread or two, and every prefill goes through that session, alone or beside other rows."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from sgpt_cli.infer.engine import HostCache
+    from sgpt_cli.infer.onnx_model import PREFILL_THREADS, session_options
+
+    model = OnnxModel(int8_export[1], device="cpu")
+    assert model.prefill_session is not model.session
+    assert model.prefill_session.get_session_options().intra_op_num_threads == PREFILL_THREADS
+    assert model.prefill_session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+    so = session_options(1, float_matmuls=True)
+    so.optimized_model_filepath = str(int8_export[1].with_name("folded.onnx"))
+    ort.InferenceSession(str(int8_export[1]), so, providers=["CPUExecutionProvider"])
+    folded = {n.op_type for n in __import__("onnx").load(so.optimized_model_filepath).graph.node}
+    assert "MatMulNBits" not in folded and "DequantizeLinear" not in folded and "MatMul" in folded
+    one = OnnxModel(int8_export[1], device="cpu", threads=1)  # its prefill session has one thread
+    assert one.prefill_session.get_session_options().intra_op_num_threads == 1
+    rng = np.random.default_rng(5)
+    for T in (1, 7, 32):
+        ids = rng.integers(0, model.vocab_size, T)
+        caches = [HostCache(m, 2) for m in (model, one)]
+        logits = [c.prefill(1, ids) for c in caches]
+        assert np.array_equal(*logits)
+        assert all(np.array_equal(a[1, :T], b[1, :T]) for a, b in zip(caches[0].buffers, caches[1].buffers))

@@ -361,8 +361,12 @@ BAD_METADATA = {
     "block_size -5": ({"sgpt_block_size": -5}, "sgpt.block_size -5"),
     "block_size 1e12": ({"sgpt_block_size": 10**12}, "sgpt.block_size 1000000000000"),
     "n_head 0": ({"sgpt_n_head": 0}, "each must be at least 1"),
-    "n_head 3": ({"sgpt_n_head": 3}, "sgpt.n_embd 32 is not divisible by sgpt.n_head 3"),
-    "n_embd 64": ({"sgpt_n_embd": 64}, "sgpt.n_embd 64, but the cache is 32 wide"),
+    "n_head 3": ({"sgpt_n_head": 3}, "sgpt.n_embd 32, sgpt.n_head 3, sgpt.n_kv_head 2: each must divide"),
+    "n_embd 64": ({"sgpt_n_embd": 64}, "sgpt.n_kv_head 2 x 32 features, but the cache is 32 wide"),
+    "n_kv_head 0": ({"sgpt_n_kv_head": 0}, "each must be at least 1"),
+    "n_kv_head 3": ({"sgpt_n_kv_head": 3}, "each must divide the one before"),
+    "n_kv_head 1": ({"sgpt_n_kv_head": 1}, "sgpt.n_kv_head 1 x 16 features, but the cache is 32 wide"),
+    "n_kv_head text": ({"sgpt_n_kv_head": "two"}, "damaged sgpt metadata"),
     # a file whose cache declares its slots (block_size there, as the first format-2 files did)
     "block_size 16, slots 32": ({"sgpt_block_size": 16, "slots": 32}, "sgpt.block_size 16, but the cache holds 32 positions"),
     "n_layer 0": ({"sgpt_n_layer": 0}, "each must be at least 1"),
@@ -394,6 +398,23 @@ def test_a_window_edited_smaller_runs_the_graph_with_that_window_only(tiny_onnx,
     assert sum(len(e.text) for e in events) == 50 and events[-1].stats.prompt_chars == 16
 
 
+def test_a_file_from_before_key_value_heads_runs_with_one_per_head(tiny_onnx, tmp_path):
+    """sgpt.n_kv_head is absent from format-2 files written before grouped-query attention: it means n_head."""
+    from sgpt_cli.infer.engine import Engine
+    from sgpt_cli.infer.onnx_model import OnnxModel
+
+    def drop(proto):
+        kept = [p for p in proto.metadata_props if p.key != "sgpt.n_kv_head"]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+
+    old = OnnxModel(edited_model(tiny_onnx, tmp_path / "old.onnx", edit=drop), device="cpu")
+    assert "sgpt.n_kv_head" not in old.meta and old.n_kv_head == old.n_head == 2 and old.kv_width == 32
+    params = SamplingParams(max_tokens=40, seed=3)
+    same = [[e.text for e in Engine(m).stream("ROMEO:", params)] for m in (old, OnnxModel(tiny_onnx, device="cpu"))]
+    assert same[0] == same[1]
+
+
 @pytest.mark.parametrize("name", BAD_METADATA)
 def test_metadata_that_does_not_fit_the_graph_is_refused(name, tiny_onnx, tmp_path):
     import json
@@ -407,7 +428,7 @@ def test_metadata_that_does_not_fit_the_graph_is_refused(name, tiny_onnx, tmp_pa
     path = edited_model(tiny_onnx, tmp_path / "bad.onnx", edit=slots and fixed_slots(slots), **meta)
     with pytest.raises(SgptError, match="re-export") as exc:
         OnnxModel(path, device="cpu")
-    assert words in str(exc.value)
+    assert words in str(exc.value), str(exc.value)
     one_line(str(exc.value))
     assert len(str(exc.value)) < 400
 
@@ -439,7 +460,7 @@ def test_eval_wraps_onnx_runtime_errors(tiny_onnx, monkeypatch):
         def run(self, *a, **k):
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : boom\nsecond line")
 
-    model.session = Failing()
+    model._prefill = Failing()  # the session scoring runs on
     with pytest.raises(SgptError, match="ONNX Runtime failed while scoring .*boom") as exc:
         score_ids(model, np.arange(10) % model.tokenizer.vocab_size)
     one_line(str(exc.value))

@@ -318,6 +318,8 @@ BAD_RUNS = {
     "text too short": (["--data", "short.txt"], "too short for --block-size 32"),
     "folder as data": (["--data", "folder"], "is a folder"),
     "n_embd % n_head": (["--data", "{text}", "--n-embd", "30", "--n-head", "4"], "divisible by --n-head"),
+    "n_head % n_kv_head": (["--data", "{text}", "--n-head", "4", "--n-kv-head", "3"], "--n-kv-head (3) must divide --n-head (4)"),
+    "negative n_kv_head": (["--data", "{text}", "--n-kv-head", "-1"], "--n-kv-head (-1) must divide"),
     "block size 0": (["--data", "{text}", "--block-size", "0"], "--block-size must be from 1 to 65536 (got 0)"),
     "negative lr": (["--data", "{text}", "--lr", "-0.001"], "--learning-rate must be positive"),
     "unknown preset": (["--data", "{text}", "--preset", "huge"], "unknown --preset 'huge'"),

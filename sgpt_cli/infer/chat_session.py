@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from sgpt_cli.config import heads_text
 from sgpt_cli.errors import SgptError, UsageError, shown
 
 from sgpt_cli.files import atomic_write_text, check_writable_target
@@ -519,7 +520,8 @@ class ChatSession:
                 ("size", f"{size / 1e6:.1f} MB" if size is not None else "unknown"),
                 ("device", str(summary["device"])),
                 ("val loss", f"{loss:.4f}" if loss is not None else "not recorded"),
-                ("shape", f"{summary['n_layer']} layers, {summary['n_head']} heads, {summary['n_embd']} wide, "
+                ("shape", f"{summary['n_layer']} layers, {heads_text(summary['n_head'], summary['n_kv_head'])}, "
+                          f"{summary['n_embd']} wide, "
                           f"window {summary['block_size']} characters, vocabulary {summary['vocab_size']}"),
             ]
         rows.append(("script", f"{len(self.script):,} characters"

@@ -12,7 +12,7 @@ What it does not do: import torch, print, know about terminals or tokenization b
 vocabulary (prompts are ids of known characters; sgpt_cli.infer.complete says what was dropped).
 
 How a request runs (format 2 of docs/onnx-interface.md): its prompt, trimmed once to the window, is
-prefilled alone (batch 1, its own length) into its row of the cache, `[rows, span, n_embd]` per
+prefilled alone (batch 1, its own length, on the model's prefill session) into its row of the cache, `[rows, span, kv_width]` per
 layer; then each `step` samples one character for every running row and feeds them all in one call
 (two parts at once when there are several rows: sgpt_cli.infer.onnx_model.STEP_PARTS), each row at
 its own position. The graph writes the new keys and values in place at slot `position mod span` and
@@ -171,7 +171,7 @@ def _wait_all(futures) -> None:
 
 
 class HostCache:
-    """The cache as numpy arrays `[capacity, span, n_embd]` per layer and key/value, wrapped as
+    """The cache as numpy arrays `[capacity, span, kv_width]` per layer and key/value, wrapped as
     OrtValues that share their memory: ONNX Runtime writes each step's keys and values into them in
     place. Running rows are the first B rows; a step binds views of them (one binding per B and span,
     kept). The span (the graph's `slots`) is block_size until `fit` is called; the engine fits it to
@@ -183,8 +183,8 @@ class HostCache:
         import onnxruntime as ort
 
         self.ort, self.model, self.session, self.capacity = ort, model, model.session, capacity
-        self.window, self.width = model.block_size, model.n_embd
-        size = capacity * model.block_size * model.n_embd
+        self.window, self.width = model.block_size, model.kv_width
+        size = capacity * model.block_size * model.kv_width
         self.flat = [np.zeros(size, dtype=np.float32) for _ in range(2 * model.n_layer)]  # room for any span
         self._lay_out(self.window)  # the whole window until `fit` says less will do
         self.tokens = np.zeros((capacity, 1), dtype=np.int64)
@@ -243,10 +243,10 @@ class HostCache:
 
     def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
         """ids (T,) at positions 0..T-1 into row `slot`, alone; returns the last logits (V,)."""
-        T = len(ids)
+        T, session = len(ids), self.model.prefill_session  # every prefill on it: one row's bits
         b = self._bind([a[slot:slot + 1] for a in self.buffers], np.ascontiguousarray(ids.reshape(1, T)),
-                       np.arange(T, dtype=np.int64).reshape(1, T))
-        self._run(b)
+                       np.arange(T, dtype=np.int64).reshape(1, T), session=session)
+        self._run(b, session)
         return b.get_outputs()[0].numpy()[0, -1].copy()
 
     def step(self, rows: int) -> np.ndarray:
@@ -306,7 +306,7 @@ class HostCache:
 
 
 class DeviceCache(HostCache):
-    """The cache as OrtValues on the model's device (CUDA), `[capacity, block_size, n_embd]` each, bound
+    """The cache as OrtValues on the model's device (CUDA), `[capacity, block_size, kv_width]` each, bound
     as past input and present output of every step (in place). Every step feeds all `capacity` rows
     (idle rows a placeholder at position 0: on a GPU the idle rows cost next to nothing, and device
     memory has no views to bind B rows of); a request is prefilled in a one-row buffer and put into
@@ -317,7 +317,7 @@ class DeviceCache(HostCache):
         super().__init__(model, capacity)
         ort, device = self.ort, model.device
         new = lambda rows: [ort.OrtValue.ortvalue_from_shape_and_type(  # noqa: E731
-            (rows, model.block_size, model.n_embd), np.float32, device, 0) for _ in range(2 * model.n_layer)]
+            (rows, model.block_size, model.kv_width), np.float32, device, 0) for _ in range(2 * model.n_layer)]
         self.buffers, self.scratch = new(capacity), new(1)
         self.span = model.block_size  # every row's ring whole: nothing to re-lay on the device
         self.free = list(range(capacity - 1, -1, -1))  # rows not in use
@@ -578,7 +578,7 @@ class Engine:
                     return
                 events = self.step()
                 for e in events:
-                    yield dataclasses.replace(e, request=e.request - base)
+                    yield dataclasses.replace(e, request=e.request - base) if base else e  # (2% of a --batch run)
                 if any(e.stats is not None and e.stats.stop_reason == "interrupted" for e in events):
                     finished = True  # Ctrl-C inside the step: start nothing more
                     return

@@ -34,12 +34,22 @@ from sgpt_cli.infer.tokenizer import CharTokenizer
 # Neither the thread count nor the number of rows beside it changes a row's bits (measured: a row
 # of 8 equals itself alone, 1 or 2 threads; tests/test_engine.py), so any split gives the same text.
 # $SGPT_THREADS (or a caller's own session) means one session of that many threads for every step.
-DEFAULT_THREADS = 1  # every session's threads: a step of one row, every prefill, each part of a step
+DEFAULT_THREADS = 1  # a step session's threads: a step of one row, each part of a step of several
 STEP_PARTS = 2  # a step of several rows runs as this many parts at once (the development machine's cores)
 PART_MIN_ROWS = 2  # rows in a part, at the least: a step of fewer than 2 x this is not split
 THREADS_ENV = "SGPT_THREADS"
+# Many characters in one call (a prompt's prefill, scoring a text) run on a session of their own,
+# with PREFILL_THREADS threads (a prefill's kernels are large enough to split; a row's bits are the
+# same on 1 or 2 threads: tests/test_export.py). For an int8 file that session computes in float32
+# from the dequantized weights (`session.disable_quant_qdq`: ONNX Runtime folds each DequantizeLinear
+# into a float32 weight when it loads the file): its MatMulNBits kernel quantizes the activations and
+# costs as much per character at 110 characters as for one (measured: 2.3x slower for a 110-character
+# prefill, one thread, busy machine), while it is the faster one for one-character steps of many
+# rows. Every prefill of every row goes through this session, so a row's bits stay its single run's.
+PREFILL_THREADS = 2
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")
+KV_HEADS_KEY = "sgpt.n_kv_head"  # key/value heads (grouped-query attention); absent = n_head (files before it)
 
 
 def _ort():
@@ -80,9 +90,12 @@ def default_threads() -> int:
     return int(raw)
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, float_matmuls: bool = False):
+    """float_matmuls: an int8 file's matmuls in float32 from its dequantized weights (PREFILL_THREADS)."""
     ort = _ort()
     so = ort.SessionOptions()
+    if float_matmuls:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or default_threads()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -91,7 +104,7 @@ def session_options(threads: int | None = None):
     return so
 
 
-def open_session(path_or_bytes, device: str = "auto", threads: int | None = None):
+def open_session(path_or_bytes, device: str = "auto", threads: int | None = None, float_matmuls: bool = False):
     """An InferenceSession on the requested device; 'auto' prefers CUDA only when it really works."""
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
@@ -99,7 +112,8 @@ def open_session(path_or_bytes, device: str = "auto", threads: int | None = None
     want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
     providers = providers_for("cuda" if want_cuda else "cpu")
     try:
-        sess = ort.InferenceSession(path_or_bytes, sess_options=session_options(threads), providers=providers)
+        sess = ort.InferenceSession(path_or_bytes, sess_options=session_options(threads, float_matmuls),
+                                    providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for damaged files
         where = path_or_bytes if isinstance(path_or_bytes, (str, Path)) else "the model"
         raise SgptError(f"ONNX Runtime cannot load {where}: {first_line(exc)}") from None
@@ -123,7 +137,7 @@ class OnnxModel:
         self.session = session
         self.meta = dict(session.get_modelmeta().custom_metadata_map)
         # parsed once, then checked against the graph before any number is used as a shape
-        self.block_size, self.n_layer, self.n_head, self.n_embd = parse_metadata(self.meta, self.path)
+        self.block_size, self.n_layer, self.n_head, self.n_embd, self.n_kv_head = parse_metadata(self.meta, self.path)
         self.tokenizer = CharTokenizer.from_json(self.meta["sgpt.vocab"])
         self.vocab_size = self.tokenizer.vocab_size
         check_graph(self, session)
@@ -132,6 +146,10 @@ class OnnxModel:
         # more one-thread sessions for the parts of a step of several rows (STEP_PARTS), opened when
         # first needed; a caller that passed its own session or thread count gets that one alone
         self._parts = [session] if (given or threads or os.environ.get(THREADS_ENV) or self.device != "cpu") else None
+        # the session of prefills and plain passes (PREFILL_THREADS), opened when first needed; a caller's
+        # own session, or a device, does everything
+        self._prefill = session if (given or self.device != "cpu") else None
+        self._threads = threads
 
     def step_sessions(self, rows: int) -> list:
         """The sessions a step of `rows` rows runs on, one per part (module doc: why)."""
@@ -143,6 +161,20 @@ class OnnxModel:
         return self._parts
 
     @property
+    def prefill_session(self):
+        """The session for many characters in one call: prefills and plain passes (PREFILL_THREADS)."""
+        if self._prefill is None:
+            int8 = self.meta.get("sgpt.quantization") == "int8"
+            threads = self._threads or (default_threads() if os.environ.get(THREADS_ENV) else PREFILL_THREADS)
+            self._prefill = open_session(str(self.path), "cpu", threads, float_matmuls=int8)
+        return self._prefill
+
+    @property
+    def kv_width(self) -> int:
+        """Features per position in one layer's key (or value) cache."""
+        return self.n_kv_head * (self.n_embd // self.n_head)
+
+    @property
     def val_loss(self) -> float | None:
         v = self.meta.get("sgpt.val_loss")
         try:
@@ -151,8 +183,8 @@ class OnnxModel:
             return None
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
-        """Per layer [key, value] flattened, each (B, block_size, n_embd) of zeros: rows with nothing written."""
-        return [np.zeros((batch, self.block_size, self.n_embd), dtype=np.float32) for _ in range(2 * self.n_layer)]
+        """Per layer [key, value] flattened, each (B, block_size, kv_width) of zeros: rows with nothing written."""
+        return [np.zeros((batch, self.block_size, self.kv_width), dtype=np.float32) for _ in range(2 * self.n_layer)]
 
     def forward(self, ids: np.ndarray, past: list[np.ndarray] | None = None,
                 position_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -167,7 +199,7 @@ class OnnxModel:
         feed = {INPUT_IDS: ids, POSITION_IDS: np.ascontiguousarray(position_ids, dtype=np.int64)}
         feed.update(zip(past_names(self.n_layer), past))
         with RunGuard() as run_options:  # Ctrl-C ends even a run that never ends a step
-            outs = self.session.run([LOGITS] + present_names(self.n_layer), feed, run_options)
+            outs = self.prefill_session.run([LOGITS] + present_names(self.n_layer), feed, run_options)
         return outs[0], outs[1:]
 
 
@@ -203,11 +235,11 @@ def _static(dim) -> int | None:
 
 def check_graph(model: "OnnxModel", session) -> None:
     """The parsed metadata against the graph, so that no edited number reaches numpy or ONNX Runtime
-    as a shape: block_size in 1..MAX_BLOCK_SIZE, n_layer = the past inputs, n_embd = the cache
-    inputs' last axis, block_size = their slots axis where it is static, the vocabulary = the
+    as a shape: block_size in 1..MAX_BLOCK_SIZE, n_layer = the past inputs, n_kv_head x head width = the
+    cache inputs' last axis, block_size = their slots axis where it is static, the vocabulary = the
     logits' width. Sets model.slots_fixed: True when the cache must be bound with block_size slots."""
-    block, n_layer, n_head, n_embd = model.block_size, model.n_layer, model.n_head, model.n_embd
-    b, nl, nh, ne = (shown(v) for v in (block, n_layer, n_head, n_embd))  # an edited 400-digit number: cut
+    block, n_layer, n_head, n_embd, n_kv = model.block_size, model.n_layer, model.n_head, model.n_embd, model.n_kv_head
+    b, nl, nh, ne, nkv = (shown(v) for v in (block, n_layer, n_head, n_embd, n_kv))  # an edited 400-digit number: cut
 
     def refuse(what: str) -> None:
         raise SgptError(f"{shown(model.path)} has sgpt metadata that does not fit its graph ({what}); re-export "
@@ -215,10 +247,10 @@ def check_graph(model: "OnnxModel", session) -> None:
 
     if not 1 <= block <= MAX_BLOCK_SIZE:
         refuse(f"sgpt.block_size {b} is not from 1 to {MAX_BLOCK_SIZE}")
-    if n_layer < 1 or n_head < 1 or n_embd < 1:
-        refuse(f"n_layer {nl}, n_head {nh}, n_embd {ne}: each must be at least 1")
-    if n_embd % n_head:
-        refuse(f"sgpt.n_embd {ne} is not divisible by sgpt.n_head {nh}")
+    if n_layer < 1 or n_head < 1 or n_embd < 1 or n_kv < 1:
+        refuse(f"n_layer {nl}, n_head {nh}, n_embd {ne}, n_kv_head {nkv}: each must be at least 1")
+    if n_embd % n_head or n_head % n_kv:
+        refuse(f"sgpt.n_embd {ne}, sgpt.n_head {nh}, sgpt.n_kv_head {nkv}: each must divide the one before")
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     layers = sum(1 for name in inputs if name.startswith(PAST + ".") and name.endswith("." + KV[0]))
@@ -234,13 +266,13 @@ def check_graph(model: "OnnxModel", session) -> None:
             refuse(f"no input {name}")
         shape = list(past.shape or [])
         if len(shape) != 3:
-            refuse(f"{name} has {len(shape)} axes, not 3 (batch, block_size, n_embd)")
+            refuse(f"{name} has {len(shape)} axes, not 3 (batch, slots, features)")
         width, channels = _static(shape[1]), _static(shape[2])
         if width is not None and width != block:
             refuse(f"sgpt.block_size {b}, but the cache holds {shown(shape[1])} positions")
         fixed = fixed or width is not None
-        if channels != n_embd:
-            refuse(f"sgpt.n_embd {ne}, but the cache is {shown(shape[2])} wide")
+        if channels != model.kv_width:
+            refuse(f"sgpt.n_kv_head {nkv} x {n_embd // n_head} features, but the cache is {shown(shape[2])} wide")
     logits = outputs.get(LOGITS)
     if logits is None:
         refuse(f"no output {LOGITS}")
@@ -251,8 +283,8 @@ def check_graph(model: "OnnxModel", session) -> None:
     model.slots_fixed = fixed
 
 
-def parse_metadata(meta: dict, path: Path) -> tuple[int, int, int, int]:
-    """(block_size, n_layer, n_head, n_embd) from a file's sgpt metadata, its format checked."""
+def parse_metadata(meta: dict, path: Path) -> tuple[int, int, int, int, int]:
+    """(block_size, n_layer, n_head, n_embd, n_kv_head) from a file's sgpt metadata, its format checked."""
     if "sgpt.format" not in meta:
         raise SgptError(f"{shown(path)} is not an sgpt model (no sgpt metadata); export one with `sgpt export`")
     got = meta["sgpt.format"]
@@ -267,9 +299,10 @@ def parse_metadata(meta: dict, path: Path) -> tuple[int, int, int, int]:
         raise SgptError(f"{shown(path)} lacks sgpt metadata {', '.join(missing)}; re-export it with `sgpt export`")
     try:
         block, n_layer, n_head, n_embd = (int(meta[k]) for k in REQUIRED_KEYS[2:])
+        n_kv = int(meta.get(KV_HEADS_KEY, n_head))
     except (ValueError, OverflowError):
         raise SgptError(f"{shown(path)} has damaged sgpt metadata; re-export it with `sgpt export`") from None
-    return block, n_layer, n_head, n_embd
+    return block, n_layer, n_head, n_embd, n_kv
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -320,7 +353,7 @@ def model_summary(model: OnnxModel) -> dict:
         "path": str(model.path),
         "size_bytes": model.path.stat().st_size if model.path.exists() else None,
         "device": model.device,
-        "n_layer": model.n_layer, "n_head": model.n_head, "n_embd": model.n_embd,
+        "n_layer": model.n_layer, "n_head": model.n_head, "n_kv_head": model.n_kv_head, "n_embd": model.n_embd,
         "block_size": model.block_size, "vocab_size": model.tokenizer.vocab_size,
         "val_loss": model.val_loss, "train_config": cfg,
     }

@@ -12,6 +12,7 @@ import shlex
 import sys
 from typing import Iterator
 
+from sgpt_cli.config import heads_text
 from sgpt_cli.errors import visible
 from sgpt_cli.term.common import require_train_extra, terminate_as_interrupt, typer_command, use_color
 from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, QUANTIZE
@@ -93,7 +94,8 @@ def render(r: dict) -> str:
     """The plain report: one fact a line, the same on a terminal and in a pipe."""
     lines = [
         f"wrote       {r['out']}: {_size(r['bytes'])}, opset {r['opset']}, one file (weights inside)",
-        f"model       {r['params']:,} parameters: {r['n_layer']} layers, {r['n_head']} heads, width {r['n_embd']}, "
+        f"model       {r['params']:,} parameters: {r['n_layer']} layers, {heads_text(r['n_head'], r['n_kv_head'])}, "
+        f"width {r['n_embd']}, "
         f"block {r['block_size']}, vocabulary {r['vocab_size']} (from {r['checkpoint']})",
         f"verified    max |ONNX - PyTorch| logits {r['max_abs_diff']:.1e} (limit {r['tolerance']:.0e}) at lengths "
         f"{', '.join(map(str, r['lengths']))} x batch {' and '.join(map(str, r['batches']))}; "

@@ -86,6 +86,7 @@ OPTIONS = (
     _hyper("time_budget", "Seconds for the whole run, the final whole-split val loss and checkpoint included; the learning-rate schedule is fitted to it. 0 = no limit."),
     _hyper("n_layer", "Transformer blocks."),
     _hyper("n_head", "Attention heads per block (must divide --n-embd)."),
+    _hyper("n_kv_head", "Key/value heads (must divide --n-head): fewer make the cache, and batched decoding, cheaper. 0 = one per head."),
     _hyper("n_embd", "Residual width."),
     _hyper("block_size", "Context window in characters."),
     _hyper("dropout", "Dropout probability."),

@@ -92,6 +92,7 @@ def metadata_for(model: GPT, ckpt: dict, val_loss, quantization: str) -> dict[st
         "sgpt.block_size": str(cfg.block_size),
         "sgpt.n_layer": str(cfg.n_layer),
         "sgpt.n_head": str(cfg.n_head),
+        "sgpt.n_kv_head": str(cfg.kv_heads),
         "sgpt.n_embd": str(cfg.n_embd),
         "sgpt.val_loss": _loss_text(val_loss),
         "sgpt.data_sha256": str(ckpt.get("data_sha256", "")),
@@ -149,9 +150,10 @@ def verify(model: GPT, path: Path, tolerance: float = TOLERANCE, relative: bool 
     """ONNX Runtime against PyTorch (the module doc says what). The limit is `tolerance`, or with
     `relative` `tolerance` times the largest |logit| of each case. Raises SgptError over the limit;
     returns the largest difference, what was checked, and whether batched rows were bitwise alone."""
-    from sgpt_cli.infer.onnx_model import OnnxModel, open_session
+    from sgpt_cli.infer.onnx_model import OnnxModel
 
-    onnx_model = OnnxModel(path, session=open_session(str(path), "cpu"))  # also checks the metadata
+    # the sessions sgpt runs it on (prefills, split steps), on the CPU; also checks the metadata
+    onnx_model = OnnxModel(path, device="cpu")
     cfg = model.cfg
     gen = torch.Generator().manual_seed(0)
     worst, worst_limit = 0.0, tolerance
@@ -249,7 +251,8 @@ def export(ckpt_path: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT, *, qua
     check_writable_target(out)
     cfg = model.cfg
     report = {"checkpoint": str(ckpt_path), "out": str(out), "opset": onnx_graph.OPSET, "params": model.num_params(),
-              "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
+              "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads, "n_embd": cfg.n_embd,
+              "block_size": cfg.block_size,
               "vocab_size": cfg.vocab_size, "quantize": quantize, "tolerance": TOLERANCE}
     weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     try:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from sgpt_cli.config import ModelConfig
 
-# one (key, value) pair per layer, each (B, nh, T_past, hs)
+# one (key, value) pair per layer, each (B, n_kv_head, T_past, hs)
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -61,29 +61,29 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.n_head, self.n_kv = cfg.n_head, cfg.kv_heads
         self.head_dim = cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        # features [q heads | k heads | v heads]; n_kv key/value heads, each shared by n_head / n_kv queries
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, past=None, attention_mask=None):
         B, T, C = x.shape
-        nh = self.n_head
-        # the qkv features are [q heads | k heads | v heads]: one view gives all 3*nh heads at once,
-        # and queries and keys are rotated together (half the nodes per layer in the exported graph,
-        # whose decode step is dominated by per-node cost)
-        qkv = self.qkv(x).view(B, T, 3 * nh, self.head_dim).transpose(1, 2)  # (B, 3nh, T, hs)
-        qk, v = qkv.split((2 * nh, nh), dim=1)
-        q, k = apply_rotary(qk, cos, sin).split(nh, dim=1)  # (B, nh, T, hs) each
+        nh, nkv = self.n_head, self.n_kv
+        # one view gives all nh + 2 nkv heads at once, and queries and keys are rotated together (half
+        # the nodes per layer in the exported graph, whose decode step is dominated by per-node cost)
+        qkv = self.qkv(x).view(B, T, nh + 2 * nkv, self.head_dim).transpose(1, 2)  # (B, nh+2nkv, T, hs)
+        qk, v = qkv.split((nh + nkv, nkv), dim=1)
+        q, k = apply_rotary(qk, cos, sin).split((nh, nkv), dim=1)  # (B, nh, T, hs), (B, nkv, T, hs)
         if past is None:
             # training / plain forward: no cache, the fused causal kernel
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh
             )
         else:
-            k = torch.cat((past[0], k), dim=2)  # (B, nh, P+T, hs)
+            k = torch.cat((past[0], k), dim=2)  # (B, nkv, P+T, hs)
             v = torch.cat((past[1], v), dim=2)
             # query j sits after all P cached keys: it sees keys 0 .. P+j
             P = k.shape[2] - T
@@ -95,12 +95,11 @@ class CausalSelfAttention(nn.Module):
                 # query that saw nothing would give NaN, and NaN * 0 is NaN in the real rows' sums)
                 pad = (attention_mask == 0)[:, None, None, :] & (cols != rows)  # (B, 1, T, P+T)
                 hidden = hidden | pad
-            # written out rather than through SDPA: exported, SDPA scales the whole cached key
-            # tensor and transposes it into a copy every step; here the scale lands on the one new
-            # query and ONNX Runtime folds the transpose into its matmul (FusedMatMul, transB)
-            att = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, P+T)
+            # query head h reads key/value head h // (nh / nkv), as ONNX's Attention groups them
+            ks, vs = (t.repeat_interleave(nh // nkv, dim=1) for t in (k, v))  # (B, nh, P+T, hs)
+            att = (q * self.head_dim ** -0.5) @ ks.transpose(-2, -1)  # (B, nh, T, P+T)
             att = att.masked_fill(hidden, float("-inf"))
-            y = att.softmax(dim=-1) @ v  # (B, nh, T, hs)
+            y = att.softmax(dim=-1) @ vs  # (B, nh, T, hs)
         present = (k, v) if past is not None else None
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
         return self.resid_drop(self.proj(y)), present
@@ -184,7 +183,7 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
     def empty_cache(self, batch: int, device=None, dtype=torch.float32) -> KVCache:
-        shape = (batch, self.cfg.n_head, 0, self.cfg.head_dim)
+        shape = (batch, self.cfg.kv_heads, 0, self.cfg.head_dim)
         return [
             (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(self.cfg.n_layer)

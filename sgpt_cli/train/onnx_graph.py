@@ -2,7 +2,7 @@
 
 What it holds: `build(weights, cfg, int8)`, an onnx.ModelProto in the standard ONNX domain only
 (opset 24): one graph for a prefill (many characters from an empty row) and for one-character steps,
-over a cache per layer, `[batch, slots, n_embd]`, that the caller updates in place. Position `p` of
+over a cache per layer, `[batch, slots, n_kv_head * head_dim]`, that the caller updates in place. Position `p` of
 a row lives in slot `p mod slots`; `TensorScatter` (mode "circular") writes the fed keys and values
 there, and the attention mask comes from `position_ids` alone: for a query at `p`, slot `s` holds
 position `p - ((p - s) mod slots)`, valid when that is >= 0. With `slots` = block_size a row sees its
@@ -83,7 +83,8 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     from onnx import TensorProto, helper
 
     g = _Graph()
-    C, nh, hd, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.vocab_size
+    C, nh, nkv, hd, V = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.vocab_size
+    K = cfg.kv_width  # features of one layer's keys (or values) per position
     i64 = lambda name, values: g.const(name, np.array(values, dtype=np.int64))  # noqa: E731
     x = g.op("Gather", [g.const("wte", weights["wte.weight"].astype(np.float32)), INPUT_IDS])  # (B, T, C)
 
@@ -107,20 +108,21 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     slots = g.op("Range", [i64("zero_scalar", 0), S, i64("one_scalar", 1)])  # (S,)
     back = g.op("Mod", [g.op("Sub", [p3, slots]), S])  # (B, T, S)
     mask = g.op("Unsqueeze", [g.op("LessOrEqual", [back, p3]), i64("axis1", [1])])  # (B, 1, T, S) bool
-    split_qkv, split_qk = i64("split_qkv", [2 * C, C]), i64("split_qk", [C, C])
+    split_qkv, split_qk = i64("split_qkv", [C + K, K]), i64("split_qk", [C, K])
 
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         h = g.op("LayerNormalization", [x, g.const(p + "ln1", weights[p + "ln1.weight"])], epsilon=1e-5, axis=-1)
-        qkv = weights[p + "attn.qkv.weight"].astype(np.float32)  # (3C, C): rows [q heads | k | v]
+        qkv = weights[p + "attn.qkv.weight"].astype(np.float32)  # (C + 2K, C): rows [q heads | k | v]
         qkv = np.concatenate([qkv[:C] * np.float32(hd ** -0.5), qkv[C:]])  # the attention scale, in the queries
-        qkv = _linear(g, h, p + "qkv", qkv, int8)  # (B, T, 3C)
-        qk, v = g.op("Split", [qkv, split_qkv], n_out=2, axis=-1)  # (B, T, 2C), (B, T, C)
-        qk = g.op("RotaryEmbedding", [qk, cos, sin], num_heads=2 * nh)  # halves rotated, as apply_rotary
-        q, k = g.op("Split", [qk, split_qk], n_out=2, axis=-1)  # (B, T, C) each
+        qkv = _linear(g, h, p + "qkv", qkv, int8)  # (B, T, C + 2K)
+        qk, v = g.op("Split", [qkv, split_qkv], n_out=2, axis=-1)  # (B, T, C + K), (B, T, K)
+        qk = g.op("RotaryEmbedding", [qk, cos, sin], num_heads=nh + nkv)  # halves rotated, as apply_rotary
+        q, k = g.op("Split", [qk, split_qk], n_out=2, axis=-1)  # (B, T, C), (B, T, K)
         keys = g.op("TensorScatter", [pasts[2 * i], k, first], out=[presents[2 * i]], axis=1, mode="circular")
         vals = g.op("TensorScatter", [pasts[2 * i + 1], v, first], out=[presents[2 * i + 1]], axis=1, mode="circular")
-        y = g.op("Attention", [q, keys, vals, mask], q_num_heads=nh, kv_num_heads=nh, scale=1.0)  # (B, T, C)
+        # query head h reads key/value head h // (nh / nkv) (grouped-query attention; the GPT's grouping)
+        y = g.op("Attention", [q, keys, vals, mask], q_num_heads=nh, kv_num_heads=nkv, scale=1.0)  # (B, T, C)
         x = g.op("Add", [x, _linear(g, y, p + "proj", weights[p + "attn.proj.weight"], int8)])
         h = g.op("LayerNormalization", [x, g.const(p + "ln2", weights[p + "ln2.weight"])], epsilon=1e-5, axis=-1)
         f = g.op("Gelu", [_linear(g, h, p + "fc", weights[p + "mlp.fc.weight"], int8)])
@@ -128,7 +130,7 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     h = g.op("LayerNormalization", [x, g.const("ln_f", weights["ln_f.weight"])], epsilon=1e-5, axis=-1)
     _linear(g, h, "lm_head", weights["lm_head.weight"], int8, out=LOGITS)  # (B, T, V)
 
-    cache = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", SLOTS, C])  # noqa: E731
+    cache = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", SLOTS, K])  # noqa: E731
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64, ["batch", "sequence"])]
     inputs += [cache(n) for n in pasts]

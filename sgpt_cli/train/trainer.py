@@ -42,7 +42,7 @@ from sgpt_cli.train.optim import build_optimizer
 from sgpt_cli.train.stop import Stop
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size")
 
 # the schedule of estimates in a budgeted run, whatever the machine's speed
 CURVE_POINTS = 8  # at least one estimate per budget / CURVE_POINTS seconds: a curve even at 0.3 steps/s

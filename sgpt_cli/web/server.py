@@ -57,7 +57,7 @@ STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send thei
 # A stream sends at most one chunk per choice every CHUNK_S (the first at once): what a client sees
 # moves 40 times a second, and 16 streams cost the event loop (which shares the GIL with the engine)
 # a chunk per 25 ms each rather than one per character.
-CHUNK_S = 0.025
+CHUNK_S = float(os.environ.get('SGPT_CHUNK', 0.025))  # EXPERIMENT
 RETRY_AFTER_S = 1  # what a 429 tells a client to wait: a row frees every few hundred characters
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 
@@ -660,6 +660,8 @@ def serve(model: str | None, device: str, host: str, port: int, api_key: str | N
     state = State(engine, Path(path), Limits(max_tokens_limit, max_n, max_prompt_chars), max_body, api_key,
                   Batcher(engine, metrics, rows + queue), metrics)
     quiet_logging()
+    if os.environ.get("SGPT_SWITCH"):
+        sys.setswitchinterval(float(os.environ["SGPT_SWITCH"]))
     AppStatus.disable_automatic_graceful_drain()  # `stop` ends the streams itself, then sets should_exit
     config = uvicorn.Config(build_app(state), log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(STOP_GRACE_S), timeout_keep_alive=5, server_header=False)
