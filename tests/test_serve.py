@@ -188,6 +188,36 @@ def test_a_stream_sends_at_most_a_chunk_per_chunk_interval_and_the_same_text(ser
     assert len(chunks) <= 2 + elapsed / CHUNK_S
 
 
+def test_a_streams_last_chunk_goes_out_when_it_is_made_not_at_the_next_chunk_time(model, monkeypatch):
+    """The chunk interval gathers text; it never holds back an end. With CHUNK_S an hour, a stream whose
+    text and last event come one after the other still ends at once (this test's bound: 30 s)."""
+    from types import SimpleNamespace
+
+    from sgpt_cli.infer.engine import Event, GenerationStats
+    from sgpt_cli.infer.serve_api import Reply
+    from sgpt_cli.web import server as web
+
+    monkeypatch.setattr(web, "CHUNK_S", 3600.0)
+    parsed = parse_completion({"model": "m", "prompt": "ROMEO:", "max_tokens": 2, "stream": True}, "m",
+                              model.tokenizer.stoi, model.block_size, Limits())
+    state = SimpleNamespace(batcher=SimpleNamespace(cancel=lambda ids: None, failure=None))
+    stats = GenerationStats(prompt_chars=6, chars=2, ttft_s=0.0, seconds=0.0, chars_per_s=0.0, stop_reason="max_tokens")
+
+    async def run() -> list[str]:
+        sink = web.Sink()
+        out = []
+        sink.put_nowait((0, Event(0, "a")))
+        async for chunk in web.stream(state, Reply(parsed, "m"), [0], sink):
+            out.append(chunk["data"])
+            if len(out) == 1:  # the last event arrives just after the first chunk went out
+                sink.put_nowait((0, Event(0, "b", stats)))
+                sink.ended.set()
+        return out
+
+    out = asyncio.run(asyncio.wait_for(run(), 30))
+    assert out[-1] == "[DONE]" and "".join(json.loads(d)["choices"][0]["text"] for d in out[:-1]) == "ab"
+
+
 def test_openai_client_chat_is_the_reply_sgpt_chat_makes(client, model):
     from sgpt_cli.infer.chat_session import ChatSession
     from sgpt_cli.infer.engine import Engine

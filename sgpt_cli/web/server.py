@@ -54,10 +54,11 @@ from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
-# A stream sends at most one chunk per choice every CHUNK_S (the first at once): what a client sees
+# A stream sends at most one chunk per choice every CHUNK_S (the first at once, a choice's last as
+# soon as it is made: `Sink.ended`): what a client sees
 # moves 40 times a second, and 16 streams cost the event loop (which shares the GIL with the engine)
 # a chunk per 25 ms each rather than one per character.
-CHUNK_S = float(os.environ.get('SGPT_CHUNK', 0.025))  # EXPERIMENT
+CHUNK_S = 0.025
 RETRY_AFTER_S = 1  # what a 429 tells a client to wait: a row frees every few hundred characters
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 
@@ -146,14 +147,23 @@ class Metrics:
 
 # --- the engine's thread -----------------------------------------------------------------------------
 
+class Sink(asyncio.Queue):
+    """One request's events, (choice index, Event). `ended` is set when a choice's last event
+    arrives, so that a stream sends it at once rather than at its next chunk time (CHUNK_S)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ended = asyncio.Event()
+
+
 class Batcher:
     """The engine behind a lock and one worker thread. `submit` and `cancel` are called on the event
-    loop; events reach each request's asyncio.Queue as (choice index, Event)."""
+    loop; events reach each request's Sink as (choice index, Event)."""
 
     def __init__(self, engine, metrics: Metrics, capacity: int):
         self.engine, self.metrics, self.capacity = engine, metrics, capacity
         self.cond = threading.Condition()
-        self.sinks: dict[int, tuple[asyncio.Queue, int]] = {}
+        self.sinks: dict[int, tuple[Sink, int]] = {}
         self.held: dict[int, list[Event]] = {}  # the events so far of requests whose sink takes them whole
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = self.closed = False
@@ -171,7 +181,7 @@ class Batcher:
     def in_flight(self) -> int:
         return len(self.sinks)
 
-    def submit(self, jobs, sink: asyncio.Queue, whole: bool = False) -> list[int]:
+    def submit(self, jobs, sink: Sink, whole: bool = False) -> list[int]:
         """Queue one engine request per job; their events go to `sink`. whole: only each request's
         last event, holding all its text (a response that is not streamed: no wake-up per step)."""
         with self.cond:
@@ -270,6 +280,8 @@ class Batcher:
             deliveries, self.outbox, self.posted = self.outbox, [], False
         for queue, index, event in deliveries:
             queue.put_nowait((index, event))
+            if event.stats is not None:
+                queue.ended.set()
 
 
 # --- the app ---------------------------------------------------------------------------------------
@@ -331,7 +343,7 @@ async def _wait_disconnect(receive) -> None:
 
 
 async def respond(request: HttpRequest, state: State, parsed: Request) -> Response:
-    queue: asyncio.Queue = asyncio.Queue()
+    queue = Sink()
     ids = state.batcher.submit(parsed.jobs, queue, whole=not parsed.stream)
     reply = Reply(parsed, state.model_id)
     if parsed.stream:
@@ -366,7 +378,7 @@ def failed(state: State, reply: Reply) -> None:
         raise ApiError(500, state.batcher.failure or "the engine stopped", code="engine_failed", kind="server_error")
 
 
-async def stream(state: State, reply: Reply, ids: list[int], queue: asyncio.Queue):
+async def stream(state: State, reply: Reply, ids: list[int], queue: Sink):
     """The server-sent events of one request: a chunk per piece of text, each choice's last with its
     finish_reason, the usage when asked for, then [DONE]. Cancelled (the client left): its rows are
     freed in `finally`."""
@@ -392,8 +404,11 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: asyncio.Queu
         loop = asyncio.get_running_loop()
         while reply.left:
             wait = sent + CHUNK_S - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)  # the text made meanwhile goes in one chunk
+            if wait > 0:  # the text made meanwhile goes in one chunk; a choice's end goes at once
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await queue.ended.wait()
+            queue.ended.clear()
             items = await take(queue)
             sent = loop.time()
             for index, event in items:
@@ -660,8 +675,6 @@ def serve(model: str | None, device: str, host: str, port: int, api_key: str | N
     state = State(engine, Path(path), Limits(max_tokens_limit, max_n, max_prompt_chars), max_body, api_key,
                   Batcher(engine, metrics, rows + queue), metrics)
     quiet_logging()
-    if os.environ.get("SGPT_SWITCH"):
-        sys.setswitchinterval(float(os.environ["SGPT_SWITCH"]))
     AppStatus.disable_automatic_graceful_drain()  # `stop` ends the streams itself, then sets should_exit
     config = uvicorn.Config(build_app(state), log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(STOP_GRACE_S), timeout_keep_alive=5, server_header=False)
