@@ -85,17 +85,17 @@ def recorded_lines(r: dict) -> list[str]:
     """The figure in the model file beside this measurement. They are the same protocol (the whole
     validation split in windows of the block size), so on the CPU that exported the model they
     agree to float rounding; when their 4-decimal roundings differ both are given to 6 decimals,
-    with the difference and, for an int8 model, why: ONNX Runtime's int8 matrix products
-    (MatMulNBits) use each CPU's own int8 instructions (AVX2, AVX-512 VNNI, ...), and their
-    results differ by a few 1e-5 nats/char between CPUs."""
+    with the difference and, for an int8 model, why: ONNX Runtime's matrix kernels use each CPU's
+    own vector instructions (AVX2, AVX-512, ...), and their results differ by a few 1e-5 nats/char
+    between CPUs."""
     rec, loss = r["recorded_val_loss"], r["loss"]
     if f"{rec:.4f}" == f"{loss:.4f}" or r["split"] != "val":
         return [f"recorded    {rec:.4f} nats/char validation loss, in the model file"]
     out = [f"recorded    {rec:.6f} nats/char validation loss, in the model file; measured here {loss:.6f} "
            f"({loss - rec:+.6f})"]
     if r.get("quantization") == "int8" and abs(loss - rec) < 5e-4:
-        out.append("note        an int8 model's figure moves by a few 1e-5 between CPUs (ONNX Runtime's int8 "
-                   "matrix products use each CPU's own instructions); it was recorded on the CPU that exported it")
+        out.append("note        an int8 model's figure moves by a few 1e-5 between CPUs (ONNX Runtime's matrix "
+                   "kernels use each CPU's own instructions); it was recorded on the CPU that exported it")
     return out
 
 
