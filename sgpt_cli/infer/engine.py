@@ -12,10 +12,10 @@ What it does not do: import torch, print, know about terminals or tokenization b
 vocabulary (prompts are ids of known characters; sgpt_cli.infer.complete says what was dropped).
 
 How a request runs (format 2 of docs/onnx-interface.md): its prompt, trimmed once to the window, is
-prefilled alone (batch 1, its own length, on the model's prefill session) into its row of the cache, `[rows, span, kv_width]` per
-layer; then each `step` samples one character for every running row and feeds them all in one call
-(two parts at once when there are several rows: sgpt_cli.infer.onnx_model.STEP_PARTS), each row at
-its own position. The graph writes the new keys and values in place at slot `position mod span` and
+prefilled alone (batch 1, its own length, on the model's prefill session) into its row of the
+cache, `[rows, span, kv_width]` per layer; then each `step` samples one character for every
+running row and feeds them all in one call (two parts at once when there are several rows:
+sgpt_cli.infer.onnx_model.STEP_PARTS), each row at its own position. The graph writes the new keys and values in place at slot `position mod span` and
 masks by position; the span is the smallest multiple of SPAN_STEP that holds every running row's
 positions, and block_size once a row's window is full, so past the window the cache rolls by
 itself, rows of any lengths share a step without padding, and attention reads only what was written.

@@ -92,8 +92,8 @@ def evaluate(model: str | Path | None = None, data: Path | None = None, split: s
         "device": onnx.device,
         "recorded_val_loss": onnx.val_loss,
         # recorded minus measured: 0 up to float rounding on the CPU that exported the model; an
-        # int8 model scores a few 1e-5 apart on CPUs with other vector instructions (its dequantized
-        # float32 matmuls: sgpt_cli.infer.onnx_model.PREFILL_THREADS)
+        # int8 model scores a few 1e-5 apart on CPUs with other vector instructions (it is scored in
+        # float32 from its dequantized weights: OnnxModel.prefill_session)
         "recorded_minus_measured": None if onnx.val_loss is None else onnx.val_loss - loss,
         "quantization": onnx.meta.get("sgpt.quantization") or "none",
         # whether this is the very text the model was trained on (None: the model does not say)

@@ -9,6 +9,7 @@ sgpt_cli.infer.onnx_model feed and read them.
 from __future__ import annotations
 
 FORMAT = "2"  # metadata sgpt.format of the files this sgpt writes and reads
+KV_HEADS_KEY = "sgpt.n_kv_head"  # key/value heads (grouped-query attention); absent = n_head (files before it)
 INPUT_IDS = "input_ids"  # (batch, sequence) int64 character ids
 POSITION_IDS = "position_ids"  # (batch, sequence) int64 absolute positions, consecutive within a row
 LOGITS = "logits"  # (batch, sequence, vocab) float32

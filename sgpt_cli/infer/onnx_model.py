@@ -18,7 +18,7 @@ from sgpt_cli.config import MAX_BLOCK_SIZE
 from sgpt_cli.errors import SgptError, UsageError, first_line, shown
 from sgpt_cli.files import probe
 from sgpt_cli.infer.interrupt import RunGuard
-from sgpt_cli.infer.interface import FORMAT, INPUT_IDS, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
+from sgpt_cli.infer.interface import FORMAT, INPUT_IDS, KV_HEADS_KEY, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
 # Threads, measured on the 2-core development machine with the shipped model (ms per decode step,
@@ -49,7 +49,6 @@ THREADS_ENV = "SGPT_THREADS"
 PREFILL_THREADS = 2
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")
-KV_HEADS_KEY = "sgpt.n_kv_head"  # key/value heads (grouped-query attention); absent = n_head (files before it)
 
 
 def _ort():

@@ -31,7 +31,7 @@ from sgpt_cli.train import checkpoint, onnx_graph
 from sgpt_cli.config import model_config_from_dict
 from sgpt_cli.errors import SgptError, first_line
 from sgpt_cli.files import atomic_path, check_writable_target
-from sgpt_cli.infer.interface import FORMAT
+from sgpt_cli.infer.interface import FORMAT, KV_HEADS_KEY
 from sgpt_cli.settings import CHECKPOINT, EXPORT_OUT, QUANTIZE
 from sgpt_cli.train.model import GPT
 from sgpt_cli.infer.tokenizer import CharTokenizer
@@ -92,7 +92,7 @@ def metadata_for(model: GPT, ckpt: dict, val_loss, quantization: str) -> dict[st
         "sgpt.block_size": str(cfg.block_size),
         "sgpt.n_layer": str(cfg.n_layer),
         "sgpt.n_head": str(cfg.n_head),
-        "sgpt.n_kv_head": str(cfg.kv_heads),
+        KV_HEADS_KEY: str(cfg.kv_heads),
         "sgpt.n_embd": str(cfg.n_embd),
         "sgpt.val_loss": _loss_text(val_loss),
         "sgpt.data_sha256": str(ckpt.get("data_sha256", "")),
