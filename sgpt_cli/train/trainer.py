@@ -825,7 +825,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
             run.step_started = None
         save_on_interrupt(run, stop)
     finally:
-        _leave_group(run.dist)
+        _leave_group(run)
     if status != "interrupted" and run.dist.master:
         try:
             val, note = measure_val(run, stop, report)
@@ -913,9 +913,20 @@ def _mean_over_ranks(loss: torch.Tensor, dist: Dist) -> float:
     return total.item() / dist.world
 
 
-def _leave_group(dist: Dist) -> None:
-    if dist.world > 1:
-        import torch.distributed as tdist
+GLOO_SETTLE_SECONDS = 0.25  # how long the ranks' last collective is given to be released before the group goes
 
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
+
+def _leave_group(run: Run) -> None:
+    """Leave the process group in one known order. gloo's worker threads release each finished
+    collective's tensors under the GIL, and the group's destructor joins those threads while holding
+    it (torch 2.13): a rank that drops the group right after its last collective can wait for ever
+    (seen: rank 1's final gather of the random streams, then DDP's reducer dropped at return).
+    So the GIL is let go first (a sleep), then DDP is unwrapped and the group destroyed here."""
+    if run.dist.world <= 1:
+        return
+    import torch.distributed as tdist
+
+    time.sleep(GLOO_SETTLE_SECONDS)
+    run.model = run.raw_model  # DDP's reducer holds the group: it goes first, while the workers idle
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
