@@ -237,6 +237,47 @@ def test_time_budget_stops_the_run_and_the_schedule_fits_it(tmp_path, text_file)
     assert lr(100.0) == pytest.approx(cfg.min_lr)
 
 
+def test_trapezoid_schedule_is_flat_then_falls_linearly_to_the_floor_over_the_cooldown():
+    cfg = build_train_config("tiny", {"max_iters": 10**6, "time_budget": 100.0, "warmup_iters": 0,
+                                      "lr_schedule": "trapezoid", "cooldown": 0.25})
+    lr = lambda seconds: trainer.lr_at(cfg, 10, trainer.schedule_progress(cfg, 10, seconds))  # noqa: E731
+    assert lr(0.0) == lr(50.0) == lr(75.0) == cfg.learning_rate  # flat until the last quarter
+    assert lr(87.5) == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2)
+    assert lr(100.0) == pytest.approx(cfg.min_lr) and lr(150.0) == pytest.approx(cfg.min_lr)
+
+
+def test_a_checkpoint_from_before_the_schedule_setting_resumes_with_the_cosine_it_had():
+    from sgpt_cli.config import train_config_from_dict
+
+    saved = dataclasses.asdict(build_train_config("cpu", {}))
+    assert saved.pop("lr_schedule") == "trapezoid"  # today's default
+    assert train_config_from_dict(saved).lr_schedule == "cosine"
+    assert train_config_from_dict({**saved, "lr_schedule": "trapezoid"}).lr_schedule == "trapezoid"
+
+
+class _CompileFails(torch.nn.Module):
+    """What torch.compile returns on a machine where compiling fails: it raises at the first call."""
+
+    def __init__(self, module):
+        super().__init__()
+        self._orig_mod = module
+
+    def forward(self, x):
+        raise RuntimeError("InductorError: C++ compiler not found\nwith a second line")
+
+
+def test_a_compile_that_fails_gives_one_warning_and_the_run_trains_on_without_it(tmp_path, text_file, monkeypatch):
+    monkeypatch.setattr(torch, "compile", _CompileFails)
+    events = []
+    result = run_trainer(text_file, tmp_path / "c.pt", max_iters=6, eval_interval=3, compile=True, callback=events.append)
+    plain = run_trainer(text_file, tmp_path / "p.pt", max_iters=6, eval_interval=3, compile=False)
+    assert result.status == "done" and result.iters == 6
+    warnings = [e.info["message"] for e in events if e.kind == "warning"]
+    assert len(warnings) == 1 and "torch.compile does not work here" in warnings[0] and "C++ compiler" in warnings[0]
+    assert "\n" not in warnings[0] and "--no-compile" in warnings[0]
+    assert result.best_val_loss == plain.best_val_loss  # the same training as without --compile
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, text_file):
     result = invoke(*FAST_FLAGS, "--data", str(text_file), "--out", str(tmp_path / "m.pt"), "--lr", "1e6")
     assert result.exit_code == 1
@@ -322,6 +363,10 @@ BAD_RUNS = {
     "negative n_kv_head": (["--data", "{text}", "--n-kv-head", "-1"], "--n-kv-head (-1) must divide"),
     "block size 0": (["--data", "{text}", "--block-size", "0"], "--block-size must be from 1 to 65536 (got 0)"),
     "negative lr": (["--data", "{text}", "--lr", "-0.001"], "--learning-rate must be positive"),
+    "unknown schedule": (["--data", "{text}", "--lr-schedule", "linear"], "--lr-schedule must be cosine or trapezoid"),
+    "cooldown 0": (["--data", "{text}", "--cooldown", "0"], "--cooldown must be in (0, 1] (got 0.0)"),
+    "cooldown above 1": (["--data", "{text}", "--cooldown", "1.5"], "--cooldown must be in (0, 1]"),
+    "no Newton-Schulz step": (["--data", "{text}", "--muon-ns-steps", "0"], "--muon-ns-steps must be from 1 to 20"),
     "unknown preset": (["--data", "{text}", "--preset", "huge"], "unknown --preset 'huge'"),
     "bad device": (["--data", "{text}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
     "resume nothing": (["--data", "{text}", "--resume"], "nothing to resume"),

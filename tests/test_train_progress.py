@@ -231,7 +231,7 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
     assert f"{idle.iters_per_s * chars:,.0f} tokens/s" in line and "a busy machine or fewer cores" in line
     assert f"~{idle.iters_per_s * 280:,.0f} iterations in this budget" in line
     assert f"{idle.iters_per_s / (97 / 276):.1f}x slower" in line
-    assert "val 2.3861 vs 1.5522 there (+0.8339)" in line
+    assert f"val 2.3861 vs {idle.val_loss:.4f} there (+{2.3861 - idle.val_loss:.4f})" in line
     pace = trainer.Result("time", round(idle.iters_per_s * 280), 1.6, 280.0, Path("m.pt"), Path("m.last.pt"),
                           1, 1.55)
     assert "slower" not in idle_comparison(cfg, pace, "cpu", 1, default_data=True)
@@ -240,7 +240,7 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
     assert idle_comparison(build_train_config("tiny", {}), slow, "cpu", 1, True) is None
     assert idle_comparison(cfg, slow, "cuda", 1, True) is None
     # another text, or another budget: the pace alone (the val figure belongs to the default run)
-    assert "1.5522" not in idle_comparison(cfg, slow, "cpu", 1, default_data=False)
+    assert f"{idle.val_loss:.4f}" not in idle_comparison(cfg, slow, "cpu", 1, default_data=False)
 
 
 def test_a_cpu_preset_run_ends_with_the_idle_comparison(tmp_path, text_file):

@@ -92,7 +92,10 @@ OPTIONS = (
     _hyper("dropout", "Dropout probability."),
     _hyper("batch_size", "Sequences per optimizer step (per process under torchrun)."),
     _hyper("learning_rate", "Peak learning rate.", "--lr"),
-    _hyper("min_lr", "Learning rate at the end of the cosine decay."),
+    _hyper("min_lr", "Learning rate at the end of the decay."),
+    _hyper("lr_schedule", "After warmup: cosine (down to --min-lr over the run), or trapezoid (flat, then "
+           "linear down to --min-lr over the last --cooldown of the run).").but(metavar="cosine|trapezoid"),
+    _hyper("cooldown", "trapezoid: the fraction of the run, at its end, over which the rate decays."),
     _hyper("warmup_iters", "Steps of linear warmup."),
     _hyper("lr_decay_iters", "Steps over which to decay (0 = the whole run)."),
     _hyper("weight_decay", "AdamW weight decay on matrices."),
@@ -102,6 +105,7 @@ OPTIONS = (
     _hyper("optimizer", "adamw, or muon (Muon for the blocks' matrices, AdamW for the rest).").but(metavar="adamw|muon"),
     _hyper("muon_lr_scale", "Muon's learning rate as a multiple of --learning-rate."),
     _hyper("muon_momentum", "Muon's momentum."),
+    _hyper("muon_ns_steps", "Newton-Schulz iterations per Muon update (fewer: cheaper steps, rougher orthogonalisation)."),
     _hyper("eval_interval", "Most steps between estimates and checkpoints (with a time budget, also one "
            "every eighth of the budget at least: a curve on a slow machine)."),
     _hyper("eval_iters", "Batches per estimate (with a time budget, fewer where they would cost more than "

@@ -105,7 +105,7 @@ def build_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> Chained
     hidden_ids = {id(p) for p in hidden}
     embeddings = [p for p in matrices if id(p) not in hidden_ids]  # wte, tied to lm_head
     muon = Muon([{"params": hidden, "lr_scale": cfg.muon_lr_scale}], lr=cfg.learning_rate * cfg.muon_lr_scale,
-                weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
+                weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps)
     adamw = _adamw([
         {"params": embeddings, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
         {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},

@@ -124,10 +124,14 @@ def hardware_name(device: str) -> str:
 
 
 def lr_at(cfg: TrainConfig, it: int, progress: float) -> float:
-    """Linear warmup, then cosine from learning_rate down to min_lr as `progress` goes 0 -> 1."""
+    """Linear warmup, then from learning_rate down to min_lr as `progress` goes 0 -> 1: a cosine, or
+    a trapezoid (flat until the last `cooldown` of the run, then linear)."""
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     progress = min(max(progress, 0.0), 1.0)
+    if cfg.lr_schedule == "trapezoid":
+        left = min((1.0 - progress) / cfg.cooldown, 1.0)  # 1 while flat, then down to 0
+        return cfg.min_lr + left * (cfg.learning_rate - cfg.min_lr)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
@@ -299,6 +303,8 @@ class Run:
     step_started: float | None = None  # perf_counter when the step in progress began (None: between steps)
     saved_iter: int | None = None
     best_iter: int | None = None
+    compiling: bool = False  # torch.compile'd, and the first step (where it compiles) still to come
+    compile_note: str | None = None  # why torch.compile was given up, said once after the first step
     rng_at: tuple[int, list] | None = None  # every rank's random streams, gathered at this iteration
     # rank 0's (elapsed, reserve, forward pass of a batch) at this step: the schedule's clock
     clock: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -393,12 +399,12 @@ def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, re
             raise SgptError(f"the training state in {checkpoint.last_path(out).name} does not fit its model "
                             f"({first_line(exc, 100)}); start over with --force, or fine-tune its weights with "
                             "--init-from") from None
-    if cfg.compile:
-        run.model = torch.compile(run.model)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         run.model = DDP(run.model, device_ids=[dist.local_rank] if device == "cuda" else None)
+    if cfg.compile:  # outermost, so that a failed compile falls back to exactly what ran before
+        run.model, run.compiling = torch.compile(run.model), True
     if dist.master and resume is None:
         # a fresh run (--force): no stale resumable state, metrics or curve of an older run survive
         for stale in (checkpoint.last_path(out), checkpoint.metrics_path(out), checkpoint.curve_path(out)):
@@ -666,11 +672,7 @@ def step(run: Run, stop: Stop) -> float:
     try:
         with cut_short:
             x, y = run.train_batches.sample(run.gen)
-            with run.autocast():
-                logits, _ = run.model(x)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _first_compiled(run, x, y) if run.compiling else _backward(run, x, y)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
     except KeyboardInterrupt:
@@ -685,6 +687,36 @@ def step(run: Run, stop: Stop) -> float:
     loss_value = _mean_over_ranks(loss, run.dist)  # the same value on every rank: all stop together
     check_finite(run, loss_value)
     return loss_value
+
+
+def _backward(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The batch's loss, its gradients filled in."""
+    with run.autocast():
+        logits, _ = run.model(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
+def _first_compiled(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The first step of a torch.compile'd model, where it compiles (forward and backward). Where
+    that fails (no C++ compiler, an unsupported platform), the run goes on without it and says why
+    once (`compile_note`) rather than ending."""
+    run.compiling = False
+    try:
+        return _backward(run, x, y)
+    except Exception as exc:  # torch._dynamo / inductor raise many types; a bad batch fails eager too
+        run.model = run.model._orig_mod
+        run.compile_note = (f"torch.compile does not work here ({first_line(exc, 120)}); training without it "
+                            "(--no-compile skips the attempt)")
+        return _backward(run, x, y)
+
+
+def compile_warning(run: Run, report: Callable[[Event], None]) -> None:
+    if run.compile_note:
+        report(Event("warning", run.it, info={"message": run.compile_note}))
+        run.compile_note = None
 
 
 def check_finite(run: Run, loss_value: float) -> None:
@@ -813,6 +845,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
             loss = step(run, stop)
             if len(run.pace.steps) == 1:
                 gpu_preset_warning(run, report)
+                compile_warning(run, report)
             report(step_event(run, loss))
         if status == "interrupted":
             save_on_interrupt(run, stop)
