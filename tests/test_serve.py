@@ -314,6 +314,44 @@ def test_n_choices_and_a_list_of_prompts_each_equal_their_single_run(server, mod
         assert text == alone(model, "JULIET:\n", max_tokens=12, seed=8 + j, stop=("\n\n",))
 
 
+def test_requests_spread_over_the_lanes_each_its_single_run_and_a_cancel_reaches_its_lane(tiny_onnx, model):
+    """Two lanes (each an Engine with a 1-thread session and a thread of its own): requests go to the
+    lane with the fewest in flight, a row's text is its single run whatever lane it ran in, and a
+    cancel by the (lane, request) number ends that request (this test's bound: 60 s)."""
+    from sgpt_cli.infer.engine import Engine
+    from sgpt_cli.infer.onnx_model import OnnxModel
+    from sgpt_cli.web import server as web
+
+    engines = [Engine(OnnxModel(tiny_onnx, device="cpu", threads=1), max_rows=2) for _ in range(2)]
+    batcher = web.Batcher(engines, web.Metrics(), capacity=16)
+    prompts = ["ROMEO:", "JULIET:", "HAMLET:", "To be"]
+    fed = lambda p: read_for_model([p], model.tokenizer.stoi, model.block_size).fed  # noqa: E731
+
+    async def drain(sink) -> tuple[str, str]:
+        text = ""
+        while True:
+            _, event = await sink.get()
+            text += event.text
+            if event.stats is not None:
+                return text, event.stats.stop_reason
+
+    async def run():
+        batcher.start(asyncio.get_running_loop())
+        sinks = [web.Sink() for _ in range(len(prompts) + 1)]
+        ids = [batcher.submit([(fed(p), SamplingParams(max_tokens=40, seed=k))], sinks[k]) for k, p in enumerate(prompts)]
+        endless = batcher.submit([(fed("KING:"), SamplingParams(max_tokens=10**6, seed=9))], sinks[-1])
+        batcher.cancel(endless)
+        return ids, endless, [await drain(sink) for sink in sinks]
+
+    try:
+        ids, endless, results = asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        batcher.close()
+    assert [key[0][0] for key in ids] == [0, 1, 0, 1] and endless[0][0] == 0
+    assert [text for text, _ in results[:-1]] == [alone(model, p, max_tokens=40, seed=k) for k, p in enumerate(prompts)]
+    assert results[-1][1] == "cancelled" and batcher.in_flight == 0 and batcher.load == [0, 0]
+
+
 def test_models_health_and_metrics(server):
     models = httpx.get(server.url + "/v1/models", timeout=10).json()
     assert models["object"] == "list" and models["data"][0]["id"] == "tiny"
