@@ -51,6 +51,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from sgpt_cli.infer.engine import Event
+from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
 
@@ -60,13 +61,13 @@ STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send thei
 # moves 40 times a second, and 16 streams cost the event loop (which shares the GIL with the engine)
 # a chunk per 25 ms each rather than one per character.
 CHUNK_S = 0.025
-# Lanes of rows on the CPU, each its own Engine, 1-thread session and thread: one per core (onnx_model's
-# STEP_PARTS), so that one lane's Python overlaps the other's ONNX Runtime call. Engine alone, 16 x 200
-# characters, 5 rounds on a drifting host: one engine of 16 rows 1,612 chars/s, two lanes of 8 2,020
+# Lanes of rows on the CPU, each its own Engine, 1-thread session and thread: one per core (the count
+# of onnx_model's STEP_PARTS), so that one lane's Python overlaps the other's ONNX Runtime call.
+# Engine alone, 16 x 200 characters, 5 rounds on a drifting host: one engine of 16 rows 1,612 chars/s, two lanes of 8 2,020
 # (median; better in 3 rounds of 5); the server, 16 clients over one: 2.56x (median of 5 runs) vs the
 # single engine's 1.88x (median of 4); three lanes did worse than two. A row's text does not depend on
 # its lane (tests/test_serve.py). On CUDA one engine: the device batches by itself.
-SERVE_LANES = 2
+SERVE_LANES = STEP_PARTS
 RETRY_AFTER_S = 1  # what a 429 tells a client to wait: a row frees every few hundred characters
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 
@@ -176,7 +177,6 @@ class Batcher:
         self.cond = threading.Condition()
         self.sinks: dict[tuple[int, int], tuple[Sink, int]] = {}
         self.held: dict[tuple[int, int], list[Event]] = {}  # events so far of requests whose sink takes them whole
-        self.load = [0] * len(self.engines)  # choices in flight per lane
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = self.closed = False
         self.failure: str | None = None  # the last engine failure, said to the requests it ended
@@ -195,6 +195,14 @@ class Batcher:
     def in_flight(self) -> int:
         return len(self.sinks)
 
+    @property
+    def load(self) -> list[int]:
+        """Choices in flight per lane."""
+        counts = [0] * len(self.engines)
+        for lane, _ in self.sinks:
+            counts[lane] += 1
+        return counts
+
     def submit(self, jobs, sink: Sink, whole: bool = False) -> list[tuple[int, int]]:
         """Queue one engine request per job; their events go to `sink`. whole: only each request's
         last event, holding all its text (a response that is not streamed: no wake-up per step)."""
@@ -207,9 +215,9 @@ class Batcher:
                                     f"{self.capacity} at most (--rows + --queue); retry in {RETRY_AFTER_S} s",
                                code="rate_limit_exceeded", kind="rate_limit_error",
                                headers={"Retry-After": str(RETRY_AFTER_S)})
-            lane = min(range(len(self.engines)), key=self.load.__getitem__)
+            load = self.load
+            lane = min(range(len(self.engines)), key=load.__getitem__)
             ids = [(lane, self.engines[lane].submit(prompt, params)) for prompt, params in jobs]
-            self.load[lane] += len(ids)
             for index, key in enumerate(ids):
                 self.sinks[key] = (sink, index)
                 if whole:
@@ -278,7 +286,6 @@ class Batcher:
                     e = merged(e.request, self.held.pop(key))
                 if e.stats is not None:
                     del self.sinks[key]
-                    self.load[lane] -= 1
                 deliveries.append((sink[0], sink[1], e))
             self.metrics.in_flight = len(self.sinks)
             self.metrics.queued = sum(e.queued for e in self.engines)
