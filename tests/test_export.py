@@ -623,3 +623,70 @@ def test_int8_prefills_run_in_float32_on_their_own_session_with_the_same_bits_on
         logits = [c.prefill(1, ids) for c in caches]
         assert np.array_equal(*logits)
         assert all(np.array_equal(a[1, :T], b[1, :T]) for a, b in zip(caches[0].buffers, caches[1].buffers))
+
+
+# -- the architecture options (sgpt train --mlp, --no-tied-head, --qk-norm, --logit-cap) ----------------
+
+VARIANTS = {
+    "relu2": (dict(mlp="relu2"), {"Relu"}),
+    "untied head": (dict(tied_head=False), set()),
+    "qk-norm": (dict(qk_norm=True), {"RMSNormalization"}),
+    "logit cap": (dict(logit_cap=3.0), {"Tanh"}),
+    "all at once, grouped": (dict(mlp="relu2", tied_head=False, qk_norm=True, logit_cap=3.0, n_kv_head=1),
+                             {"Relu", "RMSNormalization", "Tanh"}),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_architecture_option_exports_matching_pytorch_with_batched_rows_bitwise(name, tmp_path, text_file):
+    """Random weights large enough that each option changes the logits (the head's too, when untied;
+    logits scaled up so the cap of 3 bites): the file has the option's operators, standard ONNX only,
+    matches PyTorch through prefill, steps and the rolling window with batched rows bitwise alone, and
+    the reference evaluator agrees with ONNX Runtime."""
+    import dataclasses
+
+    import onnx
+
+    from sgpt_cli.config import ModelConfig, TrainConfig
+    from sgpt_cli.infer.tokenizer import CharTokenizer
+    from sgpt_cli.train import checkpoint
+    from sgpt_cli.train.export import export, load_model, verify
+    from sgpt_cli.train.model import GPT
+
+    options, ops = VARIANTS[name]
+    torch.manual_seed(1)
+    chars = sorted(set(text_file.read_text(encoding="utf-8")))
+    cfg = ModelConfig(vocab_size=len(chars), block_size=40, n_layer=2, n_head=2, n_embd=32, **options)
+    model = GPT(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 1.0)  # an untied head starts at zero: give it something to show
+    plain = GPT(ModelConfig(**{**dataclasses.asdict(cfg), **dict(mlp="gelu", qk_norm=False, logit_cap=0.0)}))
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(0, len(chars), (1, 12))
+    # the option is really in the network
+    assert torch.allclose(model(ids)[0], plain(ids)[0]) == (ops == set())
+    assert (model.lm_head.weight is model.wte.weight) == cfg.tied_head
+    ckpt = tmp_path / "m.pt"
+    checkpoint.save(ckpt, {
+        "model": model.state_dict(), "model_config": dataclasses.asdict(cfg),
+        "train_config": dataclasses.asdict(TrainConfig()), "vocab": CharTokenizer(chars).to_json(),
+        "iter": 0, "val_loss": None, "data_sha256": "", "train_seconds": 0.0, "hardware": "random weights"})
+    export(ckpt, tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert ops <= {n.op_type for n in proto.graph.node} and {o.domain for o in proto.opset_import} == {""}
+    reloaded, _ = load_model(ckpt)
+    assert reloaded.cfg == cfg
+    report = verify(reloaded, tmp_path / "m.onnx")
+    assert report["max_abs_diff"] <= 1e-4 and report["batch_bitwise"]
+    _, _, diff = reference_and_runtime_losses(tmp_path / "m.onnx", text_file.read_text(encoding="utf-8"), windows=1)
+    assert diff <= 1e-4
+
+
+def test_a_model_config_from_before_the_options_reads_as_the_original_model():
+    from sgpt_cli.config import ModelConfig, model_config_from_dict
+
+    old = {"vocab_size": 65, "block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.0,
+           "rope_base": 10000.0}  # what sgpt wrote before n_kv_head and the options existed
+    cfg = model_config_from_dict(old)
+    assert (cfg.mlp, cfg.tied_head, cfg.qk_norm, cfg.logit_cap, cfg.kv_heads) == ("gelu", True, False, 0.0, 6)
+    assert cfg == ModelConfig(**old)

@@ -255,6 +255,28 @@ def test_a_checkpoint_from_before_the_schedule_setting_resumes_with_the_cosine_i
     assert train_config_from_dict({**saved, "lr_schedule": "trapezoid"}).lr_schedule == "trapezoid"
 
 
+# what checkpoints written before these settings existed lack (train_config, model_config)
+NEWER_SETTINGS = ("lr_schedule", "cooldown", "muon_ns_steps", "mlp", "tied_head", "qk_norm", "logit_cap")
+
+
+def test_a_checkpoint_from_before_the_newer_settings_resumes_as_the_model_it_was(tmp_path, text_file):
+    """Every setting added since checkpoints were first written, stripped from a saved run: it resumes
+    (no "model shape does not match"), with the schedule and network it was trained with."""
+    from sgpt_cli.config import FORMER_DEFAULTS
+
+    first = run_trainer(text_file, tmp_path / "old.pt", max_iters=4, eval_interval=2)  # tiny: cosine, no QK-norm
+    state = torch.load(first.last, weights_only=True)
+    for part in ("train_config", "model_config"):
+        state[part] = {k: v for k, v in state[part].items() if k not in NEWER_SETTINGS}
+    checkpoint.save(first.last, state)
+    text, sha = read_text(text_file)
+    ckpt, cfg = trainer.load_resume_state(tmp_path / "old.pt", sha, CharTokenizer.from_text(text), {"max_iters": 6})
+    assert (cfg.lr_schedule, cfg.qk_norm, cfg.mlp, cfg.tied_head, cfg.logit_cap) == ("cosine", False, "gelu", True, 0.0)
+    assert set(FORMER_DEFAULTS) <= set(NEWER_SETTINGS)
+    resumed = trainer.train(cfg, text, sha, tmp_path / "old.pt", device="cpu", resume=ckpt)
+    assert (resumed.status, resumed.iters) == ("done", 6)
+
+
 class _CompileFails(torch.nn.Module):
     """What torch.compile returns on a machine where compiling fails: it raises at the first call."""
 
@@ -367,6 +389,8 @@ BAD_RUNS = {
     "cooldown 0": (["--data", "{text}", "--cooldown", "0"], "--cooldown must be in (0, 1] (got 0.0)"),
     "cooldown above 1": (["--data", "{text}", "--cooldown", "1.5"], "--cooldown must be in (0, 1]"),
     "no Newton-Schulz step": (["--data", "{text}", "--muon-ns-steps", "0"], "--muon-ns-steps must be from 1 to 20"),
+    "unknown activation": (["--data", "{text}", "--mlp", "swish"], "--mlp must be gelu or relu2 (got 'swish')"),
+    "negative logit cap": (["--data", "{text}", "--logit-cap", "-1"], "--logit-cap must not be negative"),
     "unknown preset": (["--data", "{text}", "--preset", "huge"], "unknown --preset 'huge'"),
     "bad device": (["--data", "{text}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
     "resume nothing": (["--data", "{text}", "--resume"], "nothing to resume"),
@@ -474,3 +498,32 @@ def test_a_log_file_gets_periodic_status_lines(tmp_path, text_file, monkeypatch)
     assert result.exit_code == 0, result.output
     status = [line for line in result.stdout.splitlines() if line.startswith("iter ") and "tok/s" in line]
     assert len(status) >= 5 and "eta " in status[-1]
+
+
+def test_muon_steps_matrices_of_one_shape_as_a_stack_exactly_as_one_at_a_time():
+    """The batched Muon step (one Newton-Schulz stack per shape) gives each matrix the update of the
+    per-matrix rule: Nesterov momentum, orthogonalised, decayed, scaled by 0.2 sqrt(max dim); tall and
+    wide matrices alike, and the momentum state stays one buffer per parameter (checkpoints resume)."""
+    from sgpt_cli.train.optim import Muon, orthogonalise
+
+    torch.manual_seed(0)
+    shapes = [(24, 8), (24, 8), (8, 24), (8, 8), (24, 8)]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    start = [p.detach().clone() for p in params]
+    opt = Muon(params, lr=0.01, weight_decay=0.1, momentum=0.9, ns_steps=5)
+    bufs = [torch.zeros(s) for s in shapes]
+    for step in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, (g, s) in enumerate(zip(grads, shapes)):
+            bufs[i] = bufs[i].lerp(g, 0.1)
+            update = orthogonalise(g.lerp(bufs[i], 0.9), 5)  # one matrix alone
+            start[i] = start[i] * (1 - 0.01 * 0.1) - 0.01 * 0.2 * max(s) ** 0.5 * update
+    for p, expected, buf in zip(params, start, bufs):
+        assert torch.allclose(p.detach(), expected, atol=1e-5)
+        assert torch.allclose(opt.state[p]["momentum_buffer"], buf, atol=1e-6)
+    one = orthogonalise(torch.randn(24, 8), 5)
+    singular = torch.linalg.svdvals(one)
+    assert singular.min() > 0.5 and singular.max() < 1.5  # roughly semi-orthogonal, as Newton-Schulz promises

@@ -285,6 +285,33 @@ def test_init_from_extends_the_vocabulary_and_keeps_the_old_rows(tmp_path, text_
     assert again.exit_code == 0, again.output
 
 
+def test_init_from_an_untied_head_extends_the_head_too_and_keeps_the_options(tmp_path, text_file):
+    """A model with its own head (and the other options): fine-tuning on new characters gives the head
+    rows for them (zero: unlikely until trained, moved only by the few steps), keeps the parent's rows
+    and keeps every option, which it refuses to change."""
+    parent_path = tmp_path / "parent.pt"
+    options = ["--no-tied-head", "--qk-norm", "--mlp", "relu2", "--logit-cap", "20"]
+    trained = invoke(*FAST_FLAGS, "--data", str(text_file), "--out", str(parent_path), "--max-iters", "6", *options)
+    assert trained.exit_code == 0, trained.output
+    new_text = tmp_path / "new.txt"
+    new_text.write_text(text_file.read_text() + "\nÉlan ß\n" * 50, encoding="utf-8")
+    out = tmp_path / "ft.pt"
+    result = invoke(*FAST_FLAGS, "--data", str(new_text), "--out", str(out), "--init-from", str(parent_path),
+                    "--max-iters", "2", "--lr", "1e-5", "--min-lr", "1e-6")
+    assert result.exit_code == 0, result.output
+    parent, child = torch.load(parent_path, weights_only=True), torch.load(out, weights_only=True)
+    old = len(checkpoint.vocab_from(parent))
+    for name in ("wte.weight", "lm_head.weight"):
+        assert (child["model"][name][:old] - parent["model"][name][:old]).abs().max() < 0.01
+    assert child["model"]["lm_head.weight"][old:].abs().max() < 0.01  # new characters' rows started at zero
+    assert not torch.equal(child["model"]["lm_head.weight"], child["model"]["wte.weight"])
+    shape = child["model_config"]
+    assert (shape["tied_head"], shape["qk_norm"], shape["mlp"], shape["logit_cap"]) == (False, True, "relu2", 20.0)
+    refused = invoke(*FAST_FLAGS, "--data", str(new_text), "--out", str(tmp_path / "x.pt"), "--init-from",
+                     str(parent_path), "--tied-head")
+    assert refused.exit_code == 2 and "keeps the shape it starts from" in refused.stderr
+
+
 def test_init_from_refuses_another_shape(tmp_path, text_file, tiny_ckpt):
     result = invoke(*FAST_FLAGS, "--data", str(text_file), "--out", str(tmp_path / "ft.pt"), "--init-from",
                     str(tiny_ckpt), "--n-embd", "64")

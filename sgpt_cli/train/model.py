@@ -2,7 +2,8 @@
 
 Pre-norm blocks (LayerNorm without bias), causal self-attention through
 `F.scaled_dot_product_attention` (flash attention on CUDA), a GELU MLP, tied input/output
-embeddings, and rotary positions (RoFormer) instead of a learned position table. Rotary positions
+embeddings, and rotary positions (RoFormer) instead of a learned position table. Options of the
+modded-nanogpt line (ModelConfig): QK-norm, a ReLU-squared MLP, a head of its own, capped logits. Rotary positions
 are relative, so the runtime can keep a rolling window of cached keys past `block_size` without
 recomputing it: `position_ids` are absolute and may grow beyond the trained window.
 
@@ -25,6 +26,7 @@ from sgpt_cli.config import ModelConfig
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+RMS_EPS = 1e-6  # QK-norm's epsilon, the same in the ONNX graph
 ROPE_STEP = 256  # positions = hi * ROPE_STEP + lo: two small cos/sin tables cover ROPE_POSITIONS
 ROPE_POSITIONS = ROPE_STEP * ROPE_STEP  # 65536: the engine re-bases positions long before (engine.POSITION_LIMIT)
 
@@ -67,6 +69,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
+        self.qk_norm = cfg.qk_norm
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, past=None, attention_mask=None):
@@ -76,6 +79,8 @@ class CausalSelfAttention(nn.Module):
         # the nodes per layer in the exported graph, whose decode step is dominated by per-node cost)
         qkv = self.qkv(x).view(B, T, nh + 2 * nkv, self.head_dim).transpose(1, 2)  # (B, nh+2nkv, T, hs)
         qk, v = qkv.split((nh + nkv, nkv), dim=1)
+        if self.qk_norm:
+            qk = F.rms_norm(qk, (self.head_dim,), eps=RMS_EPS)  # every query and key head to unit RMS
         q, k = apply_rotary(qk, cos, sin).split((nh, nkv), dim=1)  # (B, nh, T, hs), (B, nkv, T, hs)
         if past is None:
             # training / plain forward: no cache, the fused causal kernel
@@ -111,9 +116,12 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
+        self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        return self.drop(self.proj(h))
 
 
 class Block(nn.Module):
@@ -141,7 +149,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: fewer parameters, better on small data
+        if cfg.tied_head:
+            self.lm_head.weight = self.wte.weight  # tied: fewer parameters
         # derived from the config, not learned: not saved, so checkpoints stay as they were
         self.register_buffer("rope", rotary_angle_tables(cfg.head_dim, cfg.rope_base), persistent=False)
         self.apply(self._init_weights)
@@ -149,6 +158,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if not cfg.tied_head:
+            nn.init.zeros_(self.lm_head.weight)  # every character equally likely at the start (modded-nanogpt)
 
     @staticmethod
     def _init_weights(module):
@@ -176,6 +187,8 @@ class GPT(nn.Module):
             x, present = block(x, cos, sin, None if past is None else past[i], attention_mask)
             presents.append(present)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        if self.cfg.logit_cap:
+            logits = self.cfg.logit_cap * torch.tanh(logits / self.cfg.logit_cap)
         return logits, (presents if past is not None else None)
 
     def loss(self, idx, targets):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, SLOTS, past_names, present_names
-from sgpt_cli.train.model import ROPE_STEP, rotary_angle_tables  # positions = hi * ROPE_STEP + lo
+from sgpt_cli.train.model import RMS_EPS, ROPE_STEP, rotary_angle_tables  # positions = hi * ROPE_STEP + lo
 
 OPSET = 24  # TensorScatter (opset 24); Gelu (20), LayerNormalization (17)
 IR_VERSION = 10  # what onnx 1.17+ writes for opset 23/24 models; ONNX Runtime >= 1.25 loads it
@@ -109,14 +109,24 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
     back = g.op("Mod", [g.op("Sub", [p3, slots]), S])  # (B, T, S)
     mask = g.op("Unsqueeze", [g.op("LessOrEqual", [back, p3]), i64("axis1", [1])])  # (B, 1, T, S) bool
     split_qkv, split_qk = i64("split_qkv", [C + K, K]), i64("split_qk", [C, K])
+    if cfg.qk_norm:
+        heads_shape, flat_shape = i64("qk_heads", [0, 0, nh + nkv, hd]), i64("qk_flat", [0, 0, C + K])
+        # the attention scale hd^-0.5, shared by queries and keys as hd^-0.25 each (the weights' fold
+        # below would be undone by the norm)
+        unit = g.const("qk_norm_scale", np.full(hd, hd ** -0.25, dtype=np.float32))
 
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         h = g.op("LayerNormalization", [x, g.const(p + "ln1", weights[p + "ln1.weight"])], epsilon=1e-5, axis=-1)
         qkv = weights[p + "attn.qkv.weight"].astype(np.float32)  # (C + 2K, C): rows [q heads | k | v]
-        qkv = np.concatenate([qkv[:C] * np.float32(hd ** -0.5), qkv[C:]])  # the attention scale, in the queries
+        if not cfg.qk_norm:
+            qkv = np.concatenate([qkv[:C] * np.float32(hd ** -0.5), qkv[C:]])  # the attention scale, in the queries
         qkv = _linear(g, h, p + "qkv", qkv, int8)  # (B, T, C + 2K)
         qk, v = g.op("Split", [qkv, split_qkv], n_out=2, axis=-1)  # (B, T, C + K), (B, T, K)
+        if cfg.qk_norm:  # each query and key head to unit RMS, as F.rms_norm over the head's channels
+            heads = g.op("Reshape", [qk, heads_shape])  # (B, T, nh + nkv, hs)
+            normed = g.op("RMSNormalization", [heads, unit], axis=-1, epsilon=RMS_EPS)
+            qk = g.op("Reshape", [normed, flat_shape])  # (B, T, C + K)
         qk = g.op("RotaryEmbedding", [qk, cos, sin], num_heads=nh + nkv)  # halves rotated, as apply_rotary
         q, k = g.op("Split", [qk, split_qk], n_out=2, axis=-1)  # (B, T, C), (B, T, K)
         keys = g.op("TensorScatter", [pasts[2 * i], k, first], out=[presents[2 * i]], axis=1, mode="circular")
@@ -125,10 +135,20 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
         y = g.op("Attention", [q, keys, vals, mask], q_num_heads=nh, kv_num_heads=nkv, scale=1.0)  # (B, T, C)
         x = g.op("Add", [x, _linear(g, y, p + "proj", weights[p + "attn.proj.weight"], int8)])
         h = g.op("LayerNormalization", [x, g.const(p + "ln2", weights[p + "ln2.weight"])], epsilon=1e-5, axis=-1)
-        f = g.op("Gelu", [_linear(g, h, p + "fc", weights[p + "mlp.fc.weight"], int8)])
+        f = _linear(g, h, p + "fc", weights[p + "mlp.fc.weight"], int8)
+        if cfg.mlp == "relu2":
+            f = g.op("Relu", [f])
+            f = g.op("Mul", [f, f])
+        else:
+            f = g.op("Gelu", [f])
         x = g.op("Add", [x, _linear(g, f, p + "mlp_proj", weights[p + "mlp.proj.weight"], int8)])
     h = g.op("LayerNormalization", [x, g.const("ln_f", weights["ln_f.weight"])], epsilon=1e-5, axis=-1)
-    _linear(g, h, "lm_head", weights["lm_head.weight"], int8, out=LOGITS)  # (B, T, V)
+    if not cfg.logit_cap:
+        _linear(g, h, "lm_head", weights["lm_head.weight"], int8, out=LOGITS)  # (B, T, V)
+    else:  # cap * tanh(logits / cap), as the GPT
+        cap = g.const("logit_cap", np.array(cfg.logit_cap, dtype=np.float32))
+        squashed = g.op("Tanh", [g.op("Div", [_linear(g, h, "lm_head", weights["lm_head.weight"], int8), cap])])
+        g.op("Mul", [cap, squashed], out=[LOGITS])
 
     cache = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", SLOTS, K])  # noqa: E731
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),

@@ -9,7 +9,8 @@ What it does not do: schedule learning rates or clip gradients (the loop does bo
 
 Muon (Keller Jordan; modded-nanoGPT's speed records) orthogonalises the momentum of each hidden
 weight matrix with a few Newton-Schulz steps. It is meant for the 2-D matrices inside the blocks
-only: the embedding (tied to the head) and the LayerNorm gains stay with AdamW.
+only: the embedding, the output head and the LayerNorm gains stay with AdamW. Matrices of one shape
+are orthogonalised together, as one stack.
 """
 
 from __future__ import annotations
@@ -63,28 +64,38 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalise(p.grad.lerp(buf, group["momentum"]), group["ns_steps"])
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * 0.2 * max(p.shape) ** 0.5)
+            params = [p for p in group["params"] if p.grad is not None]
+            # matrices of one shape (the same layer's in every block) are orthogonalised as one stack:
+            # a few batched matmuls instead of a few per matrix (small matrices are bound by per-op cost)
+            by_shape: dict[tuple, list] = {}
+            for p in params:
+                by_shape.setdefault(tuple(p.shape), []).append(p)
+            for same in by_shape.values():
+                self._step_stack(same, group)
+
+    def _step_stack(self, params: list, group: dict) -> None:
+        grads = [p.grad for p in params]
+        bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+        torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
+        nesterov = torch.stack(grads).lerp_(torch.stack(bufs), group["momentum"])  # (n, rows, cols)
+        updates = orthogonalise(nesterov, group["ns_steps"]).unbind(0)
+        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        torch._foreach_add_(params, updates, alpha=-group["lr"] * 0.2 * max(params[0].shape) ** 0.5)
 
 
 def orthogonalise(g: torch.Tensor, steps: int) -> torch.Tensor:
-    """The nearest semi-orthogonal matrix to g, roughly (Keller Jordan's quintic Newton-Schulz)."""
+    """The nearest semi-orthogonal matrix to g (rows, cols) or to each of a stack (n, rows, cols),
+    roughly (Keller Jordan's quintic Newton-Schulz)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16() if g.is_cuda else g.clone()
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T  # iterate on the wide side: the Gram matrix x @ x.T is the small one
-    x = x / (x.norm() + 1e-7)  # spectral norm <= 1, where the iteration converges
+        x = x.mT  # iterate on the wide side: the Gram matrix x @ x.T is the small one
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= 1, where the iteration converges
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 def _adamw(groups: list[dict], cfg, fused: bool) -> torch.optim.AdamW:

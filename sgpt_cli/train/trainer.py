@@ -42,7 +42,7 @@ from sgpt_cli.train.optim import build_optimizer
 from sgpt_cli.train.stop import Stop
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
-SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size")
+SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "mlp", "tied_head", "qk_norm", "logit_cap")
 
 # the schedule of estimates in a budgeted run, whatever the machine's speed
 CURVE_POINTS = 8  # at least one estimate per budget / CURVE_POINTS seconds: a curve even at 0.3 steps/s
@@ -415,15 +415,18 @@ def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, re
 
 def load_extended(model: GPT, state: dict) -> None:
     """Load weights whose vocabulary may be smaller than the model's: the new characters' embedding
-    rows keep their fresh initialisation (the output head is tied to them)."""
+    rows keep their fresh initialisation, and so do their rows of an untied head (zero: unlikely until
+    trained); a tied head follows the embedding."""
     state = dict(state)
-    old = state["wte.weight"]  # (old_vocab, C)
-    new = model.wte.weight.detach().clone()
-    if old.shape[1] != new.shape[1] or old.shape[0] > new.shape[0]:
-        raise SgptError("--init-from's embedding does not fit the model; fine-tune a checkpoint written by sgpt")
-    new[: old.shape[0]] = old
-    state["wte.weight"] = new
-    state.pop("lm_head.weight", None)
+    tables = ("wte.weight",) if model.cfg.tied_head else ("wte.weight", "lm_head.weight")
+    for name in tables:
+        old, new = state[name], model.state_dict()[name].detach().clone()  # (old_vocab, C), (vocab, C)
+        if old.shape[1] != new.shape[1] or old.shape[0] > new.shape[0]:
+            raise SgptError("--init-from's embedding does not fit the model; fine-tune a checkpoint written by sgpt")
+        new[: old.shape[0]] = old
+        state[name] = new
+    if model.cfg.tied_head:
+        state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise SgptError("--init-from's weights do not fit its own model shape; fine-tune a checkpoint written by sgpt")
