@@ -140,19 +140,9 @@ class TrainConfig:
     preset: str = "cpu"  # the preset these values started from, recorded for the record
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size,
-            block_size=self.block_size,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            dropout=self.dropout,
-            n_kv_head=self.n_kv_head,
-            mlp=self.mlp,
-            tied_head=self.tied_head,
-            qk_norm=self.qk_norm,
-            logit_cap=self.logit_cap,
-        )
+        """The network this run trains: every ModelConfig field this config also holds (the shape
+        fields, dropout), the rest (rope_base) at ModelConfig's default."""
+        return ModelConfig(vocab_size=vocab_size, **{name: getattr(self, name) for name in MODEL_FIELDS})
 
     def validate(self) -> None:
         self.model_config(vocab_size=1).validate()
@@ -187,6 +177,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+
+# the ModelConfig fields a TrainConfig sets (and its flags name); the shape is all of them but dropout,
+# which a fine-tuning run may change
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name in _TRAIN_FIELDS)
+SHAPE_FIELDS = tuple(name for name in MODEL_FIELDS if name != "dropout")
 
 
 PRESETS: dict[str, dict] = {
@@ -280,6 +277,6 @@ def model_config_from_dict(values: dict) -> ModelConfig:
 
 
 __all__ = [
-    "ModelConfig", "TrainConfig", "PRESETS", "IdleFigures", "IDLE_FIGURES", "idle_figures", "build_train_config",
+    "ModelConfig", "TrainConfig", "MODEL_FIELDS", "SHAPE_FIELDS", "PRESETS", "IdleFigures", "IDLE_FIGURES", "idle_figures", "build_train_config",
     "train_config_from_dict", "model_config_from_dict",
 ]

@@ -3,9 +3,9 @@
 Pre-norm blocks (LayerNorm without bias), causal self-attention through
 `F.scaled_dot_product_attention` (flash attention on CUDA), a GELU MLP, tied input/output
 embeddings, and rotary positions (RoFormer) instead of a learned position table. Options of the
-modded-nanogpt line (ModelConfig): QK-norm, a ReLU-squared MLP, a head of its own, capped logits. Rotary positions
-are relative, so the runtime can keep a rolling window of cached keys past `block_size` without
-recomputing it: `position_ids` are absolute and may grow beyond the trained window.
+modded-nanogpt line (ModelConfig): QK-norm, a ReLU-squared MLP, a head of its own, capped logits.
+Rotary positions are relative, so the runtime can keep a rolling window of cached keys past
+`block_size` without recomputing it: `position_ids` are absolute and may grow beyond the trained window.
 
 `forward(idx, past, position_ids, attention_mask)` returns logits for every position and the present
 cache, which is exactly the ONNX interface (docs/onnx-interface.md), so export needs no wrapper logic.

@@ -143,12 +143,10 @@ def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
             f = g.op("Gelu", [f])
         x = g.op("Add", [x, _linear(g, f, p + "mlp_proj", weights[p + "mlp.proj.weight"], int8)])
     h = g.op("LayerNormalization", [x, g.const("ln_f", weights["ln_f.weight"])], epsilon=1e-5, axis=-1)
-    if not cfg.logit_cap:
-        _linear(g, h, "lm_head", weights["lm_head.weight"], int8, out=LOGITS)  # (B, T, V)
-    else:  # cap * tanh(logits / cap), as the GPT
+    logits = _linear(g, h, "lm_head", weights["lm_head.weight"], int8, out=None if cfg.logit_cap else LOGITS)  # (B, T, V)
+    if cfg.logit_cap:  # cap * tanh(logits / cap), as the GPT
         cap = g.const("logit_cap", np.array(cfg.logit_cap, dtype=np.float32))
-        squashed = g.op("Tanh", [g.op("Div", [_linear(g, h, "lm_head", weights["lm_head.weight"], int8), cap])])
-        g.op("Mul", [cap, squashed], out=[LOGITS])
+        g.op("Mul", [cap, g.op("Tanh", [g.op("Div", [logits, cap])])], out=[LOGITS])
 
     cache = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", SLOTS, K])  # noqa: E731
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),

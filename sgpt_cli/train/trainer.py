@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from sgpt_cli.train import checkpoint
-from sgpt_cli.config import TrainConfig, model_config_from_dict, train_config_from_dict
+from sgpt_cli.config import SHAPE_FIELDS, TrainConfig, model_config_from_dict, train_config_from_dict
 from sgpt_cli.data import split_text
 from sgpt_cli.errors import SgptError, UsageError, first_line
 from sgpt_cli.train.model import GPT
@@ -42,7 +42,6 @@ from sgpt_cli.train.optim import build_optimizer
 from sgpt_cli.train.stop import Stop
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
-SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "mlp", "tied_head", "qk_norm", "logit_cap")
 
 # the schedule of estimates in a budgeted run, whatever the machine's speed
 CURVE_POINTS = 8  # at least one estimate per budget / CURVE_POINTS seconds: a curve even at 0.3 steps/s
@@ -420,7 +419,7 @@ def load_extended(model: GPT, state: dict) -> None:
     state = dict(state)
     tables = ("wte.weight",) if model.cfg.tied_head else ("wte.weight", "lm_head.weight")
     for name in tables:
-        old, new = state[name], model.state_dict()[name].detach().clone()  # (old_vocab, C), (vocab, C)
+        old, new = state[name], model.get_parameter(name).detach().clone()  # (old_vocab, C), (vocab, C)
         if old.shape[1] != new.shape[1] or old.shape[0] > new.shape[0]:
             raise SgptError("--init-from's embedding does not fit the model; fine-tune a checkpoint written by sgpt")
         new[: old.shape[0]] = old
