@@ -107,8 +107,25 @@ def sgpt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, check=False)
 
 
+def _flag(key: str, value) -> str:
+    name = key.replace("_", "-")
+    if isinstance(value, bool):  # --compile / --no-compile: a switch takes no value
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name}={value}"
+
+
+def _value(key: str, text: str):
+    """A --set value as the cpu preset's field holds it (a bool from true/false, 1/0, yes/no)."""
+    kind = type(getattr(build_train_config("cpu", {}), key))
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            sys.exit(f"--set {key}= takes true or false (got {text!r})")
+        return text.lower() in ("true", "1", "yes")
+    return kind(text)
+
+
 def default_run(data: Path, repeats: int, tmp: Path, extra: dict) -> None:
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
+    flags = [_flag(k, v) for k, v in extra.items()]
     print(f"\n== `sgpt train {' '.join(flags)}`, end to end (process start to exit), then export + eval ==", flush=True)
     rows = []
     for r in range(repeats):
@@ -154,7 +171,7 @@ def main() -> None:
     extra = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        extra[key] = type(getattr(build_train_config("cpu", {}), key))(value)
+        extra[key] = _value(key, value)
     text, sha = read_text(args.data)
     print(f"machine: {os.cpu_count()} cores, {trainer.hardware_name('cpu')}; data {args.data} ({len(text):,} chars)")
     with tempfile.TemporaryDirectory() as tmp:

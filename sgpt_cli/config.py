@@ -90,6 +90,7 @@ class ModelConfig:
 
 
 LR_SCHEDULES = ("cosine", "trapezoid")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -136,7 +137,15 @@ class TrainConfig:
     eval_iters: int = 20  # batches per evaluation; 20 as in nanoGPT's CPU recipe
     sample_chars: int = 200  # characters sampled at each evaluation to show progress
     seed: int = 1337  # nanoGPT's seed, so runs are repeatable
-    compile: bool = False  # torch.compile: faster steps on CUDA after a minute of compiling
+    # torch.compile: faster steps on CUDA after a minute of compiling. On a 2-core AMX CPU in bfloat16 a
+    # step is 1.2x cheaper after ~20 s of compiling: the default run made 3,509 and 3,418 iterations
+    # (val 1.4702, 1.4889) vs 3,427 and 3,362 (1.4650, 1.4694) without: off
+    compile: bool = False
+    # matmuls in bfloat16 (autocast; weights, optimizer state, attention and losses stay float32). auto:
+    # bfloat16 on CUDA, and on a CPU with AMX tiles (bf16 matmuls 4x float32's) for models 64 wide or
+    # more (trainer.BF16_CPU_MIN_WIDTH): a cpu-preset step 1.36x faster, 10.97 vs 8.06 iterations/s, and
+    # the default run 1.4672 (median of 2); float32 on other CPUs, where bf16 is emulated and slower
+    precision: str = "auto"
     preset: str = "cpu"  # the preset these values started from, recorded for the record
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -166,6 +175,8 @@ class TrainConfig:
             (1 <= self.muon_ns_steps <= 20, f"--muon-ns-steps must be from 1 to 20 (got {self.muon_ns_steps})"),
             (self.lr_schedule in LR_SCHEDULES,
              f"--lr-schedule must be {' or '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})"),
+            (self.precision in PRECISIONS,
+             f"--precision must be {', '.join(PRECISIONS)} (got {self.precision!r})"),
             (0 < self.cooldown <= 1, f"--cooldown must be in (0, 1] (got {self.cooldown})"),
             (self.time_budget >= 0, f"--time-budget must not be negative (got {self.time_budget})"),
             (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {self.eval_interval})"),
@@ -221,14 +232,15 @@ class IdleFigures:
     iters_per_s: float  # optimizer steps per second of time budget, estimates and final measurement included
     budget: float  # the preset's own time budget, the one val_loss belongs to
     val_loss: float  # whole validation split of tiny-shakespeare after that budget
+    precision: str  # the matmuls' (TrainConfig.precision as resolved there)
 
 
 IDLE_FIGURES: dict[str, IdleFigures] = {
     "cpu": IdleFigures(
-        machine="an idle 2-core Intel Xeon VM (AVX-512, AMX), 2 threads",
-        how="benchmarks/bench_train.py --default-run (two runs: 2,910 and 3,234 iterations in the 280 s "
-            "budget, val 1.4687 and 1.4724: median 1.4706; README, Benchmarks)",
-        iters_per_s=3072 / 280, budget=280.0, val_loss=1.4706,
+        machine="an idle 2-core Intel Xeon VM (AVX-512, AMX), 2 threads, bfloat16 matmuls",
+        how="benchmarks/bench_train.py --default-run --repeats 2 (3,427 and 3,362 iterations in the 280 s "
+            "budget, val 1.4650 and 1.4694: median 1.4672; README, Benchmarks)",
+        iters_per_s=3394 / 280, budget=280.0, val_loss=1.4672, precision="bfloat16",
     ),
 }
 
@@ -277,6 +289,6 @@ def model_config_from_dict(values: dict) -> ModelConfig:
 
 
 __all__ = [
-    "ModelConfig", "TrainConfig", "MODEL_FIELDS", "SHAPE_FIELDS", "PRESETS", "IdleFigures", "IDLE_FIGURES", "idle_figures", "build_train_config",
+    "ModelConfig", "TrainConfig", "PRECISIONS", "MODEL_FIELDS", "SHAPE_FIELDS", "PRESETS", "IdleFigures", "IDLE_FIGURES", "idle_figures", "build_train_config",
     "train_config_from_dict", "model_config_from_dict",
 ]

@@ -123,6 +123,7 @@ def test_run_writes_metrics_curve_and_summary_beside_the_checkpoint(cli_run):
     assert stdout.count("saved best") >= 1 and "iter     30" in stdout and "iter     60" in stdout
     assert "val loss" in stdout and str(checkpoint.curve_path(out)) in stdout  # the compact terminal view
     assert "done: 60 iterations" in stdout and f"next: sgpt export {out}" in stdout
+    assert re.match(r"training preset tiny \((adamw), (float32|bfloat16)\): ", stdout)  # the header says both
     assert result.stderr == ""
 
 
@@ -391,6 +392,8 @@ BAD_RUNS = {
     "no Newton-Schulz step": (["--data", "{text}", "--muon-ns-steps", "0"], "--muon-ns-steps must be from 1 to 20"),
     "unknown activation": (["--data", "{text}", "--mlp", "swish"], "--mlp must be gelu or relu2 (got 'swish')"),
     "negative logit cap": (["--data", "{text}", "--logit-cap", "-1"], "--logit-cap must not be negative"),
+    "unknown precision": (["--data", "{text}", "--precision", "half"],
+                          "--precision must be auto, float32, bfloat16 (got 'half')"),
     "unknown preset": (["--data", "{text}", "--preset", "huge"], "unknown --preset 'huge'"),
     "bad device": (["--data", "{text}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
     "resume nothing": (["--data", "{text}", "--resume"], "nothing to resume"),

@@ -63,7 +63,7 @@ class TrainDisplay:
         self.last_line = 0.0
         self.data, self.out = data, out
         self.budget = 0.0
-        self.device, self.world = "cpu", 1
+        self.device, self.world, self.precision = "cpu", 1, "float32"
         self.bars = ("█", "░") if can_draw(console, "█░") else ("#", "-")
 
     def __call__(self, e) -> None:
@@ -102,7 +102,7 @@ class TrainDisplay:
         """What is happening, in two lines: the model and where it runs; the text and where it goes."""
         i = e.info
         self.budget = i.get("time_budget") or 0.0
-        self.device, self.world = i["device"], i["world"]
+        self.device, self.world, self.precision = i["device"], i["world"], i["precision"]
         what = f"resuming from iteration {e.iter}:" if i["resumed"] else "training"
         init = f", starting from {escape(i['init_from'])}" if i.get("init_from") else ""
         budget = ""
@@ -111,7 +111,7 @@ class TrainDisplay:
         elif i.get("time_budget"):
             budget = f", time budget {_fmt_time(i['time_budget'])}"
         self.console.print(
-            f"[bold]{what}[/bold] preset {escape(i['preset'])} ({i['optimizer']}{budget}{init}): "
+            f"[bold]{what}[/bold] preset {escape(i['preset'])} ({i['optimizer']}, {i['precision']}{budget}{init}): "
             f"{i['params'] / 1e6:.2f}M parameters on {escape(i['hardware'])}"
             + (f" x{i['world']} processes" if i["world"] > 1 else "")
         )
@@ -203,7 +203,8 @@ class StopRequest(Stop):
                 signal.signal(sig, handler)
 
 
-def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_data: bool) -> str | None:
+def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_data: bool,
+                    precision: str) -> str | None:
     """How far this run is from what its preset does on an idle machine, and why: its iterations
     and characters per second against the idle figures (config.IDLE_FIGURES); the val loss too when
     the run was the one those figures measure (the preset's budget on tiny-shakespeare)."""
@@ -218,7 +219,10 @@ def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_d
     line += f" the {cfg.preset} preset on {figures.machine}"
     expected = f", ~{idle * cfg.time_budget:,.0f} iterations in this budget" if cfg.time_budget else ""
     line += f" (~{idle:.2f}/s, {idle * chars:,.0f} tokens/s{expected})"
-    if slower >= 1.25:
+    if slower >= 1.25 and precision != figures.precision:
+        line += (f"; this run's matmuls were {precision}, the figures' {figures.precision} (--precision; auto "
+                 "picks bfloat16 only on a CPU with AMX), and a busy machine or fewer cores gives fewer steps")
+    elif slower >= 1.25:
         line += "; a busy machine or fewer cores gives fewer steps"
     if default_data and cfg.time_budget == figures.budget:
         val, kind = (result.val_loss, "") if result.val_loss is not None else (result.best_val_loss, " estimate")
@@ -326,7 +330,7 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         f"{val} -> {escape(str(out))}"
     )
     comparison = idle_comparison(cfg, result, display.device, display.world,
-                                 default_data=data is None and init is None)
+                                 default_data=data is None and init is None, precision=display.precision)
     if comparison:
         console.print(f"  {comparison}", markup=False)
     console.print(visible(f"next: sgpt export {shlex.quote(str(out))}"), markup=False)

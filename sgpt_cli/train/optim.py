@@ -53,13 +53,15 @@ class Muon(torch.optim.Optimizer):
     """Muon for 2-D matrices: Nesterov momentum, orthogonalised by Newton-Schulz, AdamW-sized steps.
 
     torch.optim.Muon runs Newton-Schulz in bfloat16, which costs 20x float32 on CPUs without
-    bf16 units (4.3 s vs 0.19 s a step for a 6 x 192 model on one thread here); this one keeps the
-    parameter's own dtype on the CPU and uses bfloat16 on CUDA. The update is scaled by
-    0.2 * sqrt(max(rows, cols)), so one learning rate means about what it means for AdamW.
+    bf16 units (4.3 s vs 0.19 s a step for a 6 x 192 model on one thread here); this one runs it in
+    `ns_dtype`: the run's precision (bfloat16 on CUDA and on CPUs with AMX, else float32). The update
+    is scaled by 0.2 * sqrt(max(rows, cols)), so one learning rate means about what it means for AdamW.
     """
 
-    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95, ns_steps: int = 5):
+    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95, ns_steps: int = 5,
+                 ns_dtype: torch.dtype = torch.float32):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self) -> None:
@@ -78,16 +80,16 @@ class Muon(torch.optim.Optimizer):
         bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
         torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
         nesterov = torch.stack(grads).lerp_(torch.stack(bufs), group["momentum"])  # (n, rows, cols)
-        updates = orthogonalise(nesterov, group["ns_steps"]).unbind(0)
+        updates = orthogonalise(nesterov, group["ns_steps"], self.ns_dtype).unbind(0)
         torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
         torch._foreach_add_(params, updates, alpha=-group["lr"] * 0.2 * max(params[0].shape) ** 0.5)
 
 
-def orthogonalise(g: torch.Tensor, steps: int) -> torch.Tensor:
+def orthogonalise(g: torch.Tensor, steps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The nearest semi-orthogonal matrix to g (rows, cols) or to each of a stack (n, rows, cols),
-    roughly (Keller Jordan's quintic Newton-Schulz)."""
+    roughly (Keller Jordan's quintic Newton-Schulz), computed in `dtype`."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() if g.is_cuda else g.clone()
+    x = g.to(dtype, copy=True)
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT  # iterate on the wide side: the Gram matrix x @ x.T is the small one
@@ -102,8 +104,10 @@ def _adamw(groups: list[dict], cfg, fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def build_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> ChainedOptimizer:
-    """AdamW everywhere (decay on matrices only), or Muon on the blocks' matrices + AdamW elsewhere."""
+def build_optimizer(model: torch.nn.Module, cfg, fused: bool = False,
+                    ns_dtype: torch.dtype = torch.float32) -> ChainedOptimizer:
+    """AdamW everywhere (decay on matrices only), or Muon on the blocks' matrices + AdamW elsewhere
+    (its Newton-Schulz in `ns_dtype`)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     matrices = [p for n, p in named if p.dim() >= 2]
     vectors = [p for n, p in named if p.dim() < 2]
@@ -116,7 +120,8 @@ def build_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> Chained
     hidden_ids = {id(p) for p in hidden}
     embeddings = [p for p in matrices if id(p) not in hidden_ids]  # wte, tied to lm_head
     muon = Muon([{"params": hidden, "lr_scale": cfg.muon_lr_scale}], lr=cfg.learning_rate * cfg.muon_lr_scale,
-                weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps)
+                weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps,
+                ns_dtype=ns_dtype)
     adamw = _adamw([
         {"params": embeddings, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
         {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
