@@ -107,7 +107,6 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
         return self.resid_drop(self.proj(y)), present
 
-
     @staticmethod
     def _causal(q, k, v, dropout: float, gqa: bool):
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
