@@ -45,6 +45,11 @@ from sgpt_cli.config import build_train_config, model_config_from_dict  # noqa: 
 from sgpt_cli.data import DEFAULT_DATA, read_text, split_text  # noqa: E402
 from sgpt_cli.train.model import GPT  # noqa: E402
 from sgpt_cli.infer.tokenizer import CharTokenizer  # noqa: E402
+from sgpt_cli.errors import UsageError  # noqa: E402
+from sgpt_cli.settings import FLAG, by_name  # noqa: E402
+from sgpt_cli.term.train import OPTIONS  # noqa: E402
+
+TRAIN_SETTINGS = by_name(OPTIONS)  # `sgpt train`'s flags, by field name
 
 
 def full_val_loss(ckpt_path: Path, text: str) -> float:
@@ -108,20 +113,9 @@ def sgpt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _flag(key: str, value) -> str:
-    name = key.replace("_", "-")
-    if isinstance(value, bool):  # --compile / --no-compile: a switch takes no value
-        return f"--{name}" if value else f"--no-{name}"
-    return f"--{name}={value}"
-
-
-def _value(key: str, text: str):
-    """A --set value as the cpu preset's field holds it (a bool from true/false, 1/0, yes/no)."""
-    kind = type(getattr(build_train_config("cpu", {}), key))
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            sys.exit(f"--set {key}= takes true or false (got {text!r})")
-        return text.lower() in ("true", "1", "yes")
-    return kind(text)
+    """`sgpt train`'s spelling of a --set value: the setting's own flag (a switch takes no value)."""
+    on, _, off = TRAIN_SETTINGS[key].flags[0].partition("/")
+    return (on if value else off) if isinstance(value, bool) else f"{on}={value}"
 
 
 def default_run(data: Path, repeats: int, tmp: Path, extra: dict) -> None:
@@ -171,7 +165,12 @@ def main() -> None:
     extra = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        extra[key] = _value(key, value)
+        if key not in TRAIN_SETTINGS:
+            sys.exit(f"--set {key}: no such training setting (see sgpt train --help)")
+        try:  # as `sgpt train` reads its flag: a bool from on/off, true/false, yes/no, 1/0
+            extra[key] = TRAIN_SETTINGS[key].parse(value, FLAG)
+        except UsageError as exc:
+            sys.exit(str(exc))
     text, sha = read_text(args.data)
     print(f"machine: {os.cpu_count()} cores, {trainer.hardware_name('cpu')}; data {args.data} ({len(text):,} chars)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -219,11 +219,12 @@ def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_d
     line += f" the {cfg.preset} preset on {figures.machine}"
     expected = f", ~{idle * cfg.time_budget:,.0f} iterations in this budget" if cfg.time_budget else ""
     line += f" (~{idle:.2f}/s, {idle * chars:,.0f} tokens/s{expected})"
-    if slower >= 1.25 and precision != figures.precision:
-        line += (f"; this run's matmuls were {precision}, the figures' {figures.precision} (--precision; auto "
-                 "picks bfloat16 only on a CPU with AMX), and a busy machine or fewer cores gives fewer steps")
-    elif slower >= 1.25:
-        line += "; a busy machine or fewer cores gives fewer steps"
+    if slower >= 1.25:
+        why = "a busy machine or fewer cores gives fewer steps"
+        if precision != figures.precision:
+            why = (f"this run's matmuls were {precision}, the figures' {figures.precision} (--precision; auto "
+                   f"picks bfloat16 only on a CPU with AMX), and {why}")
+        line += f"; {why}"
     if default_data and cfg.time_budget == figures.budget:
         val, kind = (result.val_loss, "") if result.val_loss is not None else (result.best_val_loss, " estimate")
         if val is not None and math.isfinite(val):
