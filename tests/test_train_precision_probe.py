@@ -221,3 +221,13 @@ def test_the_header_says_what_auto_chose_and_why():
             "precision_why": "float32: bfloat16 0.42x on this CPU (cached)"}
     TrainDisplay(console)(trainer.Event("start", 0, 10, info=info))
     assert "  precision float32: bfloat16 0.42x on this CPU (cached)" in console.export_text()
+
+
+@pytest.mark.parametrize("f32, bf16, clear", [
+    ([0.1], [0.45], True),  # emulated bfloat16 (AVX2): no more rounds needed
+    ([0.1], [0.04], True),
+    ([0.1, 0.1], [0.07, 0.08], False),  # close: the rounds go on (to PROBE_ROUNDS or PROBE_SECONDS)
+    ([0.1], None, True),  # bfloat16 failed to run
+])
+def test_the_probe_stops_early_only_where_one_precision_is_far_ahead(f32, bf16, clear):
+    assert precision._clear({"float32": f32, "bfloat16": bf16}) is clear

@@ -49,6 +49,9 @@ BF16_MARGIN = 1.05
 PROBE_TOKENS = 4096  # a probe batch holds at most this many (the cpu preset's 2,048 whole): bounded on big models
 PROBE_ROUNDS = 3  # timed rounds (a step in each precision), after one untimed to warm up
 PROBE_SECONDS = 1.0  # no further round once this much is spent: a wide model's probe stays short
+# nor once one precision is this many times faster: emulated bfloat16 (AVX2) is 3-5x slower, where
+# the rounds' noise is a few percent (a step of AVX2's bf16 is ~0.5 s of the cpu preset, 4 of a busy machine)
+PROBE_CLEAR = 2.0
 CACHE_NAME = "precision.json"
 CACHE_FORMAT = 1
 CACHE_KEEP = 32  # verdicts kept (several machines may share one $SGPT_HOME); the newest first
@@ -140,6 +143,7 @@ def measure(model: torch.nn.Module, batch: int, block: int, device: str = "cpu")
         y = torch.randint(0, vocab, (batch, block), device=device)
 
         def step(precision: str) -> float:
+            model.zero_grad(set_to_none=True)  # as a training step: gradients written, not added to
             t0 = time.perf_counter()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
                 logits, _ = model(x)
@@ -165,12 +169,21 @@ def measure(model: torch.nn.Module, batch: int, block: int, device: str = "cpu")
                         times[precision].append(seconds)
                 if start is None:
                     start = time.perf_counter()
-                elif time.perf_counter() - start >= PROBE_SECONDS:
+                elif time.perf_counter() - start >= PROBE_SECONDS or _clear(times):
                     break
         finally:
             model.zero_grad(set_to_none=True)
             model.train(was_training)
     return {p: statistics.median(t) if t else math.inf for p, t in times.items()}
+
+
+def _clear(times: dict) -> bool:
+    """One precision is so far ahead (PROBE_CLEAR times faster) that more rounds would not turn it."""
+    f32, bf16 = times["float32"], times["bfloat16"]
+    if not f32 or not bf16:
+        return True  # one of them failed to run
+    ratio = statistics.median(f32) / statistics.median(bf16)
+    return not 1 / PROBE_CLEAR < ratio < PROBE_CLEAR
 
 
 # --- the cache ---
