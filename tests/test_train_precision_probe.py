@@ -231,3 +231,30 @@ def test_the_header_says_what_auto_chose_and_why():
 ])
 def test_the_probe_stops_early_only_where_one_precision_is_far_ahead(f32, bf16, clear):
     assert precision._clear({"float32": f32, "bfloat16": bf16}) is clear
+
+
+def test_under_torchrun_rank_0_measures_and_every_rank_takes_its_verdict(tmp_path, text_file):
+    """Ranks must step in one precision: rank 0 probes (its verdict cached once), the others wait for
+    it (a broadcast), and the run ends as any other."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import run_env
+    from sgpt_cli.train import checkpoint
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "m.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "sgpt_cli", "train", "--preset", "tiny", "--n-embd", str(WIDE), "--eval-iters", "1",
+           "--sample-chars", "0", "--device", "cpu", "--max-iters", "2", "--eval-interval", "2",
+           "--data", str(text_file), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=run_env(OMP_NUM_THREADS=1, MASTER_ADDR="127.0.0.1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("  precision ") == 1 and "(measured in" in proc.stdout
+    ran = checkpoint.load(checkpoint.last_path(out))["precision"]
+    saved = json.loads((tmp_path / "sgpt-home" / precision.CACHE_NAME).read_text())["verdicts"]
+    assert [v["precision"] for v in saved] == [ran]

@@ -236,7 +236,7 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
                           1, 1.55)
     assert "slower" not in idle_comparison(cfg, pace, "cpu", 1, default_data=True, precision=idle.precision, cpu=idle.cpu)
     assert "precision" not in line
-    # a CPU whose matmuls ran in the other precision (no AMX: float32) is told that too
+    # the same CPU whose matmuls ran in the other precision (forced, or the probe's verdict) is told that too
     other = next(p for p in ("float32", "bfloat16") if p != idle.precision)
     why = idle_comparison(cfg, slow, "cpu", 1, default_data=True, precision=other, cpu=idle.cpu)
     assert f"this run's matmuls were {other}, the figures' {idle.precision} (--precision" in why
