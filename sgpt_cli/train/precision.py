@@ -292,8 +292,9 @@ def _measured(model, batch_size: int, block_size: int, probe: Measure, home: Pat
     path = cache_path(home)
     verdicts = _read_cache(path)
     for v in verdicts:
-        if v["key"] == key:
-            return Choice(v["precision"], _why(v["precision"], v["float32_s"], v["bfloat16_s"], "cached"))
+        if v["key"] == key:  # the rule applied to the cached times (its `precision` is for a reader)
+            precision = verdict(v["float32_s"], v["bfloat16_s"])
+            return Choice(precision, _why(precision, v["float32_s"], v["bfloat16_s"], "cached"))
     t0 = time.perf_counter()
     seconds = probe(model, batch, block_size)
     f32, bf16 = float(seconds["float32"]), float(seconds["bfloat16"])
