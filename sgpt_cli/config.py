@@ -144,9 +144,10 @@ class TrainConfig:
     # (val 1.4702, 1.4889) vs 3,427 and 3,362 (1.4650, 1.4694) without: off
     compile: bool = False
     # matmuls in bfloat16 (autocast; weights, optimizer state, attention and losses stay float32). auto:
-    # bfloat16 on CUDA, and on a CPU with AMX tiles (bf16 matmuls 4x float32's) for models 64 wide or
-    # more (trainer.BF16_CPU_MIN_WIDTH): a cpu-preset step 1.36x faster, 10.97 vs 8.06 iterations/s, and
-    # the default run 1.4672 (median of 2); float32 on other CPUs, where bf16 is emulated and slower
+    # bfloat16 on CUDA; on a CPU, for models 64 wide or more, what a probe of the run's own model measures
+    # faster (train/precision.py): on an AMX Xeon a cpu-preset step 1.36x faster, 10.97 vs 8.06
+    # iterations/s, and the default run 1.4672 (median of 2); on a Zen 4 EPYC (avx512_bf16) 1.58x; on
+    # AVX2 alone bf16 is emulated, slower than float32
     precision: str = "auto"
     preset: str = "cpu"  # the preset these values started from, recorded for the record
 
@@ -229,7 +230,8 @@ class IdleFigures:
     """What a preset does on an idle machine: the yardstick a run's summary is held against (a run
     far below it was starved of steps, by a busy machine or fewer cores, not badly configured)."""
 
-    machine: str  # where they were measured
+    machine: str  # where they were measured, in words
+    cpu: str  # that machine's CPU as precision.cpu_name() gives it: a run on another says so, not "slower"
     how: str  # the commands (README, Benchmarks)
     iters_per_s: float  # optimizer steps per second of time budget, estimates and final measurement included
     budget: float  # the preset's own time budget, the one val_loss belongs to
@@ -240,6 +242,9 @@ class IdleFigures:
 IDLE_FIGURES: dict[str, IdleFigures] = {
     "cpu": IdleFigures(
         machine="an idle 2-core Intel Xeon VM (AVX-512, AMX), 2 threads, bfloat16 matmuls",
+        # its model name was not recorded: re-measuring the default run (bench_train.py prints the
+        # name) puts the exact one here
+        cpu="Intel Xeon with AMX",
         how="benchmarks/bench_train.py --default-run --repeats 2 (3,427 and 3,362 iterations in the 280 s "
             "budget, val 1.4650 and 1.4694: median 1.4672; README, Benchmarks)",
         iters_per_s=3394 / 280, budget=280.0, val_loss=1.4672, precision="bfloat16",

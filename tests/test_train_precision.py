@@ -1,4 +1,4 @@
-"""`sgpt train --precision`: which precision `auto` picks where, that a bfloat16 run on the CPU trains
+"""`sgpt train --precision`: which precision `auto` picks where (the probe: test_train_precision_probe.py), that a bfloat16 run on the CPU trains
 float32 weights close to a float32 run's (and really ran in bfloat16), that attention stays in float32
 under the CPU's autocast, and that Muon's Newton-Schulz in bfloat16 stays close to float32's."""
 
@@ -10,31 +10,29 @@ import torch
 from conftest import FAST
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
-from sgpt_cli.train import checkpoint, trainer
+from sgpt_cli.train import checkpoint, precision, trainer
 from sgpt_cli.train.model import GPT
 from sgpt_cli.train.optim import orthogonalise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("requested, device, amx, width, expected", [
-    ("auto", "cpu", True, 128, "bfloat16"),  # AMX tiles: bf16 matmuls 4x float32's
-    ("auto", "cpu", True, trainer.BF16_CPU_MIN_WIDTH, "bfloat16"),
-    ("auto", "cpu", True, trainer.BF16_CPU_MIN_WIDTH - 1, "float32"),  # too narrow: the casts cost more
-    ("auto", "cpu", False, 128, "float32"),  # no AMX: bf16 is emulated, slower
-    ("auto", "cpu", None, 128, "float32"),  # a torch without the probe: no AMX assumed
-    ("auto", "cuda", False, 32, "bfloat16"),
-    ("float32", "cpu", True, 128, "float32"),  # an explicit choice is kept wherever it runs
-    ("bfloat16", "cpu", False, 32, "bfloat16"),
-    ("float32", "cuda", False, 128, "float32"),
+@pytest.mark.parametrize("requested, device, f32, bf16, width, expected", [
+    ("auto", "cpu", 0.10, 0.07, 128, "bfloat16"),  # bfloat16 measured faster (AMX, avx512_bf16)
+    ("auto", "cpu", 0.10, 0.07, precision.BF16_CPU_MIN_WIDTH, "bfloat16"),
+    ("auto", "cpu", 0.10, 0.07, precision.BF16_CPU_MIN_WIDTH - 4, "float32"),  # too narrow: the casts cost more
+    ("auto", "cpu", 0.10, 0.20, 128, "float32"),  # measured slower (AVX2 alone: bf16 emulated)
+    ("auto", "cuda", 0.10, 0.20, 32, "bfloat16"),  # CUDA: bfloat16, never probed
+    ("float32", "cpu", 0.10, 0.07, 128, "float32"),  # an explicit choice is kept wherever it runs
+    ("bfloat16", "cpu", 0.10, 0.20, 32, "bfloat16"),
+    ("float32", "cuda", 0.10, 0.07, 128, "float32"),
 ])
-def test_auto_precision_is_bfloat16_on_cuda_and_on_a_cpu_with_amx_and_float32_elsewhere(
-        requested, device, amx, width, expected, monkeypatch):
-    if amx is None:
-        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    else:
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert trainer.resolve_precision(requested, device, width) == expected
+def test_auto_precision_is_bfloat16_on_cuda_and_on_a_cpu_that_measures_it_faster_and_float32_elsewhere(
+        requested, device, f32, bf16, width, expected, tmp_path):
+    model = GPT(build_train_config("tiny", {"n_embd": width}).model_config(vocab_size=11))
+    choice = precision.resolve_precision(requested, device, model, 8, 32, home=tmp_path,
+                                         probe=lambda *_: {"float32": f32, "bfloat16": bf16})
+    assert choice.precision == expected
 
 
 def _train(text_file, out, precision: str, events: list):

@@ -225,7 +225,7 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
     cfg = build_train_config("cpu", {})
     idle = IDLE_FIGURES["cpu"]
     slow = trainer.Result("time", 97, 2.39, 276.0, Path("m.pt"), Path("m.last.pt"), 97, 2.3861)
-    line = idle_comparison(cfg, slow, "cpu", 1, default_data=True, precision=idle.precision)
+    line = idle_comparison(cfg, slow, "cpu", 1, default_data=True, precision=idle.precision, cpu=idle.cpu)
     chars = cfg.batch_size * cfg.block_size
     assert "97 iterations" in line and f"{97 / 276 * chars:,.0f} tokens/s" in line and idle.machine in line
     assert f"{idle.iters_per_s * chars:,.0f} tokens/s" in line and "a busy machine or fewer cores" in line
@@ -234,20 +234,35 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
     assert f"val 2.3861 vs {idle.val_loss:.4f} there (+{2.3861 - idle.val_loss:.4f})" in line
     pace = trainer.Result("time", round(idle.iters_per_s * 280), 1.6, 280.0, Path("m.pt"), Path("m.last.pt"),
                           1, 1.55)
-    assert "slower" not in idle_comparison(cfg, pace, "cpu", 1, default_data=True, precision=idle.precision)
+    assert "slower" not in idle_comparison(cfg, pace, "cpu", 1, default_data=True, precision=idle.precision, cpu=idle.cpu)
     assert "precision" not in line
-    # a CPU whose matmuls ran in the other precision (no AMX: float32) is told that too
+    # the same CPU whose matmuls ran in the other precision (forced, or the probe's verdict) is told that too
     other = next(p for p in ("float32", "bfloat16") if p != idle.precision)
-    why = idle_comparison(cfg, slow, "cpu", 1, default_data=True, precision=other)
+    why = idle_comparison(cfg, slow, "cpu", 1, default_data=True, precision=other, cpu=idle.cpu)
     assert f"this run's matmuls were {other}, the figures' {idle.precision} (--precision" in why
     assert "a busy machine or fewer cores" in why
     # the figures are the cpu preset's own: another shape, preset or device has none
     for other_run, device in ((build_train_config("cpu", {"n_layer": 6}), "cpu"), (build_train_config("tiny", {}), "cpu"),
                               (cfg, "cuda")):
-        assert idle_comparison(other_run, slow, device, 1, True, precision=idle.precision) is None
+        assert idle_comparison(other_run, slow, device, 1, True, precision=idle.precision, cpu=idle.cpu) is None
     # another text, or another budget: the pace alone (the val figure belongs to the default run)
     assert f"{idle.val_loss:.4f}" not in idle_comparison(cfg, slow, "cpu", 1, default_data=False,
-                                                         precision=idle.precision)
+                                                         precision=idle.precision, cpu=idle.cpu)
+
+
+def test_a_run_on_another_cpu_than_the_idle_figures_names_both_instead_of_calling_itself_slow():
+    from sgpt_cli.term.training import idle_comparison
+
+    cfg = build_train_config("cpu", {})
+    idle = IDLE_FIGURES["cpu"]
+    slow = trainer.Result("time", 97, 2.39, 276.0, Path("m.pt"), Path("m.last.pt"), 97, 2.3861)
+    line = idle_comparison(cfg, slow, "cpu", 1, default_data=True, precision="float32", cpu="AMD EPYC (family 25, model 1)")
+    assert f"figures measured on {idle.cpu}; this is AMD EPYC (family 25, model 1), its matmuls float32" in line
+    assert "slower" not in line and "busy machine" not in line
+    assert idle.machine in line and "97 iterations" in line and f"vs {idle.val_loss:.4f} there" in line
+    # the same CPU, however the OS spaces or cases its name: the pace comparison
+    assert "slower" in idle_comparison(cfg, slow, "cpu", 1, True, precision=idle.precision,
+                                       cpu=f"  {idle.cpu.upper()} ")
 
 
 def test_a_cpu_preset_run_ends_with_the_idle_comparison(tmp_path, text_file):

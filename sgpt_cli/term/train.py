@@ -117,8 +117,9 @@ OPTIONS = (
     _hyper("sample_chars", "Characters sampled at each evaluation (0 = none)."),
     _hyper("seed", "Random seed."),
     _hyper("compile", "torch.compile the model (worth it on CUDA for long runs)."),
-    _hyper("precision", "Matmuls in bfloat16 or float32; auto: bfloat16 on CUDA and on CPUs with AMX "
-           "(models 64 or more wide), float32 elsewhere.").but(metavar="auto|float32|bfloat16"),
+    _hyper("precision", "Matmuls in bfloat16 or float32; auto: bfloat16 on CUDA, and on a CPU where a "
+           "short probe measures it faster (models 64 or more wide; the verdict cached per CPU and torch "
+           "version in $SGPT_HOME), float32 elsewhere.").but(metavar="auto|float32|bfloat16"),
 )
 
 DOC = """Train the character-level GPT on a text (tiny-shakespeare by default).

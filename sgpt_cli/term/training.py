@@ -24,6 +24,7 @@ from sgpt_cli.train import checkpoint
 from sgpt_cli.config import TrainConfig, build_train_config, idle_figures
 from sgpt_cli.term.console import Console as _Console
 from sgpt_cli.train.plot import can_draw
+from sgpt_cli.train.precision import cache_path, cpu_name
 from sgpt_cli.data import default_data, read_text
 from sgpt_cli.infer.model_lookup import shipped_or_given
 from sgpt_cli.errors import SgptError, visible
@@ -116,6 +117,8 @@ class TrainDisplay:
             + (f" x{i['world']} processes" if i["world"] > 1 else "")
         )
         data = escape(str(self.data)) if self.data else "the text"
+        if i.get("precision_why"):  # auto on a CPU: the probe's verdict, or the width rule
+            self.console.print(f"  precision {escape(i['precision_why'])}")
         self.console.print(
             f"  data {data}: {i['train_chars']:,} train / {i['val_chars']:,} val characters, vocab "
             f"{i['vocab_size']} -> {escape(str(self.out))}"
@@ -204,26 +207,37 @@ class StopRequest(Stop):
 
 
 def idle_comparison(cfg: TrainConfig, result, device: str, world: int, default_data: bool,
-                    precision: str) -> str | None:
+                    precision: str, cpu: str | None = None) -> str | None:
     """How far this run is from what its preset does on an idle machine, and why: its iterations
     and characters per second against the idle figures (config.IDLE_FIGURES); the val loss too when
-    the run was the one those figures measure (the preset's budget on tiny-shakespeare)."""
+    the run was the one those figures measure (the preset's budget on tiny-shakespeare). On another
+    CPU than the figures' (`cpu`: this one's, precision.cpu_name()) it names both instead of
+    calling the run slow: another CPU is another pace, not a busy machine."""
     figures = idle_figures(cfg)
     if figures is None or device != "cpu" or world != 1 or result.elapsed <= 0 or result.iters == 0:
         return None
+    cpu = cpu_name() if cpu is None else cpu
     chars = cfg.batch_size * cfg.block_size
     rate, idle = result.iters / result.elapsed, figures.iters_per_s
     line = f"this run: {result.iters:,} iterations at {rate:.2f}/s ({rate * chars:,.0f} tokens/s), "
     slower = idle / rate
-    line += f"{slower:.1f}x slower than" if slower >= 1.25 else "the pace of"
+    same_cpu = " ".join(cpu.split()).casefold() == " ".join(figures.cpu.split()).casefold()
+    if not same_cpu:
+        line += "against"
+    else:
+        line += f"{slower:.1f}x slower than" if slower >= 1.25 else "the pace of"
     line += f" the {cfg.preset} preset on {figures.machine}"
     expected = f", ~{idle * cfg.time_budget:,.0f} iterations in this budget" if cfg.time_budget else ""
     line += f" (~{idle:.2f}/s, {idle * chars:,.0f} tokens/s{expected})"
-    if slower >= 1.25:
+    if not same_cpu:
+        line += f"; figures measured on {figures.cpu}; this is {cpu}"
+        if precision != figures.precision:
+            line += f", its matmuls {precision}"
+    elif slower >= 1.25:
         why = "a busy machine or fewer cores gives fewer steps"
         if precision != figures.precision:
-            why = (f"this run's matmuls were {precision}, the figures' {figures.precision} (--precision; auto "
-                   f"picks bfloat16 only on a CPU with AMX), and {why}")
+            why = (f"this run's matmuls were {precision}, the figures' {figures.precision} (--precision, or "
+                   f"auto's probe, whose verdict {cache_path()} keeps: delete it to measure again), and {why}")
         line += f"; {why}"
     if default_data and cfg.time_budget == figures.budget:
         val, kind = (result.val_loss, "") if result.val_loss is not None else (result.best_val_loss, " estimate")
@@ -333,6 +347,6 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
     comparison = idle_comparison(cfg, result, display.device, display.world,
                                  default_data=data is None and init is None, precision=display.precision)
     if comparison:
-        console.print(f"  {comparison}", markup=False)
+        console.print(visible(f"  {comparison}"), markup=False)  # it names this CPU, as the OS reports it
     console.print(visible(f"next: sgpt export {shlex.quote(str(out))}"), markup=False)
     return 0

@@ -5,8 +5,8 @@ What it holds: `train()` (a short loop over the named pieces below), the set-up 
 resumed or initialised from another checkpoint), the stop rules (iterations, time budget, a stop
 request), the whole-split validation loss, the `Stop` protocol the CLI's signal handler follows,
 and the DDP glue for `torchrun` (each rank draws its own batches; only rank 0 writes or reports).
-bf16 autocast on CUDA and on CPUs with AMX (`--precision`); on CUDA also TF32, fused AdamW and
-optional torch.compile.
+bf16 autocast on CUDA and on CPUs where it measures faster (`--precision`, train/precision.py); on
+CUDA also TF32, fused AdamW and optional torch.compile.
 
 The promises: the best checkpoint (`--out`, weights only) and the resumable one (`NAME.last.pt`,
 with optimizer and every rank's random streams) are only ever written whole, both in one critical
@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from sgpt_cli.data import split_text
 from sgpt_cli.errors import SgptError, UsageError, first_line
 from sgpt_cli.train.model import GPT
 from sgpt_cli.train.optim import build_optimizer
+from sgpt_cli.train.precision import cpu_name, resolve_precision
 from sgpt_cli.train.stop import Stop
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
@@ -116,28 +116,11 @@ def resolve_device(requested: str, dist: Dist | None = None) -> str:
     return "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
 
 
-# the narrowest model whose steps bfloat16 makes faster on an AMX CPU (forward + backward, one batch of
-# the cpu preset's size: width 32 0.66x, 64 1.11x, 96 1.23x, 128 1.42x): below it, the casts cost more
-BF16_CPU_MIN_WIDTH = 64
-
-
-def resolve_precision(requested: str, device: str, n_embd: int) -> str:
-    """float32 or bfloat16: `auto` is bfloat16 on CUDA, and on a CPU with AMX tiles (whose bf16 matmuls
-    run 4x float32's) for a model of BF16_CPU_MIN_WIDTH or wider; float32 on other CPUs (bf16 there
-    is emulated, slower than float32)."""
-    if requested != "auto":
-        return requested
-    if device == "cuda":
-        return "bfloat16"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # private in torch 2.x: absent = no
-    return "bfloat16" if amx() and n_embd >= BF16_CPU_MIN_WIDTH else "float32"
-
-
 def hardware_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
     n = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()} CPU, {n} thread{'' if n == 1 else 's'}"
+    return f"{cpu_name()}, {n} thread{'' if n == 1 else 's'}"
 
 
 def lr_at(cfg: TrainConfig, it: int, progress: float) -> float:
@@ -300,7 +283,7 @@ class Run:
     out: Path
     dist: Dist
     device: str
-    precision: str  # float32 or bfloat16 (resolve_precision)
+    precision: str  # float32 or bfloat16 (precision.resolve_precision)
     tokenizer: CharTokenizer
     model: torch.nn.Module  # what steps (compiled and/or DDP-wrapped)
     raw_model: GPT  # what is saved and evaluated
@@ -327,6 +310,7 @@ class Run:
     # rank 0's (elapsed, reserve, forward pass of a batch) at this step: the schedule's clock
     clock: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pace: Pace = field(default_factory=Pace)
+    precision_why: str | None = None  # what chose an auto precision (the header says it)
 
     @property
     def elapsed(self) -> float:
@@ -398,7 +382,8 @@ def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, re
             raise SgptError("the checkpoint's model shape does not match its training config; start a new run")
         model.load_state_dict(resume["model"])
     model.to(device)
-    precision = resolve_precision(cfg.precision, device, cfg.n_embd)
+    choice = resolve_precision(cfg.precision, device, model, cfg.batch_size, cfg.block_size, dist)
+    precision = choice.precision
     optimizer = build_optimizer(model, cfg, fused=device == "cuda", ns_dtype=getattr(torch, precision))
     train_text, val_text = split_text(text)
     to_ids = lambda s: torch.from_numpy(tokenizer.encode(s))  # noqa: E731
@@ -407,7 +392,8 @@ def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, re
               Batches(to_ids(train_text), cfg.block_size, cfg.batch_size, device), val_ids,
               Batches(val_ids, cfg.block_size, cfg.batch_size, device),
               extra={"data_sha256": text_sha, "data_path": data_path,
-                     "init_from": init["source"] if init else (resume or {}).get("init_from")})
+                     "init_from": init["source"] if init else (resume or {}).get("init_from")},
+              precision_why=choice.why)
     if resume is not None:
         try:  # checkpoint.load checked the kinds; torch checks the sizes here
             optimizer.load_state_dict(resume["optimizer"])  # after .to(): state follows the params' device
@@ -843,6 +829,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
     report = callback if run.dist.master else (lambda e: None)
     report(Event("start", run.it, cfg.max_iters, info={
         "params": run.raw_model.num_params(), "device": run.device, "precision": run.precision, "world": run.dist.world,
+        "precision_why": run.precision_why,
         "hardware": hardware_name(run.device), "threads": torch.get_num_threads(), "preset": cfg.preset,
         "optimizer": cfg.optimizer, "vocab_size": run.tokenizer.vocab_size, "train_chars": len(run.train_batches.ids),
         "val_chars": len(run.val_ids), "resumed": resume is not None, "time_budget": cfg.time_budget,
