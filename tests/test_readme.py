@@ -1,98 +1,60 @@
-"""The README is executable: its fast commands (complete, chat piped, eval, help) run, in the order
-they are printed, as a user would paste them into a shell in a fresh clone, and do what the text
-around them says. The model is the tiny one (through $SGPT_MODEL) except where a command names a
-file; `sgpt eval`'s default text is the tests' own play, placed where the corpus would be."""
+"""The README is executable: its fast commands (complete, eval, help) run, in the order they are
+printed, as a user would paste them into a shell in a fresh clone; its serve example runs against a
+live server; its sample is what the shipped model writes. The machinery, and the same checks for
+the pages in docs/, are in tests/test_docs.py."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, run_env
+from conftest import REPO
+from test_docs import (DOCUMENTS, fast_commands, make_clone, run_against_a_live_server, run_in_clone,
+                       serve_examples, shell_lines)
 
 README = REPO / "README.md"
-FAST = re.compile(r"(^|\|\s*)sgpt (complete|chat|eval)\b|^sgpt --help")
 
 
-def readme_commands() -> list[str]:
-    """Every line of the README's bash blocks that runs a fast sgpt command (not install, train or
-    export, which the other tests cover, nor the interactive `sgpt chat`)."""
-    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
-    lines = [line.strip() for block in blocks for line in block.splitlines()]
-    return [line for line in lines if FAST.search(line) and not line.startswith(("pip ", "torchrun "))
-            and line.split("#")[0].strip() != "sgpt chat"]
-
-
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory, text_file):
-    """A folder laid out as a fresh clone's root, with `sgpt` on the PATH running this checkout."""
-    root = tmp_path_factory.mktemp("clone")
-    for name in ("models", "DEVELOPERS.md", "README.md"):
-        os.symlink(REPO / name, root / name)
-    (root / "data").mkdir()
-    shutil.copy(text_file, root / "data" / "tinyshakespeare.txt")
-    bin_dir = root / ".bin"
-    bin_dir.mkdir()
-    (bin_dir / "sgpt").write_text(f'#!/bin/sh\nexec {sys.executable} -m sgpt_cli "$@"\n')
-    (bin_dir / "sgpt").chmod(0o755)
-    return root
-
-
-def test_the_readme_shows_each_fast_command():
-    commands = readme_commands()
-    joined = "\n".join(commands)
+def test_the_documents_show_each_fast_command():
+    """The README and docs/ together show each kind of fast command the doc tests run."""
+    joined = "\n".join(command for doc in DOCUMENTS for command in fast_commands(doc))
     for needle in ("sgpt --help", "| sgpt chat", "sgpt complete", "| jq -r .text", "sgpt eval",
-                   "--stop '\\n\\n'", "sgpt chat scene.txt", "--min-p"):
+                   "--stop '\\n\\n'", "sgpt chat scene.txt", "--min-p", "--batch -", "--num-samples"):
         assert needle in joined, needle
-    assert "| jq .text" not in README.read_text(encoding="utf-8")  # -r: the text, not a JSON string
+    for doc in DOCUMENTS:
+        assert "| jq .text" not in doc.read_text(encoding="utf-8"), doc  # -r: the text, not a JSON string
 
 
-def test_the_readme_commands_run_in_order(clone, tiny_onnx):
-    if shutil.which("jq") is None:
-        pytest.skip("jq is not installed")
-    env = run_env(SGPT_MODEL=str(tiny_onnx), PATH=f"{clone / '.bin'}{os.pathsep}{os.environ['PATH']}")
-    outputs = {}
-    for command in readme_commands():
-        proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=clone, env=env,
-                              stdin=subprocess.DEVNULL, timeout=300)
-        assert proc.returncode == 0, (command, proc.stderr)
-        assert "Traceback" not in proc.stderr and "error" not in proc.stderr, (command, proc.stderr)
-        assert proc.stdout or "--stop" in command, command  # a stop may come before the first character
-        outputs[command.split("#")[0].strip()] = proc.stdout
-    scene = (clone / "scene.txt").read_text(encoding="utf-8")  # written by the piped chat
-    assert scene.startswith("ROMEO:\n") and len(scene) > len("ROMEO:\n")
-    jq = next(out for c, out in outputs.items() if "jq -r .text" in c)
-    assert not jq.startswith('"') and "\\n" not in jq  # plain text, not an escaped JSON string
-    stopped = next(out for c, out in outputs.items() if "--stop" in c and "sgpt complete" in c)
-    assert "\n\n" not in stopped
-    continued = next(out for c, out in outputs.items() if "sgpt chat scene.txt" in c)
-    assert continued.startswith("ROMEO:\n") and ">>> \n" in continued  # the scene's tail, then Enter
-    evaluated = next(out for c, out in outputs.items() if c == "sgpt eval")
-    assert "loss" in evaluated and str(tiny_onnx) in evaluated  # the model in use: $SGPT_MODEL
-
-
-def test_the_readme_names_no_flag_the_cli_lacks():
-    """Every `--flag` the README's usage sections mention exists in some command's --help."""
+def test_the_readme_s_quick_start_is_two_commands():
+    """One installs and opens the REPL on the shipped model; one installs what the tests need and
+    runs them (the line .ci/run runs)."""
     text = README.read_text(encoding="utf-8")
-    usage = text[text.index("## Usage"):text.index("## Results")]
-    helps = "".join(subprocess.run([sys.executable, "-m", "sgpt_cli", *c, "--help"], capture_output=True, text=True,
-                                   env=run_env(), timeout=120).stdout
-                    for c in ([], ["train"], ["export"], ["chat"], ["complete"], ["eval"], ["serve"]))
-    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", usage))
-    missing = sorted(f for f in flags if f not in helps and f not in {"--nproc_per_node"})
-    assert missing == []
+    quick = text[text.index("## Quick start"):text.index("\n## ", text.index("## Quick start") + 1)]
+    [block] = re.findall(r"^```bash\n(.*?)^```", quick, re.S | re.M)
+    assert [line.split("#")[0].strip() for line in block.splitlines()] == [
+        "pip install -e . && sgpt chat", "pip install -e '.[test]' && pytest -q"]
+
+
+def test_the_readme_commands_run_in_order(tmp_path, text_file, tiny_onnx):
+    commands = fast_commands(README)
+    assert any(c.startswith("sgpt --help") for c in commands) and "sgpt eval" in [c.split("#")[0].strip()
+                                                                                    for c in commands]
+    out = run_in_clone(commands, make_clone(tmp_path, text_file), tiny_onnx)
+    assert "loss" in out["sgpt eval"] and str(tiny_onnx) in out["sgpt eval"]  # the model in use: $SGPT_MODEL
+    assert all(command in out["sgpt --help"] for command in ("chat", "complete", "serve", "train", "export", "eval"))
+
+
+def test_the_readme_shows_no_explain_command_the_doc_tests_would_run():
+    """`sgpt explain` is described and linked from the README, never run by it."""
+    assert not any("sgpt explain" in line for line in shell_lines(README))
 
 
 def test_the_readme_sample_is_what_the_shipped_model_writes():
-    """Defect 9: the README's sample is the output of the command printed above it, run with the
-    shipped model. After re-exporting models/shakespeare.onnx, run `python scripts/readme_sample.py`
-    and commit the new block with the model. (The shipped file is int8: ONNX Runtime's int8
-    products differ slightly between CPUs' instruction sets, which may change a seeded sample.)"""
+    """The README's sample is the output of the command printed above it, run with the shipped
+    model. After re-exporting models/shakespeare.onnx, run `python scripts/readme_sample.py` and
+    commit the new block with the model. (The shipped file is int8: ONNX Runtime's int8 products
+    differ slightly between CPUs' instruction sets, which may change a seeded sample.)"""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("readme_sample", REPO / "scripts" / "readme_sample.py")
@@ -103,41 +65,20 @@ def test_the_readme_sample_is_what_the_shipped_model_writes():
     assert sample.generate(command) == block, "run `python scripts/readme_sample.py` to refresh the README"
 
 
-def serve_examples() -> tuple[list[str], list[str]]:
-    """The `sgpt serve` section's curl lines and Python blocks, as printed."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("### `sgpt serve`"):text.index("## Exit statuses")]
-    bash = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
-    curls = [line.strip() for block in bash for line in block.splitlines() if line.strip().startswith("curl ")]
-    return curls, re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
+def test_the_readme_serve_example_runs_against_a_live_server(tiny_onnx, tmp_path):
+    """The tour's curl line, pasted, against `sgpt serve` on the tiny model; only the port differs."""
+    curls, scripts = serve_examples(README)
+    assert len(curls) >= 1 and scripts == []
+    run_against_a_live_server(curls, scripts, tiny_onnx, tmp_path)
 
 
-def test_the_readme_serve_examples_run_against_a_live_server(tiny_onnx, tmp_path):
-    """The curl lines and the openai client example, pasted, against `sgpt serve` on the tiny model
-    (named as the shipped one, so the examples' model id is right); only the port differs."""
-    pytest.importorskip("openai")
-    pytest.importorskip("uvicorn")
-    from test_serve import start
+@pytest.mark.parametrize("link", ["docs/chat.md", "docs/complete.md", "docs/serve.md", "docs/training.md",
+                                  "docs/export.md", "docs/eval.md", "docs/reliability.md", "docs/benchmarks.md",
+                                  "docs/onnx-interface.md", "docs/how-it-works.md", "benchmarks/LOG.md"])
+def test_the_readme_links_each_guide(link):
+    assert f"]({link})" in README.read_text(encoding="utf-8")
 
-    curls, scripts = serve_examples()
-    assert len(curls) >= 2 and len(scripts) == 1 and "from openai import OpenAI" in scripts[0]
-    if shutil.which("curl") is None or shutil.which("jq") is None:
-        pytest.skip("curl or jq is not installed")
-    model = tmp_path / "shakespeare.onnx"
-    shutil.copy(tiny_onnx, model)
-    server = start(model)
-    try:
-        here = server.url.removeprefix("http://")
-        for command in curls:
-            assert "127.0.0.1:8000" in command
-            proc = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", here)], capture_output=True,
-                                  text=True, timeout=120, stdin=subprocess.DEVNULL)
-            assert proc.returncode == 0 and proc.stdout.strip(), (command, proc.stderr)
-            if '"stream": true' in command:
-                assert proc.stdout.rstrip().endswith("data: [DONE]")
-        script = scripts[0].replace("127.0.0.1:8000", here)
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                              env=run_env(), stdin=subprocess.DEVNULL)
-        assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
-    finally:
-        server.stop()
+
+def test_the_readme_is_a_guide_of_at_most_250_lines():
+    """Detail goes to docs/, measurements to benchmarks/LOG.md."""
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 250
