@@ -232,7 +232,7 @@ class IdleFigures:
 
     machine: str  # where they were measured, in words
     cpu: str  # that machine's CPU as precision.cpu_name() gives it: a run on another says so, not "slower"
-    how: str  # the commands (README, Benchmarks)
+    how: str  # the commands (docs/benchmarks.md)
     iters_per_s: float  # optimizer steps per second of time budget, estimates and final measurement included
     budget: float  # the preset's own time budget, the one val_loss belongs to
     val_loss: float  # whole validation split of tiny-shakespeare after that budget
@@ -246,7 +246,7 @@ IDLE_FIGURES: dict[str, IdleFigures] = {
         # name) puts the exact one here
         cpu="Intel Xeon with AMX",
         how="benchmarks/bench_train.py --default-run --repeats 2 (3,427 and 3,362 iterations in the 280 s "
-            "budget, val 1.4650 and 1.4694: median 1.4672; README, Benchmarks)",
+            "budget, val 1.4650 and 1.4694: median 1.4672; docs/benchmarks.md)",
         iters_per_s=3394 / 280, budget=280.0, val_loss=1.4672, precision="bfloat16",
     ),
 }

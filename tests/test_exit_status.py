@@ -1,4 +1,4 @@
-"""One exit-status scheme for every command (README, "Exit statuses"; sgpt_cli.term.common):
+"""One exit-status scheme for every command (docs/reliability.md, "Exit statuses"; sgpt_cli.term.common):
 0 done, 1 a failure (missing or damaged file), 2 a usage error, 130 interrupted. Also: --help shows
 no `<bool>` after on/off flags, and shell completion installs with Typer's --install-completion."""
 
