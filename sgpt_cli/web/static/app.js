@@ -626,6 +626,7 @@ async function start() {
   buildSettings(state.props.settings);
   legend();
   setHeat(localStorage.getItem(store.heat) === "1");
+  document.body.dataset.readyMs = String(Math.round(performance.now()));
   document.body.dataset.ready = "1";
 }
 
