@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import httpx  # noqa: E402
 
 from bench_serve import PROMPTS, clients  # noqa: E402
-from page_screenshot import chromium, ready, run, serve, stop, until  # noqa: E402
+from page_screenshot import page_session, ready, run, until  # noqa: E402
 
 
 def page_bytes(url: str) -> dict:
@@ -67,10 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--loads", type=int, default=10)
     args = ap.parse_args(argv)
-    proc, url = serve(args.model)
-    profile = tempfile.mkdtemp(prefix="sgpt-chromium-")
-    driver = chromium(1280, 900, profile)
-    try:
+    with page_session(args.model, 1280, 900) as (driver, url):
         sizes = page_bytes(url)
         print(f"page: {sum(sizes.values()):,} bytes ({', '.join(f'{k} {v:,}' for k, v in sizes.items())})")
         loads = first_loads(driver, url, args.loads)
@@ -89,10 +84,6 @@ def main(argv=None) -> int:
             print(f"round {r + 1}: page {page[-1]:,.0f} chars/s, bench_serve single client {bench[-1]:,.0f} chars/s")
         p, b = statistics.median(page), statistics.median(bench)
         print(f"median: page {p:,.0f} chars/s, bench_serve single client {b:,.0f} chars/s; page / client = {p / b:.3f}")
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-        stop(proc)
     return 0
 
 

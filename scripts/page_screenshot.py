@@ -11,6 +11,7 @@ chromium chromium-driver). What it does not do: download anything, or touch any 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import signal
@@ -67,6 +68,22 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(15)
 
 
+@contextlib.contextmanager
+def page_session(model: Path | None, width: int, height: int):
+    """(a browser, the URL of a fresh `sgpt serve`); both gone afterwards, whatever happened."""
+    proc, url = serve(model)
+    profile = tempfile.mkdtemp(prefix="sgpt-chromium-")
+    try:
+        driver = chromium(width, height, profile)
+        try:
+            yield driver, url
+        finally:
+            driver.quit()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+        stop(proc)
+
+
 def until(driver, what, seconds: float = 60):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -90,10 +107,10 @@ def ready(driver, url: str, scene: str = "", **settings) -> None:
 
 def run(driver) -> str:
     """Click Generate and wait for the run's speed line."""
-    before = driver.find_element("id", "speed").text
+    driver.execute_script("document.getElementById('speed').textContent = ''")  # a run's line is written at its end
     driver.find_element("id", "generate").click()
-    until(driver, lambda d: d.find_element("id", "speed").text not in ("", before)
-          and d.find_element("id", "stop").get_attribute("disabled"), 300)
+    until(driver, lambda d: d.find_element("id", "speed").text and d.find_element("id", "stop").get_attribute("disabled"),
+          300)
     return driver.find_element("id", "speed").text
 
 
@@ -106,10 +123,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from sgpt_cli.files import atomic_path
 
-    proc, url = serve()
-    profile = tempfile.mkdtemp(prefix="sgpt-chromium-")
-    driver = chromium(args.width, args.height, profile)
-    try:
+    with page_session(None, args.width, args.height) as (driver, url):
         ready(driver, url, SCENE, seed=str(args.seed), max_tokens="300")
         driver.find_element("id", "heat").click()
         print(run(driver))
@@ -122,10 +136,6 @@ def main(argv=None) -> int:
         with atomic_path(args.out) as tmp:
             Path(tmp).write_bytes(png)
         print(f"wrote {args.out} ({len(png):,} bytes)")
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-        stop(proc)
     return 0
 
 

@@ -137,16 +137,21 @@ def text(driver) -> str:
     return driver.execute_script("return document.getElementById('scene').value")
 
 
-def run_done(driver, before: str):
-    """Wait for the speed line of a new run (it is written when the run ends)."""
-    wait(driver, lambda d: by_id(d, "speed").text not in ("", before) and by_id(d, "stop").get_attribute("disabled"))
+def cleared(driver) -> None:
+    """No speed line: a run writes its own when it ends."""
+    driver.execute_script("document.getElementById('speed').textContent = ''")
+
+
+def run_done(driver):
+    """Wait for the speed line of the run started since `cleared`."""
+    wait(driver, lambda d: by_id(d, "speed").text and by_id(d, "stop").get_attribute("disabled"))
     return by_id(driver, "speed").text
 
 
 def generate(driver):
-    before = by_id(driver, "speed").text
+    cleared(driver)
     by_id(driver, "generate").click()
-    return run_done(driver, before)
+    return run_done(driver)
 
 
 def sgpt_complete(model, prompt, *flags) -> str:
@@ -171,10 +176,11 @@ def test_stop_ends_the_stream_keeps_the_text_and_frees_the_row(browser, server):
     from selenium.webdriver.common.keys import Keys
 
     open_page(browser, server.url, "JULIET:\n", one_speech=False, max_tokens="4000", seed="3")
+    cleared(browser)
     by_id(browser, "scene").send_keys(Keys.CONTROL, Keys.ENTER)  # keyboard only: Ctrl-Enter, then Esc
     wait(browser, lambda d: len(d.execute_script("return document.getElementById('view').textContent")) > 40)
     by_id(browser, "view").send_keys(Keys.ESCAPE)
-    line = run_done(browser, "")
+    line = run_done(browser)
     assert "stopped" in line
     kept = text(browser)
     assert len(kept) > 40 and kept.startswith("JULIET:\n")
@@ -219,13 +225,13 @@ def branch_by_keyboard(driver, steps: int, pick: int) -> str:
     from selenium.webdriver.common.keys import Keys
 
     view = by_id(driver, "view")
-    before = by_id(driver, "speed").text
     for _ in range(steps):
         view.send_keys(Keys.ARROW_RIGHT)
     wait(driver, lambda d: by_id(d, "tip").is_displayed())
     chars = driver.execute_script("return [...document.querySelectorAll('#tip .alt-char')].map(b => b.dataset.char)")
+    cleared(driver)
     view.send_keys(str(pick))
-    run_done(driver, before)
+    run_done(driver)
     return chars[pick - 1]
 
 
@@ -250,18 +256,18 @@ def test_clicking_an_alternative_continues_with_it_deterministically(browser, se
     span = browser.find_elements("css selector", "#view .c")[3]
     span.click()
     wait(browser, lambda d: by_id(d, "tip").is_displayed())
-    before = by_id(browser, "speed").text
+    cleared(browser)
     browser.find_elements("css selector", "#tip .alt-char")[1].click()
-    run_done(browser, before)
+    run_done(browser)
     assert text(browser) == outcomes[0]
 
 
 def test_three_more_then_keep_one(browser, server):
     open_page(browser, server.url, "ROMEO:\n", seed="20", max_tokens="50")
     generate(browser)
-    before = by_id(browser, "speed").text
+    cleared(browser)
     by_id(browser, "more").click()
-    line = run_done(browser, before)
+    line = run_done(browser)
     assert "seed 21–23" in line
     alts = browser.execute_script("return [...document.querySelectorAll('#alts .alt')].map(a =>"
                                   " [a.querySelector('.dim').textContent, a.querySelector('pre').textContent])")
