@@ -283,6 +283,24 @@ def test_three_more_then_keep_one(browser, server):
     assert kept.rstrip("\n") == r.json()["choices"][0]["text"]
 
 
+def test_the_attention_panel_shows_every_head_where_the_server_explains(browser, server):
+    """With POST /v1/explain (the props say so), clicking a character shows what each layer and head
+    of the model attended to before choosing it; a server without it is never asked (no 404)."""
+    open_page(browser, server.url, "ROMEO:\n", seed="5", max_tokens="30")
+    by_id(browser, "heat").click()
+    generate(browser)
+    browser.find_elements("css selector", "#view .c")[4].click()
+    wait(browser, lambda d: by_id(d, "tip").is_displayed())
+    props = browser.execute_script("return state.props")
+    if props["explain"]:
+        wait(browser, lambda d: by_id(d, "explain").is_displayed())
+        rows = browser.find_elements("css selector", "#explain .attn")
+        assert len(rows) == props["model"]["n_layer"] * props["model"]["n_head"]
+    else:
+        time.sleep(0.3)
+        assert not by_id(browser, "explain").is_displayed()
+
+
 def test_save_then_load_gives_the_same_text(browser, server):
     scene = "A room in the castle.\n\nROMEO:\nBut soft, what light?\n\nJULIET:\nAy me!\n"
     open_page(browser, server.url, scene)

@@ -389,7 +389,7 @@ function stop() {
 
 function shown(ch) { return ch === "\n" ? "↵" : ch === " " ? "␣" : ch === "\t" ? "⇥" : ch; }
 
-function showTip(i, anchor) {
+function showTip(i, anchor, deep = false) {
   const info = state.info[i];
   if (!info || !info.top) return;
   const old = state.sel;
@@ -420,7 +420,7 @@ function showTip(i, anchor) {
   const left = Math.min(r.left - stage.left, stage.width - tip.offsetWidth - 4);
   tip.style.left = Math.max(0, left) + "px";
   tip.style.top = (r.bottom - stage.top + 4) + "px";
-  if (old !== i) explain(i);
+  if (deep && (old !== i || $("explain").hidden)) explain(i);
 }
 
 function hideTip() {
@@ -501,34 +501,57 @@ function keepAlt(j) {
 // --- attention (POST /v1/explain, where the server has it) ------------------------------------------
 
 let explainAvailable = true;
+const EXPLAIN_SHOWN = 48; // the window's last characters drawn per head
 
 async function explain(i) {
-  if (!explainAvailable || !state.props.explain) return;
+  // the character at i was chosen from the distribution after text[0:i]: that position explained
+  if (!explainAvailable || !state.props.explain || i < 1) return;
   try {
     const res = await fetch("/v1/explain", { method: "POST", headers: headers(),
-      body: JSON.stringify({ prompt: state.text.slice(0, i + 1).slice(-state.props.model.block_size), position: -1 }) });
+      body: JSON.stringify({ prompt: state.text.slice(Math.max(0, i - state.props.model.block_size), i), at: -1 }) });
     if (res.status === 404 || res.status === 405) { explainAvailable = false; $("explain").hidden = true; return; }
     if (!res.ok) return;
-    const data = await res.json();
-    drawExplain(data);
-  } catch (e) { /* the panel stays hidden */ }
+    drawExplain(await res.json(), state.text[i]);
+  } catch (e) { /* the panel keeps what it showed */ }
 }
 
-function drawExplain(data) {
-  const layers = data && (data.attention || data.layers);
-  if (!Array.isArray(layers)) return;
-  const bodyEl = $("explain-body");
-  bodyEl.replaceChildren();
-  layers.forEach((heads, l) => {
-    const row = document.createElement("p");
-    row.className = "dim";
-    const parts = (Array.isArray(heads) ? heads : heads.heads || []).map((h, k) => {
-      const top = (h.top || h).slice ? (h.top || h).slice(0, 3) : [];
-      return "h" + k + ": " + top.map((t) => (Array.isArray(t) ? shown(String(t[0])) + " " + Math.round(100 * t[1]) + "%" : "")).join(" ");
-    });
-    row.textContent = "layer " + l + " · " + parts.join(" · ");
-    bodyEl.append(row);
-  });
+function drawExplain(data, chosen) {
+  if (!data || !Array.isArray(data.attention) || !data.window) return;
+  const chars = data.window.characters;
+  const from = Math.max(0, chars.length - EXPLAIN_SHOWN);
+  const out = $("explain-body");
+  out.replaceChildren();
+  const head = document.createElement("p");
+  head.className = "dim";
+  head.textContent = "before '" + shown(chosen || "") + "': what each head of each layer attended to (darker: more)";
+  out.append(head);
+  for (const layer of data.attention) {
+    for (const h of layer.heads) {
+      const row = document.createElement("div");
+      row.className = "attn";
+      const label = document.createElement("span");
+      label.className = "dim";
+      label.textContent = "L" + layer.layer + " H" + h.head + " ";
+      row.append(label);
+      const top = Math.max(...h.weights.slice(from), 1e-9);
+      for (let k = from; k < chars.length; k++) {
+        const c = document.createElement("span");
+        c.className = "w";
+        c.textContent = shown(chars[k]);
+        c.style.setProperty("--w", (h.weights[k] / top).toFixed(3));
+        c.title = (100 * h.weights[k]).toFixed(1) + "%";
+        row.append(c);
+      }
+      out.append(row);
+    }
+  }
+  if (Array.isArray(data.lens)) {
+    const lens = document.createElement("p");
+    lens.className = "dim";
+    lens.textContent = "the guess after each layer: " + data.lens.map((l) => l.after + " '" +
+      shown((l.top[0] || {}).char || "") + "'").join(" · ");
+    out.append(lens);
+  }
   $("explain").hidden = false;
 }
 
@@ -575,7 +598,7 @@ function onViewKey(e) {
     e.preventDefault();
     k = k < 0 ? (e.key === "ArrowRight" ? 0 : spans.length - 1) : Math.max(0, Math.min(spans.length - 1, k + (e.key === "ArrowRight" ? 1 : -1)));
     spans[k].scrollIntoView({ block: "nearest" });
-    showTip(Number(spans[k].dataset.i), spans[k]);
+    showTip(Number(spans[k].dataset.i), spans[k], true);
   } else if (/^[1-9]$/.test(e.key) && state.sel >= 0 && !$("tip").hidden) {
     const info = state.info[state.sel];
     const pick = info && info.top && info.top[Number(e.key) - 1];
@@ -649,7 +672,7 @@ function wire() {
   });
   $("view").addEventListener("click", (e) => {
     const c = e.target.closest(".c");
-    if (c && $("heat").checked) showTip(Number(c.dataset.i), c);
+    if (c && $("heat").checked) showTip(Number(c.dataset.i), c, true);
   });
   $("view").addEventListener("dblclick", () => { if (!state.running) { setMode("edit"); $("scene").focus(); } });
   $("draw").addEventListener("click", () => {
