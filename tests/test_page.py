@@ -172,6 +172,20 @@ def test_generate_with_a_seed_gives_the_text_of_sgpt_complete(browser, server, t
     assert by_id(browser, "error").get_attribute("hidden")
 
 
+def test_from_the_cursor_drops_the_text_after_it_and_continues(browser, server, tiny_onnx):
+    from selenium.webdriver.common.keys import Keys
+
+    head = "ROMEO:\nBut soft\n"
+    open_page(browser, server.url, head + "JULIET:\nAy me!\n", seed="9", max_tokens="30")
+    browser.execute_script("const s = document.getElementById('scene'); s.focus();"
+                           "s.setSelectionRange(arguments[0], arguments[0]);", len(head))
+    cleared(browser)
+    by_id(browser, "scene").send_keys(Keys.CONTROL, Keys.SHIFT, Keys.ENTER)  # Ctrl-Shift-Enter
+    run_done(browser)
+    expected = sgpt_complete(tiny_onnx, head, "--seed", "9", "-n", "30", "--stop", "\\n\\n")
+    assert text(browser) in (head + expected, head + expected + "\n\n")
+
+
 def test_stop_ends_the_stream_keeps_the_text_and_frees_the_row(browser, server):
     from selenium.webdriver.common.keys import Keys
 
@@ -332,7 +346,17 @@ def test_screenshots_at_360_and_1280_px(browser, server, tmp_path_factory):
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
         path = folder / f"page-{width}.png"
         assert browser.save_screenshot(str(path)) and path.stat().st_size > 1000
-    browser.set_window_size(1280, 900)
+    light = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme",
+                                                                          "value": "dark"}]})
+    try:
+        dark = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+        assert dark != light  # prefers-color-scheme: dark is drawn dark
+        assert browser.save_screenshot(str(folder / "page-1280-dark.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        browser.set_window_size(1280, 900)
+    print(f"screenshots: {folder}")
 
 
 def test_no_console_errors(browser, server):

@@ -57,6 +57,11 @@ def setting_object(s: Setting) -> dict:
             "zero": s.zero, "none": s.none, "repeat": s.repeat, "most": s.most, "longest": s.longest}
 
 
+def quantization(meta: dict) -> str:
+    """How the file stores its weights, in the words `sgpt export --quantize` uses (none: float32)."""
+    return meta.get("sgpt.quantization") if meta.get("sgpt.quantization") not in (None, "", "none") else "float32"
+
+
 def heat_bins() -> list[dict]:
     """The REPL's heat bins (sgpt_cli.term.repl.HEAT): the lowest probability, the colour's name, the legend."""
     from sgpt_cli.term.repl import HEAT
@@ -79,7 +84,7 @@ def props(state) -> dict:
     path = state.model_path
     return {
         "model": {"id": state.model_id, "file": path.name, "bytes": path.stat().st_size if path.exists() else None,
-                  "val_loss": model.val_loss, "quantization": model.meta.get("sgpt.quantization") or "float32",
+                  "val_loss": model.val_loss, "quantization": quantization(model.meta),
                   "block_size": model.block_size, "vocab_size": model.vocab_size, "n_layer": model.n_layer,
                   "n_head": model.n_head, "n_embd": model.n_embd, "device": model.device},
         "settings": settings,

@@ -342,7 +342,8 @@ async function generate({ fromCursor = false, seed = null, text = null, info = n
   let base = text !== null ? text : state.text;
   let baseInfo = info !== null ? info : state.info;
   if (fromCursor && text === null) {
-    const cut = $("scene").selectionStart;
+    // the textarea's cursor; in the coloured view, the character picked there (it is dropped too)
+    const cut = state.mode === "edit" ? $("scene").selectionStart : state.sel >= 0 ? state.sel : base.length;
     base = base.slice(0, cut);
     baseInfo = baseInfo.slice(0, cut);
   }
@@ -583,7 +584,7 @@ async function load(file) {
 function onKey(e) {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
     e.preventDefault();
-    generate({ fromCursor: e.shiftKey && state.mode === "edit" });
+    generate({ fromCursor: e.shiftKey });
   } else if (e.key === "Escape") {
     if (state.running) { e.preventDefault(); stop(); } else hideTip();
   }
