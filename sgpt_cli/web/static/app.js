@@ -149,7 +149,11 @@ function setText(text, info, from = 0) {
   state.info = info;
   if ($("scene").value !== text) $("scene").value = text;
   render(from);
-  localStorage.setItem(store.scene, text);
+  try {
+    localStorage.setItem(store.scene, text);
+  } catch (e) { // the browser's quota (about 5 MB): the page goes on, the reload would lose it
+    showError("this scene is too long for the browser to keep across a reload; Save .txt keeps it");
+  }
 }
 
 function lineIndex(at) {
@@ -307,7 +311,8 @@ async function stream(req, onChoice) {
     return { finishes, stopped: false, t0, first, end: performance.now(), chars };
   } catch (e) {
     if (e.name === "AbortError") return { finishes, stopped: true, t0, first, end: performance.now(), chars };
-    throw e;
+    if (e instanceof Fail) throw e;
+    throw new Fail("the stream broke off (" + e.message + "); the text so far is kept; is `sgpt serve` still running?");
   } finally {
     state.running = null;
     busy(false);
