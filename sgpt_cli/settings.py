@@ -316,6 +316,15 @@ SamplingParams = make_dataclass(
 )
 
 
+@dataclass(frozen=True)
+class ReplyParams(SamplingParams):
+    """A chat reply's parameters (`sgpt serve`'s /v1/chat/completions): SamplingParams, and a reply
+    is never empty: a stop string completed before any character was given out (the model closed the
+    speech at once) is passed over, and the reply goes on to the next speech. Not a setting: no
+    command offers an empty reply a choice."""
+    never_empty: bool = True
+
+
 def sampling_params_from(values: dict, style: str = NAME, defaults: dict | None = None) -> "SamplingParams":
     """SamplingParams from a dict of settings (one JSONL request row, say): unknown keys and bad
     values are a one-line UsageError naming the key; missing ones take `defaults`, then SAMPLING's."""

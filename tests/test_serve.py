@@ -622,8 +622,8 @@ def test_messages_become_the_play_script(model):
         {"role": "assistant", "content": "ALL:\nSpeak, speak."},
         {"role": "user", "name": "ROMEO", "content": ""},
     ], vocab, 1000)
-    assert script == ("A room in the castle.\n\nFIRST CITIZEN:\nBefore we proceed, hear me.\nALL:\nSpeak, speak.\n\n"
-                      "ROMEO:\n")
+    assert script == ("A room in the castle.\n\nFIRST CITIZEN:\nBefore we proceed, hear me.\n\nALL:\nSpeak, speak."
+                      "\n\nROMEO:\n")
     assert dropped == []
 
 

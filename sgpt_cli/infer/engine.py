@@ -143,6 +143,13 @@ class _Run:
             self.held.append(believed(self.logits, nxt, self.params.logprobs, chars))
         piece, stopped = self.stops.push(chars[nxt])
         self.n += 1
+        if stopped and not piece and not self.given and getattr(self.params, "never_empty", False):
+            # a chat reply whose speech the model closed at once: the closing characters stay in
+            # the context but are given out as nothing, and the reply goes on (settings.ReplyParams)
+            self.stops = StopMatcher(self.params.stop)
+            if self.held:
+                self.held.clear()
+            stopped = False
         if stopped:
             return self.finish(piece, "stop"), -1
         if self.n == self.params.max_tokens:

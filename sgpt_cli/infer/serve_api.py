@@ -22,7 +22,7 @@ from sgpt_cli.infer.complete import PromptRead, read_for_model, unknown_note
 from sgpt_cli.errors import UsageError
 from sgpt_cli.infer.logprobs import chat_logprobs, completion_logprobs
 from sgpt_cli.settings import (CHAT_SETTINGS, LOGPROBS, NAME, SAMPLING, SAMPLING_NAMES, SERVE_REQUEST, SERVE_STOPS,
-                               SamplingParams, by_name)
+                               ReplyParams, SamplingParams, by_name)
 
 MESSAGE_LIMIT = 400  # characters of an error message: a value quoted back is cut, never a megabyte
 _SAMPLING = by_name(SAMPLING)
@@ -202,8 +202,10 @@ def _chat_logprobs(body: dict) -> int | None:
     return 0 if top is None else _checked(_TOP.but(name="top_logprobs"), top)
 
 
-def _jobs(prompts: list[str], n: int, values: dict, extra_stop: tuple[str, ...] = ()) -> list:
-    """One job per choice: choice j of a prompt gets seed + j (as `sgpt complete --num-samples`)."""
+def _jobs(prompts: list[str], n: int, values: dict, extra_stop: tuple[str, ...] = (),
+          params=SamplingParams) -> list:
+    """One job per choice: choice j of a prompt gets seed + j (as `sgpt complete --num-samples`);
+    `params` is the class of their parameters (a chat reply's: ReplyParams, never empty)."""
     jobs = []
     for prompt in prompts:
         for j in range(n):
@@ -212,7 +214,7 @@ def _jobs(prompts: list[str], n: int, values: dict, extra_stop: tuple[str, ...] 
             if v.get("seed") is not None:
                 v["seed"] = v["seed"] + j
             try:
-                jobs.append((prompt, SamplingParams(**v)))
+                jobs.append((prompt, params(**v)))
             except UsageError as exc:
                 raise bad(str(exc), "seed" if "seed" in str(exc) else None) from None
     return jobs
@@ -291,12 +293,15 @@ def _content(message: dict, where: str) -> str:
 
 
 def chat_script(messages, vocab, block_size: int, limits: Limits = Limits()) -> tuple[str, list[str]]:
-    """(the play script's tail the engine reads, the characters dropped): each message is added as
-    `sgpt chat` adds what is typed (sgpt_cli.infer.chat_session.ChatSession.add_user_text), a message
-    with a `name` as that speaker's line (`NAME: content`; the name alone when the content is
-    empty, so the reply is that speaker's speech); an assistant message is a reply already given, a
-    whole speech (the script gets the blank line that ends it, as after a reply of sgpt chat)."""
-    from sgpt_cli.infer.chat_session import SPEECH_END, ChatSession
+    """(the play script's tail the engine reads, the characters dropped). Each message is laid out as
+    `sgpt chat` lays out what is typed (sgpt_cli.infer.chat_session.ChatSession.add_user_text), a
+    message with a `name` as that speaker's (`NAME: content`), and each is a whole speech: the
+    script gets the blank line that ends it, so the reply is the next speech, its speaker chosen by
+    the model. (`sgpt chat` leaves a typed `ROMEO: But soft` open for the model to finish; a message
+    is what its author said, all of it.) A message that is a speaker's name alone (`name` with no
+    content, or the content `JULIET:`) opens that speaker's speech: the next message, or the reply
+    when it is the last one, is that speaker's."""
+    from sgpt_cli.infer.chat_session import SPEECH_END, ChatSession, is_speaker_line
 
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list of {\"role\", \"content\"} objects", "messages",
@@ -307,7 +312,7 @@ def chat_script(messages, vocab, block_size: int, limits: Limits = Limits()) -> 
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if session.script and not session.script.endswith("\n"):
-            session.script += "\n"  # an earlier message is whole: only the last one's line stays open
+            session.script += "\n"
         if not isinstance(message, dict):
             raise bad(f"{where} must be an object with role and content (got {message!r})", where, "invalid_type")
         extra = set(message) - {"role", "content", "name"}
@@ -327,17 +332,15 @@ def chat_script(messages, vocab, block_size: int, limits: Limits = Limits()) -> 
         if message.get("name") is not None:
             who = speaker(message["name"], where)
             text = f"{who}: {text.strip()}" if text.strip() else f"{who}:"
-        if role == "assistant":
-            clean, lost = session.clean(text)
-            if message.get("name") is not None:
-                session.add_user_text(clean)
-            else:
-                session.script += clean
-            if session.script and not session.script.endswith(SPEECH_END):
-                session.script = session.script.rstrip("\n") + SPEECH_END
+        if role == "assistant" and message.get("name") is None:
+            clean, lost = session.clean(text)  # a reply as the server gave it: kept as it is
+            session.script += clean
         else:
             lost = session.add_user_text(text).dropped
         dropped.update(dict.fromkeys(lost))
+        opens = is_speaker_line(session.clean(text)[0].strip())
+        if session.script.strip("\n") and not opens and not session.script.endswith(SPEECH_END):
+            session.script = session.script.rstrip("\n") + SPEECH_END  # a whole speech
     return session.context(), list(dropped)
 
 
@@ -361,7 +364,7 @@ def parse_chat(body: dict, model_id: str, vocab, window: int, limits: Limits) ->
     if dropped:
         note = unknown_note(PromptRead("", "", 0, dropped, True, ""))
         warnings.append(note)
-    return Request("chat", _jobs([script], n, values, (SPEECH_END,) if one_speech else ()), n, stream,
+    return Request("chat", _jobs([script], n, values, (SPEECH_END,) if one_speech else (), ReplyParams), n, stream,
                    include_usage=include_usage, prompts=[script], warnings=warnings)
 
 

@@ -54,6 +54,7 @@ from sgpt_cli.infer.engine import Event
 from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
+from sgpt_cli.web.page import is_public, routes as page_routes
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
 # A stream sends at most one chunk per choice every CHUNK_S (the first at once, a choice's last as
@@ -69,7 +70,7 @@ CHUNK_S = 0.025
 # its lane (tests/test_serve.py). On CUDA one engine: the device batches by itself.
 SERVE_LANES = STEP_PARTS
 RETRY_AFTER_S = 1  # what a 429 tells a client to wait: a row frees every few hundred characters
-ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/", "/v1/sgpt/props")
 
 log = logging.getLogger("sgpt.serve")
 
@@ -513,7 +514,7 @@ class Guard:
 
         try:
             key = self.state.api_key
-            if key is not None and scope["path"] != "/health":
+            if key is not None and scope["path"] != "/health" and not is_public(scope["path"]):
                 given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
                 scheme, _, token = given.partition(" ")
                 if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
@@ -595,6 +596,7 @@ def build_app(state: State):
                                                          ("/v1/chat/completions", chat), ("/chat/completions", chat))]
     routes += [Route("/v1/models", models), Route("/models", models), Route("/v1/models/{name:path}", one_model),
                Route("/health", health), Route("/metrics", metrics)]
+    routes += page_routes(state)  # the play page at / (sgpt_cli.web.page)
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: internal})
     return Guard(app, state)
