@@ -2,6 +2,7 @@
 
     python scripts/readme_sample.py           # rewrite the README's sample block from a fresh run
     python scripts/readme_sample.py --check   # exit 1 (and show both) when they differ
+    python scripts/readme_sample.py --force   # write it on a CPU of another int8 class (then set SAMPLE_KERNEL)
 
 The README shows a sample under the line "A sample (`sgpt complete ...`):", in the fenced block
 that follows; the command in the backticks is run as printed, with the shipped model (no
@@ -24,6 +25,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# ONNX Runtime's int8 products differ between instruction sets (without VNNI, AVX2's VPMADDUBSW
+# saturates pairs of u8 x s8 products at int16), so a seeded sample of the int8 shipped model holds
+# only on CPUs of the class that wrote it: the README's was written on one with VNNI.
+SAMPLE_KERNEL = "vnni"
 SAMPLE = re.compile(r"^A sample \(`(sgpt complete [^`]+)`\):\n\n```\n(.*?)\n```$", re.M | re.S)
 
 
@@ -33,6 +38,15 @@ def find_sample(text: str) -> tuple[str, str, tuple[int, int]]:
     if match is None:
         raise SystemExit("README.md has no 'A sample (`sgpt complete ...`):' line followed by a fenced block")
     return match.group(1), match.group(2), match.span(2)
+
+
+def int8_kernel() -> str:
+    """'vnni' where the CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX int8), else 'no-vnni'."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split())
+    except OSError:
+        return "unknown"
+    return "vnni" if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no-vnni"
 
 
 def generate(command: str) -> str:
@@ -54,6 +68,11 @@ def main(argv: list[str]) -> int:
     text = README.read_text(encoding="utf-8")
     command, block, (start, end) = find_sample(text)
     fresh = generate(command)
+    if int8_kernel() != SAMPLE_KERNEL:
+        print(f"this CPU's int8 kernel is {int8_kernel()}, the sample's {SAMPLE_KERNEL}: run this on a CPU "
+              "of the sample's class (or set SAMPLE_KERNEL to this one when rewriting)", file=sys.stderr)
+        if "--check" in argv or "--force" not in argv:
+            return 2
     if "--check" in argv:
         if fresh == block:
             return 0

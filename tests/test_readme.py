@@ -53,8 +53,9 @@ def test_the_readme_shows_no_explain_command_the_doc_tests_would_run():
 def test_the_readme_sample_is_what_the_shipped_model_writes():
     """The README's sample is the output of the command printed above it, run with the shipped
     model. After re-exporting models/shakespeare.onnx, run `python scripts/readme_sample.py` and
-    commit the new block with the model. (The shipped file is int8: ONNX Runtime's int8 products
-    differ slightly between CPUs' instruction sets, which may change a seeded sample.)"""
+    commit the new block with the model. The shipped file is int8, whose products differ between
+    CPUs with and without VNNI: on a CPU of the other class the command still runs and writes the
+    sample's length from the same prompt, and the exact text is compared only where it can hold."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("readme_sample", REPO / "scripts" / "readme_sample.py")
@@ -62,7 +63,11 @@ def test_the_readme_sample_is_what_the_shipped_model_writes():
     spec.loader.exec_module(sample)
     command, block, _ = sample.find_sample(README.read_text(encoding="utf-8"))
     assert command == "sgpt complete -n 300 --seed 7 -t 0.8 --echo 'ROMEO:'"
-    assert sample.generate(command) == block, "run `python scripts/readme_sample.py` to refresh the README"
+    fresh = sample.generate(command)
+    if sample.int8_kernel() != sample.SAMPLE_KERNEL:
+        assert fresh.startswith("ROMEO:\n") and len(fresh) > 250
+        pytest.skip(f"the exact sample holds on {sample.SAMPLE_KERNEL} CPUs; this one is {sample.int8_kernel()}")
+    assert fresh == block, "run `python scripts/readme_sample.py` to refresh the README"
 
 
 def test_the_readme_serve_example_runs_against_a_live_server(tiny_onnx, tmp_path):
