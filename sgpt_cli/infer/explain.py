@@ -30,8 +30,8 @@ import numpy as np
 
 from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.infer import onnx_file
-from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, past_names
-from sgpt_cli.infer.onnx_build import FLOAT, _bytes, _int
+from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, SLOTS, past_names
+from sgpt_cli.infer.onnx_build import FLOAT, _bytes, _int, _value_info
 
 ATTENTION_OUT = "sgpt_explain.attention.{}"  # [batch, n_head, sequence, slots]: layer i's weights after softmax
 LENS_OUT = "sgpt_explain.lens.{}"  # [batch, sequence, vocab]: the head on the residual after j layers (0: the embedding)
@@ -105,9 +105,9 @@ def _int_attribute(name: str, value: int) -> bytes:
     return _bytes(_N_ATTR, _bytes(_A_NAME, name) + _int(_A_I, value) + _int(_A_TYPE, _A_INT))
 
 
-def _float_output(name: str) -> bytes:
-    """A graph output: float, of any shape (ValueInfoProto with a tensor type and no shape)."""
-    return _bytes(_G_OUTPUT, _bytes(1, name) + _bytes(2, _bytes(1, _int(1, FLOAT))))
+def _float_output(name: str, dims: list[str]) -> bytes:
+    """A graph output: float, its axes named."""
+    return _bytes(_G_OUTPUT, _value_info(name, FLOAT, dims))
 
 
 def explain_graph(data: bytes, n_layer: int) -> bytes:
@@ -176,8 +176,8 @@ def explain_graph(data: bytes, n_layer: int) -> bytes:
             renamed.update(zip(n.outputs, outs))
             out += _Node([renamed.get(x, x) for x in n.inputs], outs, n.op, n.rest).encode()
     out += b"".join(graph_rest)
-    out += b"".join(_float_output(ATTENTION_OUT.format(i)) for i in range(n_layer))
-    out += b"".join(_float_output(LENS_OUT.format(j)) for j in range(n_layer + 1))
+    out += b"".join(_float_output(ATTENTION_OUT.format(i), ["batch", "heads", "sequence", SLOTS]) for i in range(n_layer))
+    out += b"".join(_float_output(LENS_OUT.format(j), ["batch", "sequence", "vocab"]) for j in range(n_layer + 1))
     return b"".join(model_rest) + _bytes(_M_GRAPH, bytes(out))
 
 
