@@ -105,3 +105,12 @@ def test_the_explain_graph_passes_onnx_checker_and_leaves_the_file_untouched(tin
     graph = explain_graph(before, OnnxModel(tiny_onnx, device="cpu").n_layer)
     onnx.checker.check_model(onnx.load_from_string(graph))
     assert tiny_onnx.read_bytes() == before
+
+
+def test_export_verifies_the_explain_outputs_against_pytorch(pair):
+    from sgpt_cli.train.export import verify
+
+    model, onnx_model = pair
+    report = verify(model, onnx_model.path)
+    assert report["explain_attention_diff"] <= TOLERANCE and report["explain_row_sum_diff"] <= TOLERANCE
+    assert report["explain_later_weight"] == 0 and report["explain_last_lens_diff"] == 0
