@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgpt_cli.errors import SgptError, first_line, shown
+from sgpt_cli.errors import SgptError, UsageError, first_line, shown
 from sgpt_cli.infer import onnx_file
 from sgpt_cli.infer.interface import INPUT_IDS, LOGITS, POSITION_IDS, SLOTS, past_names
 from sgpt_cli.infer.onnx_build import FLOAT, _bytes, _int, _value_info
@@ -261,7 +261,9 @@ class Explanation:
         return [(self.vocab[i], float(probs[i])) for i in order]
 
     def to_json(self, layers: list[int] | None = None, heads: list[int] | None = None) -> dict:
-        """Every number, as plain JSON (the `--json` object and /v1/explain's body)."""
+        """Every number, as plain JSON (the `--json` object and /v1/explain's body). Layers and heads
+        are counted from 1 as the views name them (lens layer 0: the embedding, before any layer);
+        positions from 0, as --at counts. `layers`, `heads`: 0-based indices to keep (default all)."""
         layers = list(range(self.attention.shape[0])) if layers is None else layers
         heads = list(range(self.attention.shape[1])) if heads is None else heads
         order = np.argsort(-self.probs, kind="stable")
@@ -273,7 +275,7 @@ class Explanation:
             "lens": [{"layer": j, "after": "embedding" if j == 0 else f"layer {j}",
                       "top": [{"char": c, "prob": p} for c, p in self.top(self.lens[j], LENS_TOP)],
                       "probs": [float(p) for p in self.lens[j]]} for j in range(len(self.lens))],
-            "attention": [{"layer": i, "heads": [{"head": h, "kv_head": self.kv_heads[h],
+            "attention": [{"layer": i + 1, "heads": [{"head": h + 1, "kv_head": self.kv_heads[h] + 1,
                                                   "weights": [float(w) for w in self.attention[i, h]]}
                                                  for h in heads]} for i in layers],
         }
@@ -282,7 +284,7 @@ class Explanation:
 def window_of(length: int, at: int, block_size: int) -> tuple[int, int]:
     """(first, at) of the window that ends at `at` (negative: from the end); SgptError outside the prompt."""
     if not -length <= at < length:
-        raise SgptError(f"--at {at} is outside the prompt, which has {length} character{'s' * (length != 1)} "
+        raise UsageError(f"--at {at} is outside the prompt, which has {length} character{'s' * (length != 1)} "
                         f"the model knows (use 0 to {length - 1}, or -1 to -{length})")
     at = at % length
     return max(0, at + 1 - block_size), at
