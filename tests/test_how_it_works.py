@@ -38,3 +38,14 @@ def test_every_command_of_the_page_prints_what_it_shows(command, printed):
         assert re.sub(r"\d", "#", now) == re.sub(r"\d", "#", printed), "run `python scripts/how_it_works.py`"
     else:  # a seeded sample, exactly (as tests/test_readme.py checks the README's)
         assert now == printed, "run `python scripts/how_it_works.py`"
+
+
+def test_every_relative_link_of_the_page_resolves():
+    page = SCRIPT.PAGE.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", page):
+        path, _, anchor = target.partition("#")
+        resolved = (SCRIPT.PAGE.parent / path).resolve()
+        assert resolved.is_relative_to(REPO) and resolved.exists(), target
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", resolved.read_text(encoding="utf-8"), re.M)
+            assert anchor in [re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings], target
