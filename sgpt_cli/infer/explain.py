@@ -110,10 +110,21 @@ def _float_output(name: str, dims: list[str]) -> bytes:
     return _bytes(_G_OUTPUT, _value_info(name, FLOAT, dims))
 
 
-def explain_graph(data: bytes, n_layer: int) -> bytes:
+def file_metadata(data: bytes) -> dict[str, str]:
+    """The ModelProto's metadata_props (what ONNX Runtime's custom_metadata_map gives), read from the bytes."""
+    buf, meta = memoryview(data), {}
+    for field, wire, value in onnx_file._fields(buf, 0, len(buf), onnx_file._Budget()):
+        if field == _M_META and wire == 2:
+            entry = {f: _span_text(buf, v) for f, w, v in onnx_file._fields(buf, *value) if w == 2}
+            meta[entry.get(1, "")] = entry.get(2, "")
+    return meta
+
+
+def explain_graph(data: bytes, n_layer: int | None = None) -> bytes:
     """The model file's bytes -> the explain graph's (module doc). Raises NotExplainable when the graph
-    is not the decoder sgpt writes: n_layer `Attention` nodes, 2 n_layer + 1 norms on the residual
-    stream (two per block and the final one), a final norm that leads to the logits."""
+    is not the decoder sgpt writes: n_layer `Attention` nodes (None: as many as it has; the caller
+    checks the metadata against the graph), 2 n_layer + 1 norms on the residual stream (two per
+    block and the final one), a final norm that leads to the logits."""
     buf = memoryview(data)
     budget = onnx_file._Budget()
     model_rest, graph_span = [], None
@@ -133,7 +144,8 @@ def explain_graph(data: bytes, n_layer: int) -> bytes:
 
     attention = [n for n in nodes if n.op == "Attention" and len(n.outputs) <= 3]
     norms = [n for n in nodes if n.op in _NORMS and len(n.inputs) >= 2 and n.inputs[1] != "qk_norm_scale"]
-    if len(attention) != n_layer or len(norms) != 2 * n_layer + 1:
+    n_layer = len(attention) if n_layer is None else n_layer
+    if not attention or len(attention) != n_layer or len(norms) != 2 * n_layer + 1:
         raise NotExplainable(f"{len(attention)} Attention nodes and {len(norms)} residual norms where a "
                              f"{n_layer}-layer sgpt decoder has {n_layer} and {2 * n_layer + 1}")
     if any(_has_attribute(buf, n, "qk_matmul_output_mode") for n in attention):
@@ -181,29 +193,57 @@ def explain_graph(data: bytes, n_layer: int) -> bytes:
     return b"".join(model_rest) + _bytes(_M_GRAPH, bytes(out))
 
 
+def _derived(path: Path, n_layer: int | None) -> tuple[bytes, dict[str, str]]:
+    """(the explain graph of the file at `path`, its metadata); SgptError in one line. n_layer None:
+    the metadata's, checked first (a file that is not sgpt's is said so, as every command says it)."""
+    from sgpt_cli.infer.onnx_model import parse_metadata
+
+    try:
+        if onnx_file.external_locations(path):
+            raise NotExplainable("its weights live in files beside it")
+        data = path.read_bytes()
+        meta = file_metadata(data)
+        if n_layer is None:
+            n_layer = parse_metadata(meta, path)[1]
+        return explain_graph(data, n_layer), meta
+    except NotExplainable as exc:
+        raise SgptError(f"cannot explain {shown(path)}: {exc}; export the model with `sgpt export`") from None
+    except (onnx_file.MalformedModel, UnicodeDecodeError) as exc:
+        raise SgptError(f"cannot explain {shown(path)}: it is not a well-formed ONNX file ({first_line(exc)}); "
+                        "export the model with `sgpt export`") from None
+    except OSError as exc:
+        raise SgptError(f"cannot read model file {shown(path)}: {exc.strerror or first_line(exc)}") from None
+
+
+def _session(graph: bytes, meta: dict):
+    from sgpt_cli.infer.onnx_model import PREFILL_THREADS, open_session
+
+    int8 = meta.get("sgpt.quantization") == "int8"  # prefills' float32 matmuls, as OnnxModel's
+    return open_session(graph, "cpu", PREFILL_THREADS, float_matmuls=int8)
+
+
 class ExplainModel:
     """An OnnxModel and a session on its explain graph (opened once, on the CPU: one prompt at a time,
     weights after softmax, no cache to keep)."""
 
-    def __init__(self, model):
-        from sgpt_cli.infer.onnx_model import PREFILL_THREADS, open_session
-
+    def __init__(self, model, session=None):
         self.model = model
-        path = Path(model.path)
-        try:
-            if onnx_file.external_locations(path):
-                raise NotExplainable("its weights live in files beside it")
-            data = path.read_bytes()
-            graph = explain_graph(data, model.n_layer)
-        except NotExplainable as exc:
-            raise SgptError(f"cannot explain {shown(path)}: {exc}; export the model with `sgpt export`") from None
-        except (onnx_file.MalformedModel, UnicodeDecodeError) as exc:
-            raise SgptError(f"cannot explain {shown(path)}: it is not a well-formed ONNX file ({first_line(exc)}); "
-                            "export the model with `sgpt export`") from None
-        except OSError as exc:
-            raise SgptError(f"cannot read model file {shown(path)}: {exc.strerror or first_line(exc)}") from None
-        int8 = model.meta.get("sgpt.quantization") == "int8"  # prefills' float32 matmuls, as OnnxModel's
-        self.session = open_session(graph, "cpu", PREFILL_THREADS, float_matmuls=int8)
+        if session is None:
+            session = _session(*_derived(Path(model.path), model.n_layer))
+        self.session = session
+
+    @classmethod
+    def open(cls, path: Path | str) -> "ExplainModel":
+        """The file at `path` for explaining alone (`sgpt explain`): one session, on the explain graph,
+        which also gives the OnnxModel its metadata and checks (the serving graph is never opened)."""
+        from sgpt_cli.infer.onnx_model import OnnxModel, check_file
+
+        path = Path(path)
+        check_file(path)
+        graph, meta = _derived(path, None)
+        session = _session(graph, meta)
+        model = OnnxModel(path, session=session)
+        return cls(model, session)
 
     def run(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """ids (T,), T <= block_size, at positions 0..T-1 -> logits (T, V), attention per layer

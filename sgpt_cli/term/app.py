@@ -99,6 +99,12 @@ def dispatch(argv: list[str]) -> int:
         code = fast_main(argv[1:])
         if code is not None:
             return code
+    if argv[:1] == ["explain"]:  # Typer-free too: its whole run is meant to take half a second
+        from sgpt_cli.term.explain import fast_main as explain_fast
+
+        code = explain_fast(argv[1:])
+        if code is not None:
+            return code
     return run_app(argv)
 
 

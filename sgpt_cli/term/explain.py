@@ -51,21 +51,21 @@ def read_prompt(argument: str | None) -> str:
 
 def _run(prompt, model, at, layer, head, as_json, image) -> int:
     from sgpt_cli.files import check_writable_target
-    from sgpt_cli.infer.explain import explain
+    from sgpt_cli.infer.explain import ExplainModel, explain
     from sgpt_cli.infer.model_lookup import find_model
-    from sgpt_cli.infer.onnx_model import OnnxModel
     from sgpt_cli.term.explain_view import picked
 
     path, _ = find_model(model)
     if image is not None:
         check_writable_target(image, "--image")
     text = read_prompt(prompt)
-    onnx_model = OnnxModel(path, device="cpu")
+    explainer = ExplainModel.open(path)  # the explain graph alone: the serving graph is never opened
+    onnx_model = explainer.model
     if "\r" not in onnx_model.tokenizer.stoi:
         text = text.replace("\r\n", "\n")
     layers = picked(onnx_model.n_layer, layer, "layer", "--layer")
     heads = picked(onnx_model.n_head, head, "head", "--head")
-    e = explain(onnx_model, text, at, maps=image is not None)
+    e = explain(onnx_model, text, at, maps=image is not None, explainer=explainer)
     if image is not None:
         from sgpt_cli.term.explain_view import save_image
 
@@ -96,4 +96,39 @@ def show(e, model_name: str, layers: list[int], heads: list[int], as_json: bool 
     stream.flush()
 
 
-explain_cmd = typer_command("explain", DOC, OPTIONS, _run)
+def __getattr__(name: str):
+    """`explain_cmd`, the Typer command, made when the app asks for it (the fast path never does)."""
+    if name == "explain_cmd":
+        return typer_command("explain", DOC, OPTIONS, _run)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _NotForUs(Exception):
+    """argparse could not parse the arguments cleanly: Typer will, and will explain any mistake."""
+
+
+def fast_main(argv: list[str]) -> int | None:
+    """`sgpt explain` without Typer (about a tenth of a second of imports: the command's budget is
+    half a second); None means: give these arguments to Typer (help, and every usage error's wording)."""
+    import argparse
+
+    from sgpt_cli.errors import SgptError
+    from sgpt_cli.settings import FLAG, argparse_parser, check_values
+
+    class Quiet(argparse.ArgumentParser):
+        def error(self, message):
+            raise _NotForUs(message)
+
+    if any(a in ("-h", "--help") for a in argv):
+        return None
+    try:
+        values = vars(argparse_parser(OPTIONS[1:], "sgpt explain", positional=("prompt",), parser_class=Quiet)
+                      .parse_args(argv))
+    except _NotForUs:
+        return None
+    from sgpt_cli.term.common import report
+
+    try:
+        return _run(**check_values(OPTIONS, values, FLAG, from_command_line=True))
+    except (SgptError, KeyboardInterrupt, BrokenPipeError) as exc:
+        return report(exc)
