@@ -127,3 +127,14 @@ def test_at_a_terminal_weights_are_shaded_in_colour_and_digits_without(tiny_onnx
     shaded = re.search(r"\x1b\[[0-9;]*48;(2|5);", out)  # a background colour (truecolor or 256)
     assert bool(shaded) == color
     assert ("strongest: " in out) != color  # the plain form names them on a line of their own
+
+
+def test_image_without_matplotlib_says_which_extra_to_install(tiny_onnx, tmp_path):
+    from test_no_torch import without
+
+    proc = subprocess.run(SGPT + ["explain", "--model", str(tiny_onnx), "--image", "maps.png", "ROMEO"],
+                          capture_output=True, text=True, env=without(tmp_path, "matplotlib"), cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert "--image needs matplotlib" in proc.stderr and "pip install 'sgpt[train]'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # nothing written

@@ -56,8 +56,11 @@ def _run(prompt, model, at, layer, head, as_json, image) -> int:
     from sgpt_cli.term.explain_view import picked
 
     path, _ = find_model(model)
-    if image is not None:
+    if image is not None:  # said before any work
+        from sgpt_cli.term.explain_view import require_matplotlib
+
         check_writable_target(image, "--image")
+        require_matplotlib()
     text = read_prompt(prompt)
     explainer = ExplainModel.open(path)  # the explain graph alone: the serving graph is never opened
     onnx_model = explainer.model

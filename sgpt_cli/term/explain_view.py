@@ -182,9 +182,9 @@ def picked(count: int, chosen: int | None, what: str, flag: str) -> list[int]:
     return [chosen - 1]
 
 
-def save_image(e, path, title: str) -> None:
-    """The attention maps of the whole window (layers x heads, query x key, the characters on the
-    axes) as a PNG, written through files.atomic_path. Needs matplotlib (the `train` extra)."""
+def require_matplotlib():
+    """matplotlib (the `train` extra: tens of MB, kept out of the runtime install), or one line saying
+    how to install it."""
     try:
         import matplotlib
     except ImportError:
@@ -192,6 +192,13 @@ def save_image(e, path, title: str) -> None:
 
         raise SgptError(f"--image needs matplotlib, which is not installed: it comes with the training extra; "
                         f"install it with {install_line('train')}") from None
+    return matplotlib
+
+
+def save_image(e, path, title: str) -> None:
+    """The attention maps of the whole window (layers x heads, query x key, the characters on the
+    axes) as a PNG, written through files.atomic_path. Needs matplotlib (the `train` extra)."""
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
