@@ -114,3 +114,30 @@ def test_export_verifies_the_explain_outputs_against_pytorch(pair):
     report = verify(model, onnx_model.path)
     assert report["explain_attention_diff"] <= TOLERANCE and report["explain_row_sum_diff"] <= TOLERANCE
     assert report["explain_later_weight"] == 0 and report["explain_last_lens_diff"] == 0
+
+
+def test_every_model_option_explains_as_pytorch_computes(tmp_path, text_file, one_torch_thread):
+    """QK-norm (RMSNormalization in each layer), a ReLU-squared MLP, a head of its own and capped logits:
+    export (which checks the explain graph against PyTorch) passes, and the lens follows the cap."""
+    import dataclasses
+
+    from sgpt_cli.config import ModelConfig, TrainConfig
+    from sgpt_cli.infer.tokenizer import CharTokenizer
+    from sgpt_cli.train import checkpoint
+    from sgpt_cli.train.export import export
+    from sgpt_cli.train.model import GPT
+
+    torch.manual_seed(1)
+    chars = sorted(set(text_file.read_text(encoding="utf-8")))
+    cfg = ModelConfig(vocab_size=len(chars), block_size=24, n_layer=2, n_head=4, n_embd=32, n_kv_head=1,
+                      mlp="relu2", tied_head=False, qk_norm=True, logit_cap=3.0)
+    model = GPT(cfg)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.5)  # a zero head would make every lens uniform
+    checkpoint.save(tmp_path / "m.pt", {
+        "model": model.state_dict(), "model_config": dataclasses.asdict(cfg),
+        "train_config": dataclasses.asdict(TrainConfig()), "vocab": CharTokenizer(chars).to_json(),
+        "iter": 0, "val_loss": None, "data_sha256": "", "train_seconds": 0.0, "hardware": "random weights"})
+    report = export(tmp_path / "m.pt", tmp_path / "m.onnx")
+    assert report["explain_attention_diff"] <= TOLERANCE and report["explain_last_lens_diff"] == 0
+    e = explain(OnnxModel(tmp_path / "m.onnx", device="cpu"), PROMPT[:20])
+    assert e.attention.shape == (2, 4, 20) and e.kv_heads == [0, 0, 0, 0]
