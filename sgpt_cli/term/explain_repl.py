@@ -41,7 +41,9 @@ def explanation(repl, end: int):
     model = repl.engine.model
     script = repl.session.script
     start = max(0, end + 1 - model.block_size)
-    return explain(model, script[start:end + 1], -1, explainer=explainer(repl))
+    e = explain(model, script[start:end + 1], -1, explainer=explainer(repl))
+    e.first, e.at, e.length = e.first + start, e.at + start, len(script)  # counted in the whole script
+    return e
 
 
 def command(repl, cmd) -> None:
