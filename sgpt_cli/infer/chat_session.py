@@ -122,10 +122,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/pick": ("K", "keep alternative K of the last /regen N in the script"),
     "/save": ("FILE", "write the script so far to FILE as plain text"),
     "/load": ("FILE", "replace the script by FILE's text (a scene saved with /save) and go on from it"),
+    "/explain": ("[N]", "what the model attended to and how its guess formed, at the script's last character "
+                        "(N: the N-th character of the last reply)"),
+    "/next": ("", "the next character's distribution: type a character to pick it, Enter samples one, Esc leaves"),
     "/quit": ("", "leave (so do /exit and Ctrl-D)"),
 }
 ALIASES = {"/exit": "/quit", "/bye": "/quit", "/?": "/help", "/clear": "/reset"}
-_NO_ARGS = {"/help", "/show", "/reset", "/quit"}
+_NO_ARGS = {"/help", "/show", "/reset", "/quit", "/next"}
 MAX_ALTERNATIVES = 16  # /regen N: a screenful to choose from
 MAX_SCRIPT_BYTES = 16 << 20  # /load: a scene; a larger file is a corpus (`sgpt complete` streams those)
 

@@ -20,6 +20,7 @@ def build_app():
     from sgpt_cli.term.chat import chat
     from sgpt_cli.term.complete import complete
     from sgpt_cli.term.eval import eval_cmd
+    from sgpt_cli.term.explain import explain_cmd
     from sgpt_cli.term.export import export_cmd
     from sgpt_cli.term.serve import serve_cmd
     from sgpt_cli.term.train import train
@@ -46,7 +47,7 @@ def build_app():
         """shakespeareGPT: train a character-level GPT, export it to ONNX, and talk to it."""
 
     for name, command in (("train", train), ("export", export_cmd), ("chat", chat), ("complete", complete),
-                          ("eval", eval_cmd), ("serve", serve_cmd)):
+                          ("eval", eval_cmd), ("explain", explain_cmd), ("serve", serve_cmd)):
         app.command(name, short_help=SUMMARIES[name])(command)
     return app
 
@@ -59,6 +60,7 @@ SUMMARIES = {
     "chat": "Talk to the model: a REPL where you write a play together.",
     "complete": "Continue stdin and/or PROMPT; the text streams to stdout.",
     "eval": "Score a text: loss in nats per character, and perplexity.",
+    "explain": "Show what the model attends to and how its guess forms.",
     "serve": "Serve the model over HTTP with OpenAI's API (streaming, batching).",
 }
 SUMMARY_WIDTH = 80 - 6 - len("complete")
@@ -95,6 +97,12 @@ def dispatch(argv: list[str]) -> int:
         from sgpt_cli.infer.complete import fast_main
 
         code = fast_main(argv[1:])
+        if code is not None:
+            return code
+    if argv[:1] == ["explain"]:  # Typer-free too: its whole run is meant to take half a second
+        from sgpt_cli.term.explain import fast_main as explain_fast
+
+        code = explain_fast(argv[1:])
         if code is not None:
             return code
     return run_app(argv)

@@ -38,7 +38,7 @@ def err(message: str) -> None:
 # --- unusable standard streams ----------------------------------------------------------------------
 
 # commands whose result is what they write on stdout: with stdout closed they have nothing to do
-STDOUT_COMMANDS = ("complete", "eval", "chat")
+STDOUT_COMMANDS = ("complete", "eval", "chat", "explain")
 # commands whose result is files: a failing stdout (their progress and report) must not stop them
 FILE_COMMANDS = ("train", "export")
 LOST_STDOUT: list[OutputFailed] = []  # the failure a FILE_COMMAND went on after, said at exit

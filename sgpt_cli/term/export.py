@@ -102,6 +102,10 @@ def render(r: dict) -> str:
         f"rows of {', '.join(map(str, r['prefill_lengths']))} prefilled, {r['decode_steps']} steps together (the window "
         f"rolling) = PyTorch's rolling cache; batched rows {'bitwise' if r['batch_bitwise'] else 'NOT bitwise'} alone",
     ]
+    if "explain_attention_diff" in r:  # sgpt explain's numbers (sgpt_cli.train.explain_check)
+        lines.append(f"explain     attention weights within {r['explain_attention_diff']:.1e} of PyTorch's, rows summing "
+                     f"to 1 within {r['explain_row_sum_diff']:.1e}, none on later positions; the last layer's lens "
+                     "equal to the logits")
     if not r.get("quantize") and r.get("val_source") == "measured":
         lines.append(f"val loss    {r['val_loss']:.4f} nats/char on the whole validation split of {r['data']} "
                      f"({r['val_chars']:,} characters), recorded in the file")

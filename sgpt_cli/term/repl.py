@@ -609,6 +609,10 @@ class Repl:
             self.notice(f"saved {len(self.session.script):,} characters to {shown(path)}")
         elif cmd.name == "/load":
             self.loaded(self.session.load(cmd.arg))
+        elif cmd.name in ("/explain", "/next"):
+            from sgpt_cli.term import explain_repl
+
+            explain_repl.command(self, cmd)
         return None
 
     def loaded(self, loaded) -> None:

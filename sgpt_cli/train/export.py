@@ -6,7 +6,8 @@ metadata, runs onnx.checker, and verifies ONNX Runtime against PyTorch: plain pa
 block_size/2 and block_size at batch 1 and 3; then, through the engine's own in-place cache, rows of
 three prompt lengths prefilled alone and decoded together one character a step until every window has
 rolled, each against PyTorch's rolling cache (the oldest entry dropped before each step), and each
-bitwise against the same row decoded alone (recorded in the report). With `quantize="int8"` it measures
+bitwise against the same row decoded alone (recorded in the report); and `sgpt explain`'s attention
+weights and logit lens (sgpt_cli.train.explain_check). With `quantize="int8"` it measures
 the validation loss of both files on the checkpoint's own training text and refuses a costly int8. The
 file is written under a temporary name and renamed into place only when every check passed; any
 failure leaves nothing behind.
@@ -176,7 +177,10 @@ def verify(model: GPT, path: Path, tolerance: float = TOLERANCE, relative: bool 
                 ids = torch.randint(0, cfg.vocab_size, (batch, T), generator=gen)
                 compare(onnx_model.forward(ids.numpy())[0], model(ids)[0], f"batch {batch}, length {T}")
         rolled = _check_rows(model, onnx_model, gen, compare)
-    return {"max_abs_diff": worst, "limit": worst_limit, "lengths": lengths, "batches": [1, 3], **rolled}
+    from sgpt_cli.train.explain_check import verify_explain  # `sgpt explain`'s weights and lens, float32 only
+
+    explained = {} if relative else verify_explain(model, path, tolerance)
+    return {"max_abs_diff": worst, "limit": worst_limit, "lengths": lengths, "batches": [1, 3], **rolled, **explained}
 
 
 def rolling_reference(model: GPT, ids: torch.Tensor, prefill: int) -> np.ndarray:

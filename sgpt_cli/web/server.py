@@ -70,7 +70,8 @@ CHUNK_S = 0.025
 # its lane (tests/test_serve.py). On CUDA one engine: the device batches by itself.
 SERVE_LANES = STEP_PARTS
 RETRY_AFTER_S = 1  # what a 429 tells a client to wait: a row frees every few hundred characters
-ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/", "/v1/sgpt/props")
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/explain", "/health", "/metrics", "/",
+             "/v1/sgpt/props")
 
 log = logging.getLogger("sgpt.serve")
 
@@ -534,6 +535,8 @@ class Guard:
 
 
 def build_app(state: State):
+    from sgpt_cli.web.explain_api import explain_route
+
     limits = state.limits
 
     async def completions(request: HttpRequest) -> Response:
@@ -596,6 +599,7 @@ def build_app(state: State):
                                                          ("/v1/chat/completions", chat), ("/chat/completions", chat))]
     routes += [Route("/v1/models", models), Route("/models", models), Route("/v1/models/{name:path}", one_model),
                Route("/health", health), Route("/metrics", metrics)]
+    routes.append(explain_route(state))  # POST /v1/explain, sgpt's own
     routes += page_routes(state)  # the play page at / (sgpt_cli.web.page)
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: internal})
