@@ -210,6 +210,12 @@ def test_stop_ends_the_stream_keeps_the_text_and_frees_the_row(browser, server):
     assert text(browser) == kept  # nothing arrives after Stop
 
 
+def heat_on(driver):
+    """Heat on, whatever it was (it is kept in localStorage; open_page clears that)."""
+    if not by_id(driver, "heat").is_selected():
+        by_id(driver, "heat").click()
+
+
 def heat_spans(driver):
     return driver.execute_script(
         "return [...document.querySelectorAll('#view .c')].map(e => [Number(e.dataset.i), e.textContent,"
@@ -218,7 +224,7 @@ def heat_spans(driver):
 
 def test_heat_shows_one_coloured_span_per_character_with_its_probability(browser, server):
     open_page(browser, server.url, "ROMEO:\n", seed="5", max_tokens="60")
-    by_id(browser, "heat").click()
+    heat_on(browser)
     generate(browser)
     got = text(browser)
     spans = heat_spans(browser)
@@ -253,8 +259,7 @@ def test_clicking_an_alternative_continues_with_it_deterministically(browser, se
     outcomes = []
     for _ in range(2):
         open_page(browser, server.url, "ROMEO:\n", seed="11", max_tokens="40")
-        if not by_id(browser, "heat").is_selected():
-            by_id(browser, "heat").click()
+        heat_on(browser)
         generate(browser)
         spans = heat_spans(browser)
         where = spans[3][0]
@@ -265,7 +270,7 @@ def test_clicking_an_alternative_continues_with_it_deterministically(browser, se
     assert outcomes[0] == outcomes[1]
     # and with the mouse: a click on an alternative does the same
     open_page(browser, server.url, "ROMEO:\n", seed="11", max_tokens="40")
-    by_id(browser, "heat").click()
+    heat_on(browser)
     generate(browser)
     span = browser.find_elements("css selector", "#view .c")[3]
     span.click()
@@ -274,6 +279,61 @@ def test_clicking_an_alternative_continues_with_it_deterministically(browser, se
     browser.find_elements("css selector", "#tip .alt-char")[1].click()
     run_done(browser)
     assert text(browser) == outcomes[0]
+
+
+HOLD_EXPLAIN = """
+// /v1/explain answers only when the test lets it: the attention panel is still loading
+const real = window.fetch;
+let release;
+const gate = new Promise((r) => { release = r; });
+window.releaseExplain = release;
+window.explainAnswered = 0;
+window.fetch = (url, options) => String(url).includes("/v1/explain")
+  ? gate.then(() => real(url, options)).then((r) => { window.explainAnswered++; return r; })
+  : real(url, options);
+"""
+
+
+def tip_chars(driver):
+    return driver.execute_script("return [...document.querySelectorAll('#tip .alt-char')].map(b => b.dataset.char)")
+
+
+@pytest.mark.parametrize("panel", ["loading", "shown"])
+def test_a_branch_beside_the_attention_panel_gives_the_keyboard_text(browser, server, panel):
+    """A clicked character's alternatives stay its own while its attention is asked for and drawn
+    (the page grows, the pointer passes over other characters): the alternative clicked then gives
+    the text the keyboard gives."""
+    open_page(browser, server.url, "ROMEO:\n", seed="11", max_tokens="40")
+    heat_on(browser)
+    generate(browser)
+    alt = branch_by_keyboard(browser, 4, 2)
+    keyboard = text(browser)
+
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_page(browser, server.url, "ROMEO:\n", seed="11", max_tokens="40")
+    heat_on(browser)
+    assert browser.execute_script("return state.props.explain") is True  # this server explains
+    generate(browser)
+    if panel == "loading":
+        browser.execute_script(HOLD_EXPLAIN)
+    spans = browser.find_elements("css selector", "#view .c")
+    where = int(spans[3].get_attribute("data-i"))
+    spans[3].click()
+    wait(browser, lambda d: by_id(d, "tip").is_displayed())
+    chars = tip_chars(browser)
+    if panel == "shown":
+        wait(browser, lambda d: by_id(d, "explain").is_displayed())
+    ActionChains(browser).move_to_element(spans[4]).move_to_element(spans[2]).perform()  # on its way
+    assert browser.execute_script("return state.sel") == where and tip_chars(browser) == chars
+    assert chars[1] == alt
+    cleared(browser)
+    browser.find_elements("css selector", "#tip .alt-char")[1].click()
+    run_done(browser)
+    if panel == "loading":  # the answer comes after the branch: it changes nothing
+        browser.execute_script("window.releaseExplain()")
+        wait(browser, lambda d: d.execute_script("return window.explainAnswered") == 1)
+    assert text(browser) == keyboard
 
 
 def test_three_more_then_keep_one(browser, server):
@@ -301,7 +361,7 @@ def test_the_attention_panel_shows_every_head_where_the_server_explains(browser,
     """With POST /v1/explain (the props say so), clicking a character shows what each layer and head
     of the model attended to before choosing it; a server without it is never asked (no 404)."""
     open_page(browser, server.url, "ROMEO:\n", seed="5", max_tokens="30")
-    by_id(browser, "heat").click()
+    heat_on(browser)
     generate(browser)
     browser.find_elements("css selector", "#view .c")[4].click()
     wait(browser, lambda d: by_id(d, "tip").is_displayed())
@@ -336,8 +396,7 @@ def test_screenshots_at_360_and_1280_px(browser, server, tmp_path_factory):
     folder = Path(os.environ.get("SGPT_TEST_ARTIFACTS") or tmp_path_factory.mktemp("page-screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     open_page(browser, server.url, "ROMEO:\n", seed="5", max_tokens="120")
-    if not by_id(browser, "heat").is_selected():
-        by_id(browser, "heat").click()
+    heat_on(browser)
     generate(browser)
     for width in (360, 1280):
         browser.set_window_size(width, 900)

@@ -17,6 +17,7 @@ const state = {
   lastRun: null,   // {start, seed}: what "3 more like this" redoes
   mode: "edit",
   sel: -1,         // the character whose alternatives the tip shows
+  pinned: false,   // the tip was asked for (a click, the arrow keys): hovering does not replace it
   alts: null,      // "3 more": [{seed, text, info, finish}]
   lineEls: [],
   lineStarts: [],
@@ -343,6 +344,8 @@ async function generate({ fromCursor = false, seed = null, text = null, info = n
   if (state.running || !state.props) return;
   clearError();
   hideTip();
+  explainAsked++; // the text changes: an explanation still on its way is of the old one
+  explainAt = -1;
   $("alts").hidden = true;
   let base = text !== null ? text : state.text;
   let baseInfo = info !== null ? info : state.info;
@@ -396,10 +399,12 @@ function stop() {
 function shown(ch) { return ch === "\n" ? "↵" : ch === " " ? "␣" : ch === "\t" ? "⇥" : ch; }
 
 function showTip(i, anchor, deep = false) {
+  // deep: the user picked this character (click, arrow keys): the tip is pinned to it and its
+  // attention is asked for; otherwise a hover shows it until something is picked
   const info = state.info[i];
   if (!info || !info.top) return;
-  const old = state.sel;
   state.sel = i;
+  state.pinned = deep;
   for (const el of $("view").querySelectorAll(".c.sel")) el.classList.remove("sel");
   anchor.classList.add("sel");
   const tip = $("tip");
@@ -426,11 +431,20 @@ function showTip(i, anchor, deep = false) {
   const left = Math.min(r.left - stage.left, stage.width - tip.offsetWidth - 4);
   tip.style.left = Math.max(0, left) + "px";
   tip.style.top = (r.bottom - stage.top + 4) + "px";
-  if (deep && (old !== i || $("explain").hidden)) explain(i);
+  if (deep && (explainAt !== i || $("explain").hidden)) explain(i);
 }
 
 function hideTip() {
   $("tip").hidden = true;
+  state.pinned = false;
+}
+
+function onViewOver(e) {
+  // A pinned tip stays: the pointer also "moves" over other characters when the page moves under
+  // it (the attention panel or an error line appearing, a scrollbar with them), and the alternative
+  // the user is about to click must stay the one of the character they picked.
+  const c = e.target.closest(".c");
+  if (c && $("heat").checked && !(state.pinned && !$("tip").hidden)) showTip(Number(c.dataset.i), c);
 }
 
 function branch(i, ch) {
@@ -507,17 +521,23 @@ function keepAlt(j) {
 // --- attention (POST /v1/explain, where the server has it) ------------------------------------------
 
 let explainAvailable = true;
+let explainAsked = 0; // the latest request's number: an answer to an earlier one is not drawn
+let explainAt = -1;   // the character it was asked for (a hover before the click asks nothing)
 const EXPLAIN_SHOWN = 48; // the window's last characters drawn per head
 
 async function explain(i) {
   // the character at i was chosen from the distribution after text[0:i]: that position explained
   if (!explainAvailable || !state.props.explain || i < 1) return;
+  const asked = ++explainAsked;
+  explainAt = i;
+  const chosen = state.text[i];
   try {
     const res = await fetch("/v1/explain", { method: "POST", headers: headers(),
       body: JSON.stringify({ prompt: state.text.slice(Math.max(0, i - state.props.model.block_size), i), at: -1 }) });
     if (res.status === 404 || res.status === 405) { explainAvailable = false; $("explain").hidden = true; return; }
     if (!res.ok) return;
-    drawExplain(await res.json(), state.text[i]);
+    const data = await res.json();
+    if (asked === explainAsked) drawExplain(data, chosen);
   } catch (e) { /* the panel keeps what it showed */ }
 }
 
@@ -672,13 +692,11 @@ function wire() {
   $("heat").addEventListener("change", (e) => setHeat(e.target.checked));
   $("scene").addEventListener("input", (e) => reconcile(e.target.value));
   $("view").addEventListener("keydown", onViewKey);
-  $("view").addEventListener("mouseover", (e) => {
-    const c = e.target.closest(".c");
-    if (c && $("heat").checked) showTip(Number(c.dataset.i), c);
-  });
+  $("view").addEventListener("mouseover", onViewOver);
   $("view").addEventListener("click", (e) => {
     const c = e.target.closest(".c");
     if (c && $("heat").checked) showTip(Number(c.dataset.i), c, true);
+    else hideTip(); // a click beside the characters lets go of the pinned tip
   });
   $("view").addEventListener("dblclick", () => { if (!state.running) { setMode("edit"); $("scene").focus(); } });
   $("draw").addEventListener("click", () => {
