@@ -30,8 +30,8 @@ README = REPO / "README.md"
 PAGES = sorted((REPO / "docs").glob("*.md"))
 DOCUMENTS = [README, *PAGES]
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yml", ".yaml", ".json"}
-FAST = re.compile(r"(^|\|\s*)sgpt (complete|chat|eval)\b|^sgpt --help")
-COMMANDS = ("train", "export", "chat", "complete", "eval", "serve")
+FAST = re.compile(r"(^|\|\s*)sgpt (complete|chat|eval|explain)\b|^sgpt --help")
+COMMANDS = ("train", "export", "chat", "complete", "eval", "serve", "explain")
 BENCH = re.compile(r"\b(bench_\w+)\.py([^`|\n]*)")  # a benchmark script and what follows it on its line
 
 

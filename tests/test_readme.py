@@ -45,11 +45,6 @@ def test_the_readme_commands_run_in_order(tmp_path, text_file, tiny_onnx):
     assert all(command in out["sgpt --help"] for command in ("chat", "complete", "serve", "train", "export", "eval"))
 
 
-def test_the_readme_shows_no_explain_command_the_doc_tests_would_run():
-    """`sgpt explain` is described and linked from the README, never run by it."""
-    assert not any("sgpt explain" in line for line in shell_lines(README))
-
-
 def test_the_readme_sample_is_what_the_shipped_model_writes():
     """The README's sample is the output of the command printed above it, run with the shipped
     model. After re-exporting models/shakespeare.onnx, run `python scripts/readme_sample.py` and
