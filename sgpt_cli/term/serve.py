@@ -22,10 +22,12 @@ Ctrl-C or SIGTERM stops it: running streams end cleanly, the exit status is 130.
 
 
 def _run(**values) -> int:
-    require_extra("serve")
-    from sgpt_cli.web.server import serve
+    # SIGTERM or SIGHUP while the web stack is imported or the model loads unwinds like Ctrl-C (exit
+    # 130, one line), as it does once the server runs
+    with terminate_as_interrupt():
+        require_extra("serve")
+        from sgpt_cli.web.server import serve
 
-    with terminate_as_interrupt():  # SIGTERM while the model loads unwinds like Ctrl-C
         return serve(**values)
 
 
