@@ -280,6 +280,8 @@ def check_host(host: str) -> None:
     """--host as an address or a host name: printable ASCII after IDNA, else one line (not idna's traceback)."""
     try:
         host.encode("idna")
+        if not host.isprintable() or any(c.isspace() for c in host):
+            raise UnicodeError  # a NUL or a line break: getaddrinfo raises ValueError, or worse
     except UnicodeError:
         raise SgptError(f"--host {visible(host)} is not a host name or an address; give one such as "
                         "127.0.0.1 or 0.0.0.0") from None
