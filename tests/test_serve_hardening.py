@@ -241,7 +241,7 @@ def test_unknown_characters_are_listed_in_order_of_first_appearance_in_one_pass(
     from sgpt_cli.infer.complete import read_for_model
 
     stoi = {c: i for i, c in enumerate("abc ")}
-    unknown = [chr(0x4E00 + i) for i in range(60_000)]
+    unknown = [chr(0x20000 + i) for i in range(60_000)]  # CJK: no surrogates among them
     text = "ab " + "".join(reversed(unknown)) + " c" + "".join(unknown[:100])
     read = read_for_model([text], stoi, 64)
     assert read.unknown == list(reversed(unknown))

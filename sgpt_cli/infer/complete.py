@@ -185,10 +185,9 @@ def _known_tail(text: str, stoi: dict, unknown: dict, fed: str, window: int, any
         # in order of first appearance, in one pass (dict.fromkeys keeps it, at C speed): sorting by
         # text.index searched the text once per character, quadratic in a prompt of many distinct ones
         fresh = new.difference(unknown)
-        for c in dict.fromkeys(text) if len(fresh) > 16 else sorted(fresh, key=text.index):
-            if c in fresh:
-                unknown[c] = None
-        text = text.translate({ord(c): None for c in new})
+        order = dict.fromkeys(text) if len(fresh) > 16 else sorted(fresh, key=text.index)
+        unknown.update(dict.fromkeys(filter(fresh.__contains__, order)))
+        text = text.translate(dict.fromkeys(map(ord, new)))
     return (fed + text)[-2 * window:], any_known or bool(text)
 
 

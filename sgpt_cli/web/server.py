@@ -552,12 +552,16 @@ def build_app(state: State):
 
     async def completions(request: HttpRequest) -> Response:
         body = await read_json(request, state.max_body)
-        parsed = parse_completion(body, state.model_id, state.engine.tokenizer.stoi, state.engine.window, limits)
+        # off the loop: a megabyte of prompts (the worst, tens of thousands of distinct characters the
+        # model lacks) is a few hundred ms of reading that would stall every stream
+        parsed = await asyncio.to_thread(parse_completion, body, state.model_id, state.engine.tokenizer.stoi,
+                                         state.engine.window, limits)
         return await respond(request, state, parsed)
 
     async def chat(request: HttpRequest) -> Response:
         body = await read_json(request, state.max_body)
-        parsed = parse_chat(body, state.model_id, state.engine.tokenizer.chars, state.engine.window, limits)
+        parsed = await asyncio.to_thread(parse_chat, body, state.model_id, state.engine.tokenizer.chars,
+                                         state.engine.window, limits)
         return await respond(request, state, parsed)
 
     def model_object() -> dict:
