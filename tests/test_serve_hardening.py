@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -277,63 +278,119 @@ def test_a_body_that_trickles_is_refused_at_its_deadline_and_one_too_big_at_its_
     asyncio.run(asyncio.wait_for(run(), 30))
 
 
+async def slow_ok(scope, receive, send):
+    """An ASGI app that answers "ok" after 0.6 s (longer than the tests' HEAD_S)."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(0.6)  # a request in hand is never cut by the head's deadline
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def read_all(reader) -> bytes:
+    out = b""
+    for _ in range(100):
+        got = await reader.read(1 << 16)
+        if not got:
+            break
+        out += got
+    return out
+
+
+async def serving(protocol, body):
+    """uvicorn on a free 127.0.0.1 port with `protocol`, while `body(port)` runs."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(slow_ok, http=protocol, log_config=None, lifespan="off", timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    try:
+        await body(sock.getsockname()[1], server)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
 def test_a_head_that_never_ends_gets_408_and_is_closed_and_a_slow_answer_is_not(monkeypatch):
     """uvicorn with the HeadDeadline protocol (HEAD_S 0.3 s here): a half-sent head on a new connection
     and on a kept-alive one is answered 408 and closed; a request whose answer takes longer than
     HEAD_S is answered."""
-    import uvicorn
-
     monkeypatch.setattr(web_limits, "HEAD_S", 0.3)
 
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await asyncio.sleep(0.6)  # longer than HEAD_S: a request in hand is never cut
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+    async def body(port, server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        assert (await asyncio.wait_for(read_all(reader), 20)).startswith(b"HTTP/1.1 408 ")
+        writer.close()
 
-    async def read_all(reader) -> bytes:
-        out = b""
-        for _ in range(100):
-            got = await reader.read(1 << 16)
-            if not got:
-                break
-            out += got
-        return out
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"ok"), 20)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        writer.write(b"GET / HTTP/1.1\r\nHo")  # kept alive, then a head that never ends
+        await writer.drain()
+        assert (await asyncio.wait_for(read_all(reader), 20)).startswith(b"HTTP/1.1 408 ")
+        writer.close()
 
-    async def run():
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(app, http=web_limits.HeadDeadline, log_config=None, lifespan="off",
-                                timeout_keep_alive=30)
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
-        try:
+    asyncio.run(asyncio.wait_for(serving(web_limits.HeadDeadline, body), 60))
+
+
+def test_past_the_connection_cap_a_half_sent_head_makes_room_and_requests_in_hand_are_kept():
+    """Four connections at most: four half-sent heads, then a whole request: the oldest head is
+    closed (408) and the request answered; with four requests in hand, a fifth connection gets 503."""
+    async def body(port, server):
+        waiting = []
+        for _ in range(4):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             await writer.drain()
-            assert (await asyncio.wait_for(read_all(reader), 20)).startswith(b"HTTP/1.1 408 ")
-            writer.close()
+            waiting.append((reader, writer))
+            await asyncio.sleep(0.05)  # distinct opening times: the first is the oldest
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 20)).startswith(b"HTTP/1.1 200 ")
+        assert (await asyncio.wait_for(read_all(waiting[0][0]), 20)).startswith(b"HTTP/1.1 408 ")
+        for _, w in waiting + [(reader, writer)]:
+            w.close()
+        await asyncio.sleep(0.2)
 
+        busy = []
+        for _ in range(4):  # four requests in hand (each answers after 0.6 s)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            await writer.drain()
-            first = await asyncio.wait_for(reader.readuntil(b"ok"), 20)
-            assert first.startswith(b"HTTP/1.1 200 ")
-            writer.write(b"GET / HTTP/1.1\r\nHo")  # kept alive, then a head that never ends
-            await writer.drain()
-            assert (await asyncio.wait_for(read_all(reader), 20)).startswith(b"HTTP/1.1 408 ")
-            writer.close()
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 20)
+            busy.append((reader, writer))
+        for _ in range(200):  # until the server has all four heads in hand (this test's bound: 10 s)
+            held = server.server_state.connections
+            if len(held) == 4 and all(c.cycle is not None and not c.cycle.response_complete for c in held):
+                break
+            await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await asyncio.wait_for(read_all(reader), 20)).startswith(b"HTTP/1.1 503 ")
+        for r, w in busy:
+            assert (await asyncio.wait_for(r.readuntil(b"ok"), 20)).startswith(b"HTTP/1.1 200 ")
+            w.close()
 
-    asyncio.run(asyncio.wait_for(run(), 60))
+    asyncio.run(asyncio.wait_for(serving(web_limits.HeadDeadline.with_cap(4), body), 60))
+
+
+def test_the_connection_cap_raises_the_soft_descriptor_limit_and_leaves_some_for_the_server():
+    code = ("import resource; from sgpt_cli.web.limits import connection_cap, FD_RESERVE;"
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard));"
+            "cap = connection_cap(); soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0];"
+            "print(cap, soft, hard, FD_RESERVE)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), timeout=60)
+    cap, soft, hard, reserve = map(int, proc.stdout.split())
+    assert soft >= 256 and (soft == hard or soft == 1 << 20 or hard < 0)
+    assert 16 <= cap <= soft - reserve
 
 
 # --- the real server: bodies ---------------------------------------------------------------------------------

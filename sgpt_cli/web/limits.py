@@ -4,7 +4,7 @@ loop (large JSON written in pieces, off the loop), the text a response can hold 
 the console (one line per log record, a flood cut to a line per kind every few seconds), and the
 values the server is started with (an API key a client can send, a host that is an address).
 
-What it holds: `HEAD_S`, `BODY_S`, `SINK_LIMIT`; `HeadDeadline` (uvicorn's h11 protocol with a
+What it holds: `HEAD_S`, `BODY_S`, `SINK_LIMIT`, `SEND_S`; `HeadDeadline` (uvicorn's h11 protocol with a
 deadline on each request's head), `read_body` (the body with a deadline), `Sink` (one request's
 events, bounded), `unencodable` (where a body holds text UTF-8 cannot write), `json_text`,
 `JSONResponse` and `json_bytes` (JSON that always encodes, big objects in pieces), `Flood` (the
@@ -16,6 +16,7 @@ What it does not do: import sgpt_cli.web.server (the server imports this), or th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -40,25 +41,72 @@ BODY_S = 30.0
 # this; a client that reads gets its text in longer chunks and never comes near it. Without it a
 # stream with n=16, logprobs=20, max_tokens=4096 to a client that never reads held 172 MB.
 SINK_LIMIT = 1 << 16
+# A stream whose client takes nothing for this long (its socket's buffers full) is closed, so that a
+# client that neither reads nor leaves does not hold its connection and backlog for ever.
+SEND_S = 60.0
 FLOOD_S = 10.0  # a log message of one kind is said once per this many seconds, with a count of the rest
 
 
 # --- time ----------------------------------------------------------------------------------------------
 
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+             b"Connection: close\r\n\r\n")
+FD_RESERVE = 64  # descriptors kept from connections: the model's files, the engine's threads, logs
+
+
+def connection_cap() -> int:
+    """How many connections the server holds at once: the descriptor limit (its soft limit raised
+    to the hard one first, as servers do) less FD_RESERVE, at least 16. Past it asyncio's accept
+    fails with EMFILE, and Python 3.11 then retries in a busy loop (a log record per try)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, 1 << 20), hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except ImportError:  # not a Unix
+        return 1 << 12
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 16
+    return max(16, soft - max(FD_RESERVE, soft // 8))
 
 
 class HeadDeadline(H11Protocol):
     """uvicorn's h11 protocol, where a request's head must be whole HEAD_S after the connection
     opened or the previous response ended; else the connection gets 408 and is closed. (uvicorn's
     keep-alive timeout ends when the first byte arrives: a head sent a byte a minute was held for
-    ever.)"""
+    ever.) Past `cap` connections (`with_cap`), a new one closes the oldest that has no request in
+    hand (408), so that half-sent heads cannot keep everyone else out; if every one has a request
+    in hand, the new one is answered 503 with Retry-After."""
 
     head_timer: asyncio.TimerHandle | None = None
+    cap: int | None = None
+    opened = 0.0
+
+    @classmethod
+    def with_cap(cls, cap: int) -> type:
+        return type(cls.__name__, (cls,), {"cap": cap})
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.opened = self.loop.time()
+        if self.cap is not None and len(self.connections) > self.cap:
+            idle = [c for c in self.connections if c is not self and isinstance(c, HeadDeadline) and c._waiting()]
+            if idle:
+                min(idle, key=lambda c: c.opened)._late()
+            else:
+                transport.write(_BUSY_503)
+                transport.close()
+                return
         self._arm()
+
+    def _waiting(self) -> bool:
+        """No request in hand: a head is due (or the connection is idle between requests)."""
+        return (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -77,8 +125,7 @@ class HeadDeadline(H11Protocol):
 
     def _late(self) -> None:
         self.head_timer = None
-        waiting = self.cycle is None or self.cycle.response_complete  # no request in hand: a head is due
-        if waiting and not self.transport.is_closing():
+        if self._waiting():
             self.transport.write(_TIMEOUT_408)
             self.transport.close()
 

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 import uvicorn
-from sse_starlette.sse import AppStatus, EventSourceResponse
+from sse_starlette.sse import AppStatus, EventSourceResponse, SendTimeoutError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -54,8 +54,8 @@ from sgpt_cli.infer.engine import Event
 from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown, visible
 from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
-from sgpt_cli.web.limits import (ApiTimeout, Flood, HeadDeadline, JSONResponse, Sink, check_api_key, check_host,
-                                 json_bytes, json_text, read_body, unencodable)
+from sgpt_cli.web.limits import (SEND_S, ApiTimeout, Flood, HeadDeadline, JSONResponse, Sink, check_api_key,
+                                 check_host, connection_cap, json_bytes, json_text, read_body, unencodable)
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
 # A stream sends at most one chunk per choice every CHUNK_S (the first at once, a choice's last as
@@ -391,7 +391,7 @@ async def respond(request: HttpRequest, state: State, parsed: Request) -> Respon
         async def cancel_rest():  # also when the stream never started (a client gone at once)
             state.batcher.cancel(ids)
 
-        return EventSourceResponse(stream(state, reply, ids, queue), sep="\n", ping=15,
+        return EventSourceResponse(stream(state, reply, ids, queue), sep="\n", ping=15, send_timeout=SEND_S,
                                    headers={"Cache-Control": "no-cache"}, background=BackgroundTask(cancel_rest))
 
     async def gather():
@@ -540,6 +540,8 @@ class Guard:
         except ApiError as exc:
             if not started:
                 await error_response(exc)(scope, receive, counted)
+        except SendTimeoutError:  # the connection is closed; its rows were freed as the stream closed
+            log.warning(f"a client took nothing of its stream for {SEND_S:.0f} s: closed it")
         except Exception as exc:  # a bug: say it in one line, answer 500, keep serving
             log.error(f"{scope.get('method')} {scope['path']}: {first_line(exc)}")
             if not started:
@@ -735,7 +737,8 @@ def serve(model: str | None, device: str, host: str, port: int, api_key: str | N
                   Batcher(engines, metrics, rows + queue), metrics)
     quiet_logging()
     AppStatus.disable_automatic_graceful_drain()  # `stop` ends the streams itself, then sets should_exit
-    config = uvicorn.Config(build_app(state), http=HeadDeadline, log_config=None, access_log=False, lifespan="on",
+    config = uvicorn.Config(build_app(state), http=HeadDeadline.with_cap(connection_cap()), log_config=None,
+                            access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(STOP_GRACE_S), timeout_keep_alive=5, server_header=False)
     server = state.server = _Server(config)
     if not is_local(host) and api_key is None:
