@@ -549,3 +549,23 @@ def test_a_signal_while_serve_starts_is_never_a_traceback(tiny_onnx, sig):
             raise AssertionError(f"serve did not stop {delay} s after {sig.name}") from None
         assert "Traceback" not in err and "Error" not in err, (delay, err)
         assert proc.returncode in (130, -sig), (delay, proc.returncode, err)
+
+
+def test_signals_while_extensions_import_wait_for_the_import_then_interrupt():
+    """A Ctrl-C or SIGHUP inside a C extension's initialisation would become `ImportError:
+    initialization failed`; held, it is a KeyboardInterrupt once the imports are done."""
+    from sgpt_cli.term.serve import signals_after_imports
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_after_imports():
+            for sig in (signal.SIGHUP, signal.SIGINT):
+                os.kill(os.getpid(), sig)
+                for _ in range(100):  # Python runs the handler at the next bytecode: bounded spin
+                    time.sleep(0.001)
+            finished.append(True)  # not interrupted in the middle
+    assert finished == [True]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    with signals_after_imports():
+        pass  # nothing received: nothing raised
