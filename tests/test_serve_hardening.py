@@ -569,3 +569,23 @@ def test_signals_while_extensions_import_wait_for_the_import_then_interrupt():
     assert {sig: signal.getsignal(sig) for sig in before} == before
     with signals_after_imports():
         pass  # nothing received: nothing raised
+
+
+def test_a_cancelled_task_is_no_error_on_the_console():
+    tb = ('Traceback (most recent call last):\n  File "starlette/routing.py", line 1, in lifespan\n'
+          "asyncio.exceptions.CancelledError\n")
+    assert not web_limits.not_a_cancellation(logging.LogRecord("uvicorn.error", logging.ERROR, "", 1, tb, None, None))
+    exc = asyncio.CancelledError()
+    rec = logging.LogRecord("uvicorn.error", logging.ERROR, "", 1, "stopped", None, (type(exc), exc, None))
+    assert not web_limits.not_a_cancellation(rec)
+    other = logging.LogRecord("uvicorn.error", logging.ERROR, "", 1, tb.replace("asyncio.exceptions.Cancelled",
+                                                                                   "Value"), None, None)
+    assert web_limits.not_a_cancellation(other)
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line(tiny_onnx):
+    s = start(tiny_onnx)
+    s.proc.send_signal(signal.SIGINT)
+    s.proc.send_signal(signal.SIGINT)
+    code, err = s.stop()
+    assert code == 130 and err.strip() == "sgpt: interrupted", err

@@ -7,8 +7,8 @@ values the server is started with (an API key a client can send, a host that is 
 What it holds: `HEAD_S`, `BODY_S`, `SINK_LIMIT`, `SEND_S`; `HeadDeadline` (uvicorn's h11 protocol with a
 deadline on each request's head), `read_body` (the body with a deadline), `Sink` (one request's
 events, bounded), `unencodable` (where a body holds text UTF-8 cannot write), `json_text`,
-`JSONResponse` and `json_bytes` (JSON that always encodes, big objects in pieces), `Flood` (the
-log filter), `check_api_key`, `check_host`.
+`JSONResponse` and `json_bytes` (JSON that always encodes, big objects in pieces), `Flood` and
+`not_a_cancellation` (the log filters), `check_api_key`, `check_host`.
 
 What it does not do: import sgpt_cli.web.server (the server imports this), or the engine.
 """
@@ -302,6 +302,16 @@ class Flood(logging.Filter):
         if skipped:
             record.sgpt_left_out = skipped
         return True
+
+
+def not_a_cancellation(record: logging.LogRecord) -> bool:
+    """False for a report whose exception is a cancelled task (Starlette's lifespan traceback when a
+    second Ctrl-C cuts the shutdown short): cancelling is what stopping does, not an error."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, asyncio.CancelledError):
+        return False
+    lines = str(record.msg).strip().splitlines()
+    return not (lines and lines[-1].strip() in ("asyncio.exceptions.CancelledError", "CancelledError"))
 
 
 # --- start-up values -----------------------------------------------------------------------------------

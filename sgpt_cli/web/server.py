@@ -55,7 +55,8 @@ from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown, visible
 from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
 from sgpt_cli.web.limits import (SEND_S, ApiTimeout, Flood, HeadDeadline, JSONResponse, Sink, check_api_key,
-                                 check_host, connection_cap, json_bytes, json_text, read_body, unencodable)
+                                 check_host, connection_cap, json_bytes, json_text, not_a_cancellation, read_body,
+                                 unencodable)
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
 # A stream sends at most one chunk per choice every CHUNK_S (the first at once, a choice's last as
@@ -96,6 +97,7 @@ class OneLine(logging.Formatter):
 def quiet_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLine())
+    handler.addFilter(not_a_cancellation)
     handler.addFilter(Flood())
     for name in ("uvicorn", "uvicorn.error", "sse_starlette", "sgpt.serve", "asyncio"):
         logger = logging.getLogger(name)
