@@ -22,7 +22,7 @@ sgpt serve                           # http://127.0.0.1:8000/v1
 sgpt serve --port 0 --api-key KEY    # a free port; clients send Authorization: Bearer KEY
 curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "ROMEO:"}'
 
-Ctrl-C or SIGTERM stops it: running streams end cleanly, the exit status is 130.
+Ctrl-C, SIGTERM or SIGHUP stops it: running streams end cleanly, the exit status is 130.
 """
 
 

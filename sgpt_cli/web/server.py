@@ -6,8 +6,9 @@ sleeps on a condition when none; requests are submitted and cancelled from the e
 step's events come back to it with `loop.call_soon_threadsafe`), `Metrics`
 (the counters /metrics writes in Prometheus' text format), the Starlette app (`build_app`: the
 endpoints, OpenAI-style error objects for every failure, the key check, the body limit), and
-`serve`, which binds the socket, prints where to reach the server and runs uvicorn until Ctrl-C or
-SIGTERM.
+`serve`, which binds the socket, prints where to reach the server and runs uvicorn until Ctrl-C,
+SIGTERM or SIGHUP. What one client may take (deadlines, buffered events, connections, the text a
+body may hold) is bounded in sgpt_cli.web.limits (docs/serve-limits.md).
 
 How a request runs: its body is checked (sgpt_cli.infer.serve_api), one engine request per choice is
 submitted (n choices of one prompt go in together and share one prefill), and its events are
@@ -15,7 +16,7 @@ streamed as server-sent events or gathered into one response. A client that goes
 requests, which leave their rows at the next step. Past `--rows` running and `--queue` waiting
 choices, a request is answered 429 with Retry-After.
 
-Stopping (Ctrl-C, SIGTERM): new requests get 503, every running request is cancelled (its stream
+Stopping (Ctrl-C, SIGTERM, SIGHUP): new requests get 503, every running request is cancelled (its stream
 ends with its last chunk, finish_reason "length", and `data: [DONE]`), then uvicorn closes the
 connections and the command exits 130.
 
