@@ -60,6 +60,14 @@ def _cut(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _quoted(value) -> str:
+    """A refused value as a message quotes it; an integer too long to write (Python's digit limit
+    refuses repr past 4,300 digits) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    return _cut(repr(value))
+
+
 @dataclass(frozen=True)
 class Setting:
     """One knob. `name` is the keyword (and the /set name); `flags` its command-line spellings."""
@@ -150,7 +158,7 @@ class Setting:
     # --- checking and reading values ------------------------------------------------------------
 
     def _bad(self, value, style: str) -> UsageError:
-        return UsageError(f"{self.label(style)} must be {self.rule(style)} (got {_cut(repr(value))})")
+        return UsageError(f"{self.label(style)} must be {self.rule(style)} (got {_quoted(value)})")
 
     def check(self, value, style: str = FLAG):
         """`value` as the setting holds it (5.0 -> 5 for whole numbers, a list -> a tuple), or a
@@ -161,7 +169,7 @@ class Setting:
             # a list (or tuple) of values: a string, a mapping ({"a": 1} is not the list ["a"]) or a
             # set is refused, whatever iterates
             if not isinstance(value, (list, tuple)):
-                raise UsageError(f"{self.label(style)} must be a list of strings (got {_cut(repr(value))})")
+                raise UsageError(f"{self.label(style)} must be a list of strings (got {_quoted(value)})")
             if self.most is not None and len(value) > self.most:
                 raise UsageError(f"{self.label(style)} takes at most {self.most:,} values (got {len(value):,})")
             return tuple(self._check_one(v, style) for v in value)
@@ -175,9 +183,13 @@ class Setting:
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise self._bad(value, style)
-            if not math.isfinite(value) or (self.kind is int and int(value) != value):
+            # an int is finite whatever its size (math.isfinite raises OverflowError past ~1e308)
+            if not (isinstance(value, int) or math.isfinite(value)) or (self.kind is int and int(value) != value):
                 raise self._bad(value, style)
-            value = int(value) if self.kind is int else float(value)
+            try:
+                value = int(value) if self.kind is int else float(value)
+            except OverflowError:  # an int past float's range, for a float setting
+                raise self._bad(value, style) from None
             if self.zero and value == 0:
                 return value
             if self.low is not None and (value < self.low or (self.above and value == self.low)):

@@ -182,9 +182,12 @@ def read_for_model(pieces: Iterable[str], stoi: dict, window: int, echo: TextIO 
 def _known_tail(text: str, stoi: dict, unknown: dict, fed: str, window: int, any_known: bool) -> tuple[str, bool]:
     new = set(text).difference(stoi)  # set operations: a 50 MB prompt costs no Python loop per character
     if new:
-        for c in sorted(new.difference(unknown), key=text.index):
-            unknown[c] = None
-        text = text.translate({ord(c): None for c in new})
+        # in order of first appearance, in one pass (dict.fromkeys keeps it, at C speed): sorting by
+        # text.index searched the text once per character, quadratic in a prompt of many distinct ones
+        fresh = new.difference(unknown)
+        order = dict.fromkeys(text) if len(fresh) > 16 else sorted(fresh, key=text.index)
+        unknown.update(dict.fromkeys(filter(fresh.__contains__, order)))
+        text = text.translate(dict.fromkeys(map(ord, new)))
     return (fed + text)[-2 * window:], any_known or bool(text)
 
 

@@ -388,7 +388,9 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 @dataclass
 class Reply:
-    """What one request made: each choice's text and stats, as the events arrive."""
+    """What one request made: each choice's text and stats, as the events arrive. keep=False (a
+    stream, whose text is sent as it comes): only the counts and stats are kept, not the text and
+    logprobs, so a long stream holds no more than its current chunk."""
     request: Request
     model: str
     id: str = ""
@@ -397,6 +399,7 @@ class Reply:
     stats: list = field(default_factory=list)
     believed: list[list] = field(default_factory=list)  # with logprobs: each choice's TokenLogprobs
     length: list[int] = field(default_factory=list)  # each choice's characters so far
+    keep: bool = True
 
     def __post_init__(self):
         self.id = self.id or new_id(self.request.kind)
@@ -413,9 +416,10 @@ class Reply:
 
     def add(self, index: int, event) -> None:
         if event.text:
-            self.texts[index].append(event.text)
+            if self.keep:
+                self.texts[index].append(event.text)
             self.length[index] += len(event.text)
-        if event.logprobs:
+        if event.logprobs and self.keep:
             self.believed[index].extend(event.logprobs)
         if event.stats is not None:
             self.stats[index] = event.stats

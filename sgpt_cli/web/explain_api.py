@@ -79,7 +79,7 @@ def explain_body(state, body: dict) -> dict:
 def explain_route(state):
     """The Starlette route of POST /v1/explain over the server's `state`."""
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse
+    from sgpt_cli.web.limits import JSONResponse
     from starlette.routing import Route
 
     from sgpt_cli.web.server import read_json

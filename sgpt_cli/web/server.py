@@ -6,8 +6,9 @@ sleeps on a condition when none; requests are submitted and cancelled from the e
 step's events come back to it with `loop.call_soon_threadsafe`), `Metrics`
 (the counters /metrics writes in Prometheus' text format), the Starlette app (`build_app`: the
 endpoints, OpenAI-style error objects for every failure, the key check, the body limit), and
-`serve`, which binds the socket, prints where to reach the server and runs uvicorn until Ctrl-C or
-SIGTERM.
+`serve`, which binds the socket, prints where to reach the server and runs uvicorn until Ctrl-C,
+SIGTERM or SIGHUP. What one client may take (deadlines, buffered events, connections, the text a
+body may hold) is bounded in sgpt_cli.web.limits (docs/serve-limits.md).
 
 How a request runs: its body is checked (sgpt_cli.infer.serve_api), one engine request per choice is
 submitted (n choices of one prompt go in together and share one prefill), and its events are
@@ -15,7 +16,7 @@ streamed as server-sent events or gathered into one response. A client that goes
 requests, which leave their rows at the next step. Past `--rows` running and `--queue` waiting
 choices, a request is answered 429 with Retry-After.
 
-Stopping (Ctrl-C, SIGTERM): new requests get 503, every running request is cancelled (its stream
+Stopping (Ctrl-C, SIGTERM, SIGHUP): new requests get 503, every running request is cancelled (its stream
 ends with its last chunk, finish_reason "length", and `data: [DONE]`), then uvicorn closes the
 connections and the command exits 130.
 
@@ -41,19 +42,22 @@ import time
 from pathlib import Path
 
 import uvicorn
-from sse_starlette.sse import AppStatus, EventSourceResponse
+from sse_starlette.sse import AppStatus, EventSourceResponse, SendTimeoutError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from sgpt_cli.infer.engine import Event
 from sgpt_cli.infer.onnx_model import STEP_PARTS
-from sgpt_cli.errors import SgptError, first_line, shown
+from sgpt_cli.errors import SgptError, first_line, shown, visible
 from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
+from sgpt_cli.web.limits import (SEND_S, ApiTimeout, Flood, HeadDeadline, JSONResponse, Sink, check_api_key,
+                                 check_host, connection_cap, json_bytes, json_text, not_a_cancellation, read_body,
+                                 unencodable)
 from sgpt_cli.web.page import is_public, routes as page_routes
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
@@ -77,18 +81,28 @@ log = logging.getLogger("sgpt.serve")
 
 
 class OneLine(logging.Formatter):
-    """uvicorn's and our log records as one line each: never a traceback on the console."""
+    """uvicorn's, asyncio's and our log records as one line each: never a traceback on the console.
+    A message that is a formatted traceback (Starlette's lifespan failure) is said by its last line,
+    the exception; a record's exception (exc_info) adds its own first line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = first_line(Exception(record.getMessage()), 300)
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no escape reaches a terminal
+        lines = [line for line in record.getMessage().strip().splitlines() if line.strip()] or [""]
+        text = lines[-1] if lines[0].startswith("Traceback (most recent call last)") else lines[0]
+        if record.exc_info and record.exc_info[1] is not None:
+            text = f"{text.rstrip(': ')}: {first_line(record.exc_info[1], 200)}"
+        text = visible(text.strip())[:300]  # no escape reaches a terminal
+        left_out = getattr(record, "sgpt_left_out", 0)
+        if left_out:
+            text += f" ({left_out:,} more like it left out)"
         return f"sgpt: {record.levelname.lower()}: {text}"
 
 
 def quiet_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLine())
-    for name in ("uvicorn", "uvicorn.error", "sse_starlette", "sgpt.serve"):
+    handler.addFilter(not_a_cancellation)
+    handler.addFilter(Flood())
+    for name in ("uvicorn", "uvicorn.error", "sse_starlette", "sgpt.serve", "asyncio"):
         logger = logging.getLogger(name)
         logger.handlers, logger.propagate = [handler], False
         logger.setLevel(logging.WARNING)
@@ -157,15 +171,6 @@ class Metrics:
 
 
 # --- the engine's thread -----------------------------------------------------------------------------
-
-class Sink(asyncio.Queue):
-    """One request's events, (choice index, Event). `ended` is set when a choice's last event
-    arrives, so that a stream sends it at once rather than at its next chunk time (CHUNK_S)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ended = asyncio.Event()
-
 
 class Batcher:
     """The engine's lanes, each an Engine of its own rows stepped by a worker thread of its own (a
@@ -326,7 +331,9 @@ class State:
                  batcher: Batcher, metrics: Metrics):
         self.engine, self.model_path, self.limits, self.max_body = engine, model_path, limits, max_body
         self.api_key, self.batcher, self.metrics = api_key, batcher, metrics
-        self.model_id = model_path.stem or "model"
+        # a file name's undecodable bytes (surrogate escapes) as U+FFFD: the id is sent in JSON
+        stem = model_path.stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        self.model_id = stem or "model"
         self.created = int(model_path.stat().st_mtime) if model_path.exists() else int(time.time())
         self.stop_started = False
         self.server: uvicorn.Server | None = None
@@ -344,16 +351,13 @@ async def read_json(request: HttpRequest, limit: int) -> dict:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_big
-    size, chunks = 0, []
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
+        raw = await read_body(request.stream(), limit, too_big)
     except ClientDisconnect:  # gone before the body was whole: nobody to answer
         raise ApiError(400, "the client went away before its body was whole", code="client_disconnected") from None
-    raw = b"".join(chunks)
+    except ApiTimeout:
+        raise ApiError(408, "the request body did not arrive in time; send it whole at once",
+                       code="request_timeout") from None
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -363,8 +367,14 @@ async def read_json(request: HttpRequest, limit: int) -> dict:
                        code="invalid_json") from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply", code="invalid_json") from None
+    except ValueError:  # an integer past Python's digit limit (4,300), which no field takes
+        raise ApiError(400, "the body holds a number too long to read", code="invalid_value") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}", code="invalid_json")
+    where = unencodable(body)
+    if where is not None:
+        raise ApiError(400, f"{where} holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a "
+                            "pair): text must be Unicode that UTF-8 can write", param=where, code="invalid_text")
     return body
 
 
@@ -376,14 +386,17 @@ async def _wait_disconnect(receive) -> None:
 
 
 async def respond(request: HttpRequest, state: State, parsed: Request) -> Response:
-    queue = Sink()
+    # a stream's backlog is bounded (a client that stops reading has its choices ended); a whole
+    # response's one event per choice is what it asked for
+    queue = Sink(limit=None if parsed.stream else float("inf"))
     ids = state.batcher.submit(parsed.jobs, queue, whole=not parsed.stream)
-    reply = Reply(parsed, state.model_id)
+    queue.on_full = lambda: state.batcher.cancel(ids)
+    reply = Reply(parsed, state.model_id, keep=not parsed.stream)  # a stream's text is sent, not kept
     if parsed.stream:
         async def cancel_rest():  # also when the stream never started (a client gone at once)
             state.batcher.cancel(ids)
 
-        return EventSourceResponse(stream(state, reply, ids, queue), sep="\n", ping=15,
+        return EventSourceResponse(stream(state, reply, ids, queue), sep="\n", ping=15, send_timeout=SEND_S,
                                    headers={"Cache-Control": "no-cache"}, background=BackgroundTask(cancel_rest))
 
     async def gather():
@@ -403,7 +416,10 @@ async def respond(request: HttpRequest, state: State, parsed: Request) -> Respon
     if reply.left:
         return Response(status_code=499)  # nobody reads it
     failed(state, reply)
-    return JSONResponse(reply.response())
+    # built and written in a worker thread, in pieces: n=16 x 4096 characters with 20 logprobs is
+    # 33 MB of JSON, 1.9 s that would otherwise stall every stream
+    content = await asyncio.to_thread(lambda: json_bytes(reply.response()))
+    return Response(content, media_type="application/json")
 
 
 def failed(state: State, reply: Reply) -> None:
@@ -418,7 +434,7 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: Sink):
     parsed = reply.request
 
     def data(obj) -> dict:
-        return {"data": json.dumps(obj, ensure_ascii=False)}
+        return {"data": json_text(obj)}
 
     try:
         for k in range(len(parsed.jobs)):
@@ -433,10 +449,12 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: Sink):
                 if k == 0 and parsed.warnings:
                     first["warnings"] = parsed.warnings
                 yield data(first)
-        sent = 0.0  # loop time of the last chunk sent
+        # loop time of the last chunk sent; None: none yet (the loop's clock has an arbitrary origin,
+        # the machine's uptime on Linux, so no number stands for "never")
+        sent: float | None = None
         loop = asyncio.get_running_loop()
         while reply.left:
-            wait = sent + CHUNK_S - loop.time()
+            wait = 0.0 if sent is None else sent + CHUNK_S - loop.time()
             if wait > 0:  # the text made meanwhile goes in one chunk; a choice's end goes at once
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
@@ -527,6 +545,8 @@ class Guard:
         except ApiError as exc:
             if not started:
                 await error_response(exc)(scope, receive, counted)
+        except SendTimeoutError:  # the connection is closed; its rows were freed as the stream closed
+            log.warning(f"a client took nothing of its stream for {SEND_S:.0f} s: closed it")
         except Exception as exc:  # a bug: say it in one line, answer 500, keep serving
             log.error(f"{scope.get('method')} {scope['path']}: {first_line(exc)}")
             if not started:
@@ -541,12 +561,16 @@ def build_app(state: State):
 
     async def completions(request: HttpRequest) -> Response:
         body = await read_json(request, state.max_body)
-        parsed = parse_completion(body, state.model_id, state.engine.tokenizer.stoi, state.engine.window, limits)
+        # off the loop: a megabyte of prompts (the worst, tens of thousands of distinct characters the
+        # model lacks) is a few hundred ms of reading that would stall every stream
+        parsed = await asyncio.to_thread(parse_completion, body, state.model_id, state.engine.tokenizer.stoi,
+                                         state.engine.window, limits)
         return await respond(request, state, parsed)
 
     async def chat(request: HttpRequest) -> Response:
         body = await read_json(request, state.max_body)
-        parsed = parse_chat(body, state.model_id, state.engine.tokenizer.chars, state.engine.window, limits)
+        parsed = await asyncio.to_thread(parse_chat, body, state.model_id, state.engine.tokenizer.chars,
+                                         state.engine.window, limits)
         return await respond(request, state, parsed)
 
     def model_object() -> dict:
@@ -589,7 +613,7 @@ def build_app(state: State):
     async def lifespan(app):
         loop = asyncio.get_running_loop()
         state.batcher.start(loop)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops it as cleanly
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stop(state)))
         yield
@@ -681,14 +705,16 @@ def is_local(host: str) -> bool:
 
 
 def banner(base: str, state: State, rows: int, queue: int, key_from: str | None) -> str:
-    body = json.dumps({"model": state.model_id, "prompt": "ROMEO:", "max_tokens": 100})
+    # every name from the command line or a file name through `visible`/`shown`: a model file named
+    # with escape sequences must not retitle or clear the terminal
+    body = json.dumps({"model": state.model_id, "prompt": "ROMEO:", "max_tokens": 100})  # ASCII: escaped
     auth = ""
     if key_from == "env":
         auth = ' -H "Authorization: Bearer $SGPT_API_KEY"'
     elif key_from == "flag":
-        auth = " -H " + shlex.quote(f"Authorization: Bearer {state.api_key}")
+        auth = " -H " + shlex.quote(f"Authorization: Bearer {visible(state.api_key)}")
     model = state.engine.model
-    return (f"sgpt serve: {base}/v1 (OpenAI API), model {state.model_id} ({shown(state.model_path)}, "
+    return (f"sgpt serve: {visible(base)}/v1 (OpenAI API), model {shown(state.model_id)} ({shown(state.model_path)}, "
             f"on {model.device}), {rows} rows, queue {queue}\n"
             f"try: curl -s {base}/v1/completions -H 'Content-Type: application/json'{auth} -d {shlex.quote(body)}\n"
             "Ctrl-C stops it.\n")
@@ -704,6 +730,8 @@ def serve(model: str | None, device: str, host: str, port: int, api_key: str | N
     key_from = "flag" if api_key is not None else None
     if api_key is None and os.environ.get("SGPT_API_KEY"):
         api_key, key_from = os.environ["SGPT_API_KEY"], "env"
+    check_api_key(api_key, "$SGPT_API_KEY" if key_from == "env" else "--api-key")
+    check_host(host)
     path, _ = find_model(model)
     first = OnnxModel(path, device=device, threads=1)  # one thread per lane: the lanes are the parallelism
     lanes = SERVE_LANES if first.device == "cpu" and rows >= SERVE_LANES else 1
@@ -718,7 +746,8 @@ def serve(model: str | None, device: str, host: str, port: int, api_key: str | N
                   Batcher(engines, metrics, rows + queue), metrics)
     quiet_logging()
     AppStatus.disable_automatic_graceful_drain()  # `stop` ends the streams itself, then sets should_exit
-    config = uvicorn.Config(build_app(state), log_config=None, access_log=False, lifespan="on",
+    config = uvicorn.Config(build_app(state), http=HeadDeadline.with_cap(connection_cap()), log_config=None,
+                            access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(STOP_GRACE_S), timeout_keep_alive=5, server_header=False)
     server = state.server = _Server(config)
     if not is_local(host) and api_key is None:
