@@ -1,4 +1,4 @@
-"""`sgpt complete --batch FILE` and `--num-samples N` (sgpt_cli.infer.batch), end to end on the tiny model:
+"""`sgpt complete --batch FILE` and `--num-samples N` (sgpt_cli.term.batch), end to end on the tiny model:
 each batched row is exactly what `sgpt complete --seed S` writes for it alone."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from sgpt_cli.infer.batch import parse_batch, run_batch
+from sgpt_cli.term.batch import parse_batch, run_batch
 from sgpt_cli.infer.engine import Event, GenerationStats
 from sgpt_cli.settings import SamplingParams
 

@@ -15,7 +15,7 @@ import tracemalloc
 import pytest
 
 from conftest import SGPT, run_env
-from sgpt_cli.infer.batch import AHEAD_ROWS, TooLong, iter_batch, parse_line, read_lines, run_batch
+from sgpt_cli.term.batch import AHEAD_ROWS, TooLong, iter_batch, parse_line, read_lines, run_batch
 from sgpt_cli.infer.engine import Event as RowEvent, GenerationStats
 from sgpt_cli.settings import SamplingParams
 

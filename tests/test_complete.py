@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SGPT, run_env
-from sgpt_cli.infer import complete as complete_mod
+from sgpt_cli.term import complete as complete_mod
 from sgpt_cli.term.app import app
-from sgpt_cli.term.complete import complete as typer_complete
-from sgpt_cli.infer.complete import OPTIONS, StreamedPrompt, fast_parse
+from sgpt_cli.term.complete import complete_cmd as typer_complete
+from sgpt_cli.term.complete import OPTIONS, StreamedPrompt, fast_parse
 from test_eval import write_bad_models
 
 TIMEOUT = 120

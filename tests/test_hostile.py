@@ -635,7 +635,7 @@ def test_complete_streams_a_large_stdin_keeping_only_the_window(tiny_onnx, tmp_p
 def test_the_streamed_prompt_is_the_whole_prompt(tiny_onnx):
     import io
 
-    from sgpt_cli.infer.complete import PROMPT_CHUNK, StreamedPrompt, read_for_model
+    from sgpt_cli.infer.prompt import PROMPT_CHUNK, StreamedPrompt, read_for_model
 
     # a BOM, a line break and a two-byte character split across chunk boundaries
     raw = "\ufeffROMEO:".encode() + b"x" * (PROMPT_CHUNK - 10) + "ab\r".encode() + b"\n" + "é".encode() * PROMPT_CHUNK

@@ -34,7 +34,7 @@ from typing import Iterator
 from sgpt_cli.config import heads_text
 from sgpt_cli.errors import SgptError, UsageError, shown
 
-from sgpt_cli.files import atomic_write_text, check_writable_target
+from sgpt_cli.files import atomic_write_text, check_writable_target, without_bom
 from sgpt_cli.home import data_home  # noqa: F401  (re-exported: the history lives there)
 from sgpt_cli.settings import CHAT_SETTINGS, NAME, by_name, check_values, draw_seed
 
@@ -460,11 +460,9 @@ class ChatSession:
             raise SgptError(f"cannot load {shown(raw_name)}: it is over {MAX_SCRIPT_BYTES >> 20} MB; a script "
                             "is a scene, not a corpus")
         try:
-            text = data.decode("utf-8")
+            text = without_bom(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise SgptError(f"cannot load {shown(raw_name)}: not UTF-8 text (bad byte at offset {exc.start})") from None
-        if text.startswith("\ufeff"):
-            text = text[1:]
         text, dropped = self.clean(text)
         self.reset()
         self.script = text

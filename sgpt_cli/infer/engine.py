@@ -9,7 +9,7 @@ I/O binding: the CPU) and `DeviceCache` (OrtValues on the model's device: CUDA; 
 bus but ids, positions and one row of logits per request and step).
 
 What it does not do: import torch, print, know about terminals or tokenization beyond the model's
-vocabulary (prompts are ids of known characters; sgpt_cli.infer.complete says what was dropped).
+vocabulary (prompts are ids of known characters; sgpt_cli.infer.prompt says what was dropped).
 
 How a request runs (format 2 of docs/onnx-interface.md): its prompt, trimmed once to the window, is
 prefilled alone (batch 1, its own length, on the model's prefill session) into its row of the

@@ -781,18 +781,15 @@ def run_chat(settings: ChatSettings, model: str | None = None, device: str = "au
              history: bool = True, stdin: TextIO | None = None, stdout: TextIO | None = None,
              stderr: TextIO | None = None, script: str | None = None) -> int:
     """The whole `sgpt chat`: load the model, pick the reader, run the loop; the exit status."""
-    from sgpt_cli.infer.engine import Engine
-    from sgpt_cli.infer.model_lookup import find_model
-    from sgpt_cli.infer.onnx_model import OnnxModel, model_summary
+    from sgpt_cli.infer.model_lookup import open_model
+    from sgpt_cli.infer.onnx_model import model_summary
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     settings.validate()
     if hasattr(stdout, "reconfigure"):  # a model's odd character never crashes a narrow locale
         stdout.reconfigure(errors="replace")
-    t0 = time.perf_counter()
-    path, source = find_model(model)
-    engine = Engine(OnnxModel(path, device=device))
-    load_s = time.perf_counter() - t0
+    opened = open_model(model, device)
+    engine, source, load_s = opened.engine, opened.source, opened.load_s
     summary = model_summary(engine.model)
     session = ChatSession(engine.model.tokenizer.chars, engine.model.block_size, settings)
     loaded = session.load(script) if script is not None else None  # a bad file: one line, before the REPL

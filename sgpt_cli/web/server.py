@@ -9,7 +9,7 @@ endpoints, OpenAI-style error objects for every failure, the key check, the body
 `serve`, which binds the socket, prints where to reach the server and runs uvicorn until Ctrl-C or
 SIGTERM.
 
-How a request runs: its body is checked (sgpt_cli.infer.serve_api), one engine request per choice is
+How a request runs: its body is checked (sgpt_cli.web.openai_api), one engine request per choice is
 submitted (n choices of one prompt go in together and share one prefill), and its events are
 streamed as server-sent events or gathered into one response. A client that goes away cancels its
 requests, which leave their rows at the next step. Past `--rows` running and `--queue` waiting
@@ -53,7 +53,7 @@ from starlette.routing import Route
 from sgpt_cli.infer.engine import Event
 from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown
-from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
+from sgpt_cli.web.openai_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
 # A stream sends at most one chunk per choice every CHUNK_S (the first at once, a choice's last as
@@ -692,17 +692,18 @@ def serve(model: str | None, device: str, host: str, port: int, api_key: str | N
           max_body: int, max_tokens_limit: int, max_n: int, max_prompt_chars: int) -> int:
     """Run the server until Ctrl-C or SIGTERM; KeyboardInterrupt then (the command exits 130)."""
     from sgpt_cli.infer.engine import Engine
-    from sgpt_cli.infer.model_lookup import find_model
+    from sgpt_cli.infer.model_lookup import open_model
     from sgpt_cli.infer.onnx_model import OnnxModel
 
     key_from = "flag" if api_key is not None else None
     if api_key is None and os.environ.get("SGPT_API_KEY"):
         api_key, key_from = os.environ["SGPT_API_KEY"], "env"
-    path, _ = find_model(model)
-    first = OnnxModel(path, device=device, threads=1)  # one thread per lane: the lanes are the parallelism
-    lanes = SERVE_LANES if first.device == "cpu" and rows >= SERVE_LANES else 1
+    opened = open_model(model, device, threads=1)  # one thread per lane: the lanes are the parallelism
+    path = opened.path
+    lanes = SERVE_LANES if opened.model.device == "cpu" and rows >= SERVE_LANES else 1
     share = [rows // lanes + (k < rows % lanes) for k in range(lanes)]  # --rows in all
-    engines = [Engine(first, max_rows=share[0])]
+    opened.engine.max_rows = share[0]  # read at its first step, when its cache is made
+    engines = [opened.engine]
     engines += [Engine(OnnxModel(path, device="cpu", threads=1), max_rows=n) for n in share[1:]]
     engine = engines[0]
     sock = listen(host, port)
