@@ -14,9 +14,9 @@ import pytest
 
 from conftest import SGPT, run_env
 from sgpt_cli.infer.chat_session import (
-    SPEECH_END, ChatSession, ChatSettings, InputJoiner, block_is_open, data_home, history_path,
-    is_command, is_speaker_line, parse_command,
+    SPEECH_END, ChatSession, ChatSettings, InputJoiner, block_is_open, data_home, history_path, is_speaker_line,
 )
+from sgpt_cli.term.chat_commands import is_command, parse_command
 from sgpt_cli.errors import SgptError, UsageError
 
 VOCAB = sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
@@ -81,7 +81,9 @@ class FakeBatchEngine(FakeEngine):
 
 def piped_repl(engine, lines: str, settings=None):
     """The REPL over piped lines (LineReader) with a fake engine: (exit status, transcript, session)."""
-    from sgpt_cli.term.repl import LineReader, Repl, make_console
+    from sgpt_cli.term.chat_input import LineReader
+    from sgpt_cli.term.chat_reply import make_console
+    from sgpt_cli.term.repl import Repl
 
     out = io.StringIO()
     session = ChatSession(VOCAB, 64, settings or ChatSettings(seed=5))
@@ -379,7 +381,9 @@ def run_repl(engine, keys, history: bool = True, settings: ChatSettings | None =
     from prompt_toolkit.output import DummyOutput
 
     from sgpt_cli.infer.onnx_model import model_summary
-    from sgpt_cli.term.repl import PromptReader, Repl, make_console
+    from sgpt_cli.term.chat_input import PromptReader
+    from sgpt_cli.term.chat_reply import make_console
+    from sgpt_cli.term.repl import Repl
 
     chunks = [keys] if isinstance(keys, str) else list(keys)
 
@@ -682,7 +686,7 @@ def coloured(stream: str) -> list[tuple[str, str]]:
 
 
 def test_heat_bins_cover_every_probability_and_the_legend_names_each():
-    from sgpt_cli.term.repl import HEAT, heat_legend, heat_style
+    from sgpt_cli.term.chat_reply import HEAT, heat_legend, heat_style
 
     assert [heat_style(p) for p in (1.0, 0.9, 0.89, 0.6, 0.3, 0.1, 0.099, 0.0)] == [
         "bright_blue", "bright_blue", "cyan", "cyan", "green", "yellow", "red", "red"]
@@ -699,7 +703,7 @@ def colour(monkeypatch):
 
 
 def test_heat_colours_each_character_by_its_bin_and_is_plain_text_when_colour_is_off(colour):
-    from sgpt_cli.term.repl import ReplyPrinter, make_console
+    from sgpt_cli.term.chat_reply import ReplyPrinter, make_console
 
     def draw(color: bool, heat: bool, width: int = 80) -> str:
         out = io.StringIO()
@@ -717,7 +721,7 @@ def test_heat_colours_each_character_by_its_bin_and_is_plain_text_when_colour_is
 
 
 def test_heat_keeps_each_characters_colour_when_a_word_is_wrapped_onto_the_next_row(colour):
-    from sgpt_cli.term.repl import ReplyPrinter, make_console
+    from sgpt_cli.term.chat_reply import ReplyPrinter, make_console
 
     out = io.StringIO()
     console = make_console(out, color=True)
@@ -759,7 +763,9 @@ def test_set_heat_on_shows_the_legend_and_says_when_there_is_no_colour():
 
 
 def test_heat_in_the_repl_colours_a_real_reply_and_changes_no_character(tiny_engine, colour):
-    from sgpt_cli.term.repl import LineReader, Repl, make_console
+    from sgpt_cli.term.chat_input import LineReader
+    from sgpt_cli.term.chat_reply import make_console
+    from sgpt_cli.term.repl import Repl
 
     def transcript(lines: str) -> str:
         out = io.StringIO()

@@ -202,7 +202,7 @@ def test_pty_a_resize_mid_reply_wraps_at_the_new_width(tiny_onnx, isolated_home,
 
 def test_pty_the_hint_on_an_empty_line_fits_a_narrow_terminal(tiny_onnx, isolated_home):
     """Defect 3's second half: the grey hint wrapped onto a `...` row that looked like input."""
-    from sgpt_cli.term.repl import PLACEHOLDER, placeholder_for
+    from sgpt_cli.term.chat_input import PLACEHOLDER, placeholder_for
 
     assert placeholder_for(120) == PLACEHOLDER and len(placeholder_for(40)) + 4 < 40 and placeholder_for(20) == ""
     child = spawn(tiny_onnx, isolated_home, columns=40)

@@ -214,7 +214,7 @@ def test_piped_chat_survives_refused_save_names(tiny_onnx, tmp_path):
 
 
 def test_sgpt_home_set_to_a_file_says_so(tmp_path, monkeypatch):
-    from sgpt_cli.term.repl import _history
+    from sgpt_cli.term.chat_input import _history
 
     blocker = tmp_path / "home-file"
     blocker.write_text("x")
