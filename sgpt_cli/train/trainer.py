@@ -1,12 +1,14 @@
-"""The training loop: random windows of the text, a warmup + cosine schedule, periodic estimates,
-checkpoints, and one measured validation loss at the end.
+"""The training loop: random windows of the text, a warmup then a trapezoid (or cosine) schedule,
+periodic estimates, checkpoints, and one measured validation loss at the end.
 
 What it holds: `train()` (a short loop over the named pieces below), the set-up of a run (fresh,
 resumed or initialised from another checkpoint), the stop rules (iterations, time budget, a stop
-request), the whole-split validation loss, the `Stop` protocol the CLI's signal handler follows,
-and the DDP glue for `torchrun` (each rank draws its own batches; only rank 0 writes or reports).
-bf16 autocast on CUDA and on CPUs with AMX (`--precision`); on CUDA also TF32, fused AdamW and
-optional torch.compile.
+request), saving, and the run's device and precision: bf16 autocast on CUDA and on CPUs with AMX
+(`--precision`); on CUDA also TF32, fused AdamW and optional torch.compile. Beside it:
+sgpt_cli.train.schedule (the learning rate, the pace, when to estimate), sgpt_cli.train.evaluate (the
+estimates, the whole-split validation loss, the sample), sgpt_cli.train.distributed (the DDP glue for
+`torchrun`: each rank draws its own batches; only rank 0 writes or reports) and sgpt_cli.train.stop
+(the `Stop` protocol the CLI's signal handler follows).
 
 The promises: the best checkpoint (`--out`, weights only) and the resumable one (`NAME.last.pt`,
 with optimizer and every rank's random streams) are only ever written whole, both in one critical
@@ -23,10 +25,8 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import platform
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,13 +40,14 @@ from sgpt_cli.data import split_text
 from sgpt_cli.errors import SgptError, UsageError, first_line
 from sgpt_cli.train.model import GPT
 from sgpt_cli.train.optim import build_optimizer
+from sgpt_cli.train.distributed import (
+    Dist, _agree, _gather_rng, _leave_group, _mean_over_ranks, _restore_rng, _rng_state, _set_rng_state,
+    setup_distributed,
+)
+from sgpt_cli.train.evaluate import estimate_loss, sample_text, whole_split_loss
+from sgpt_cli.train.schedule import EVAL_SHARE, Pace, estimate_allowance, estimate_due, eta, lr_at, schedule_progress
 from sgpt_cli.train.stop import Stop
 from sgpt_cli.infer.tokenizer import CharTokenizer
-
-
-# the schedule of estimates in a budgeted run, whatever the machine's speed
-CURVE_POINTS = 8  # at least one estimate per budget / CURVE_POINTS seconds: a curve even at 0.3 steps/s
-EVAL_SHARE = 0.05  # an estimate and its sample take at most this share of the training since the last one
 
 
 @dataclass
@@ -84,29 +85,6 @@ class Result:
     unfinished_step: float | None = None  # seconds the step a stop cut short had run (None: none was cut)
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    d = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    return d
-
-
 def resolve_device(requested: str, dist: Dist | None = None) -> str:
     if requested not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda (got {requested!r})")
@@ -138,29 +116,6 @@ def hardware_name(device: str) -> str:
         return torch.cuda.get_device_name()
     n = torch.get_num_threads()
     return f"{platform.processor() or platform.machine()} CPU, {n} thread{'' if n == 1 else 's'}"
-
-
-def lr_at(cfg: TrainConfig, it: int, progress: float) -> float:
-    """Linear warmup, then from learning_rate down to min_lr as `progress` goes 0 -> 1: a cosine, or
-    a trapezoid (flat until the last `cooldown` of the run, then linear)."""
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    progress = min(max(progress, 0.0), 1.0)
-    if cfg.lr_schedule == "trapezoid":
-        left = min((1.0 - progress) / cfg.cooldown, 1.0)  # 1 while flat, then down to 0
-        return cfg.min_lr + left * (cfg.learning_rate - cfg.min_lr)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def schedule_progress(cfg: TrainConfig, it: int, train_seconds: float, reserve: float = 0.0) -> float:
-    """How far along the decay is: by iterations, or by the clock (the budget less what the final
-    measurement and checkpoint will need), whichever is further."""
-    if cfg.lr_decay_iters:
-        span = max(cfg.lr_decay_iters - cfg.warmup_iters, 1)
-        return (it - cfg.warmup_iters) / span
-    by_iters = (it - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1)
-    by_time = train_seconds / max(cfg.time_budget - reserve, 1e-9) if cfg.time_budget else 0.0
-    return max(by_iters, by_time)
 
 
 class Batches:
@@ -263,34 +218,6 @@ def config_for_init(cfg: TrainConfig, init: dict, overrides: dict) -> TrainConfi
 
 
 # --- the state of one run, and the pieces the loop is made of ---
-
-class Pace:
-    """Recent speed: compute per step (tokens/s) and wall clock per step including evaluations and
-    whatever else the machine is doing (the ETA), both over a sliding window so a busy machine's
-    slowdown shows within seconds and a single slow step does not."""
-
-    def __init__(self) -> None:
-        self.steps: deque[float] = deque(maxlen=20)  # seconds of compute of the last steps
-        self.wall: deque[tuple[float, int]] = deque(maxlen=200)  # (clock, iteration) after each step
-        self.batch_seconds: float | None = None  # one forward pass of a batch, as the last estimate measured it
-        self.save_seconds = 0.1  # until one is measured
-
-    def step_seconds(self) -> float | None:
-        """The median of the recent steps: the first (slow: allocations, warm-up) does not count for long."""
-        return sorted(self.steps)[len(self.steps) // 2] if self.steps else None
-
-    def forward_seconds(self) -> float | None:
-        """One batch's forward pass (what an estimate costs per batch): measured by the last estimate,
-        or before one, a third of a training step (forward, backward and update)."""
-        if self.batch_seconds is not None:
-            return self.batch_seconds
-        step = self.step_seconds()
-        return None if step is None else step / 3
-
-    def wall_per_iter(self) -> float | None:
-        (t0, i0), (t1, i1) = (self.wall[0], self.wall[-1]) if len(self.wall) >= 2 else ((0, 0), (0, 0))
-        return (t1 - t0) / (i1 - i0) if i1 > i0 else self.step_seconds()
-
 
 @dataclass
 class Run:
@@ -464,92 +391,6 @@ def stop_reason(run: Run, stop: Stop) -> str | None:
     return None
 
 
-@torch.no_grad()
-def estimate_loss(run: Run, stop: Stop, n_batches: int | None = None, deadline: float | None = None
-                  ) -> tuple[float, float, int]:
-    """Train and val loss on the first `n_batches` (default --eval-iters) of fixed batches each: a
-    cheap, smooth estimate for the curve and for choosing the best checkpoint (the whole split is
-    measured once, at the end). In float32 whatever the run's --precision, as the whole split is:
-    the two agree, and an estimate's pace sizes the whole split's reserve. Each split gets half the
-    time to `deadline` (a perf_counter time) and stops there after one batch at least. Returns
-    (train, val, the fewest batches a split got)."""
-    t0 = time.perf_counter()
-    n_batches = n_batches or run.cfg.eval_iters
-    run.raw_model.eval()
-    losses, done, fewest = {}, 0, n_batches
-    try:
-        with stop.abortable():  # a stop request throws the estimate away: the step it belongs to is whole
-            for k, (name, batches) in enumerate((("val", run.val_batches), ("train", run.train_batches))):
-                ends = None if deadline is None else t0 + (deadline - t0) * (k + 1) / 2
-                g = torch.Generator().manual_seed(run.cfg.seed + 1)  # the same batches every time: a smooth curve
-                total, n = 0.0, 0
-                while n < n_batches and (n == 0 or ends is None or time.perf_counter() < ends):
-                    x, y = batches.sample(g)
-                    logits, _ = run.raw_model(x)  # in float32, as the whole split is measured
-                    total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1)).item()
-                    n += 1
-                losses[name], done, fewest = total / n, done + n, min(fewest, n)
-    finally:
-        run.raw_model.train()
-    run.pace.batch_seconds = (time.perf_counter() - t0) / done
-    return losses["train"], losses["val"], fewest
-
-
-@torch.no_grad()
-def whole_split_loss(model: GPT, ids: torch.Tensor, deadline: float | None = None, batch: int = 32) -> float | None:
-    """Mean cross-entropy (nats/char) over the whole split, in non-overlapping windows of block_size
-    (the protocol of `sgpt eval` and export: onnx_model.score_ids), in float32. None if `deadline`
-    (a perf_counter time) passes first."""
-    T = model.cfg.block_size
-    n = (len(ids) - 1) // T
-    if n == 0:
-        T, n = len(ids) - 1, 1
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for b in range(0, n, batch):
-            if deadline is not None and time.perf_counter() > deadline:
-                return None
-            starts = torch.arange(b, min(b + batch, n)) * T
-            win = ids[starts[:, None] + torch.arange(T + 1)].to(device)  # (b, T+1)
-            logits, _ = model(win[:, :-1])
-            logp = F.log_softmax(logits.double(), dim=-1)
-            total -= logp.gather(-1, win[:, 1:, None]).sum().item()
-            count += win[:, 1:].numel()
-    finally:
-        model.train(was_training)
-    return total / count
-
-
-SAMPLE_CHUNK = 20  # characters generated between looks at the clock
-
-
-def sample_text(run: Run, stop: Stop | None = None, deadline: float | None = None) -> str:
-    """Up to --sample-chars characters, fewer when `deadline` (a perf_counter time) comes first. A stop
-    request cuts it short (a sample is only for show). The model recomputes its whole window for
-    each character, so generating in chunks gives the same text as at once."""
-    if run.cfg.sample_chars <= 0 or (deadline is not None and time.perf_counter() >= deadline):
-        return ""
-    model, device = run.raw_model, run.device
-    g = torch.Generator(device=device).manual_seed(run.cfg.seed)  # its own stream: training's stays put
-    idx = torch.tensor([[run.tokenizer.stoi.get("\n", 0)]], device=device)
-    model.eval()
-    try:
-        with (stop or Stop()).abortable(), run.autocast():
-            while idx.shape[1] - 1 < run.cfg.sample_chars and (deadline is None or time.perf_counter() < deadline):
-                n = min(SAMPLE_CHUNK, run.cfg.sample_chars - (idx.shape[1] - 1))
-                idx = model.generate(idx, n, temperature=0.8, top_k=None, generator=g)
-    except KeyboardInterrupt:
-        if stop is None or not stop.requested:
-            raise
-        # a stop request: the loop sees it at the next step boundary
-    finally:
-        model.train()
-    return run.tokenizer.decode(idx[0, 1:].tolist())
-
-
 def weights(run: Run, val_loss: float, kind: str) -> dict:
     """What the best checkpoint holds: enough to export, fine-tune or share; no optimizer state."""
     return {
@@ -617,37 +458,6 @@ def log_metrics(run: Run, row: dict) -> None:
     except OSError as exc:
         with _disk_errors(run):
             raise checkpoint.WriteError(f"cannot write {checkpoint.metrics_path(run.out)}: {exc.strerror or exc}") from None
-
-
-def estimate_due(run: Run, reason: str | None) -> bool:
-    """Whether to estimate now. At the end always; without a budget every --eval-interval steps.
-    With one, --eval-interval steps at most apart, and sooner once budget / CURVE_POINTS seconds
-    have passed (a slow machine still gets a curve); but never before the time since the last
-    estimate pays for one batch per split at EVAL_SHARE (a very slow machine gets fewer points,
-    not a run spent estimating). Under DDP every rank reads rank 0's clock (`agree`): all decide alike."""
-    cfg = run.cfg
-    if run.it <= run.evaluated_at:
-        return False
-    if reason:
-        return True
-    if not cfg.time_budget:
-        return run.it % cfg.eval_interval == 0
-    since = run.clock[0] - run.evaluated_clock
-    if EVAL_SHARE * since < 2 * run.clock[2]:
-        return False
-    return run.it - run.evaluated_at >= cfg.eval_interval or since >= cfg.time_budget / CURVE_POINTS
-
-
-def estimate_allowance(run: Run, final: bool) -> float | None:
-    """Seconds this estimate (with its sample) may take; None: no bound (a run without a budget).
-    The last one gets what the budget has left after the whole-split measurement and the saves; the
-    others EVAL_SHARE of the training since the previous one."""
-    if not run.cfg.time_budget:
-        return None
-    if final:
-        left = run.cfg.time_budget - run.elapsed
-        return max(left - run.whole_split_reserve() - 3 * run.pace.save_seconds, 0.0)
-    return EVAL_SHARE * max(run.clock[0] - run.evaluated_clock, 0.0)
 
 
 def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None], final: bool = False) -> None:
@@ -760,18 +570,6 @@ def step_event(run: Run, loss: float) -> Event:
     return Event("step", run.it, run.cfg.max_iters, loss=loss, lr=run.lr,
                  tokens_per_s=run.tokens_per_step / max(pace.step_seconds(), 1e-9), elapsed=run.elapsed,
                  best_val_loss=run.best_val if run.best_val < float("inf") else None, eta=eta(run))
-
-
-def eta(run: Run) -> float | None:
-    """Seconds to the end: remaining steps at the recent wall-clock pace (evaluations and a busy
-    machine included), plus the final measurement; never past the budget."""
-    per_iter = run.pace.wall_per_iter()
-    if per_iter is None:
-        return None
-    by_iters = (run.cfg.max_iters - run.it) * per_iter + run.reserve()
-    if run.cfg.time_budget:
-        return min(by_iters, max(run.cfg.time_budget - run.elapsed, 0.0))
-    return by_iters
 
 
 def gpu_preset_warning(run: Run, report: Callable[[Event], None]) -> None:
@@ -895,97 +693,3 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
                        "step_seconds": run.pace.step_seconds(), "unfinished_step": unfinished}))
     return Result(status, run.it, run.best_val, run.elapsed, run.out, checkpoint.last_path(run.out),
                   run.saved_iter, val, note, run.pace.step_seconds(), unfinished)
-
-
-# --- random streams and DDP ---
-
-def _rng_state(gen: torch.Generator, device: str) -> dict:
-    """This process's random streams: the batch sampler's, and torch's own (dropout)."""
-    state = {"batches": gen.get_state(), "torch": torch.get_rng_state()}
-    if device == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(gen: torch.Generator, state: dict) -> None:
-    gen.set_state(state["batches"])
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _gather_rng(gen: torch.Generator, device: str, dist: Dist) -> list[dict]:
-    """Every rank's random streams, in rank order (a collective: all ranks must call it)."""
-    mine = _rng_state(gen, device)
-    if dist.world <= 1:
-        return [mine]
-    import torch.distributed as tdist
-
-    states: list = [None] * dist.world
-    tdist.all_gather_object(states, mine)
-    return states
-
-
-def _restore_rng(resume: dict, gen: torch.Generator, cfg: TrainConfig, it: int, dist: Dist) -> None:
-    """Continue each rank's random streams where the saved run left them.
-
-    When the world size changed, rank 0 continues the saved rank 0 streams and the other ranks
-    start fresh streams derived from (seed, rank, iteration), so they still draw different batches.
-    """
-    ranks = resume.get("rng_ranks") or []
-    if len(ranks) == dist.world:
-        state = ranks[dist.rank]
-    elif dist.rank == 0 and ranks:
-        state = ranks[0]
-    elif dist.rank == 0 and "rng" in resume:
-        state = {"batches": resume["rng"]}
-    else:
-        gen.manual_seed(cfg.seed + dist.rank + 1_000_003 * it)
-        return
-    _set_rng_state(gen, state)
-
-
-def _agree(stop_reason: str | None, run: Run) -> str | None:
-    """Under DDP all ranks must stop at the same step and share a clock: rank 0's values win."""
-    run.clock = (run.elapsed, run.reserve(), run.pace.forward_seconds() or 0.0)
-    if run.dist.world <= 1:
-        return stop_reason
-    import torch.distributed as tdist
-
-    codes = ["", "done", "time", "interrupted"]
-    device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([codes.index(stop_reason or ""), *run.clock], dtype=torch.float64, device=device)
-    tdist.broadcast(flag, src=0)
-    run.clock = (float(flag[1]), float(flag[2]), float(flag[3]))
-    return codes[int(flag[0])] or None
-
-
-def _mean_over_ranks(loss: torch.Tensor, dist: Dist) -> float:
-    """The step's loss averaged over ranks (what DDP's averaged gradient belongs to)."""
-    if dist.world <= 1:
-        return loss.item()
-    import torch.distributed as tdist
-
-    total = loss.detach().float().clone()
-    tdist.all_reduce(total)  # SUM: gloo has no AVG
-    return total.item() / dist.world
-
-
-GLOO_SETTLE_SECONDS = 0.25  # how long the ranks' last collective is given to be released before the group goes
-
-
-def _leave_group(run: Run) -> None:
-    """Leave the process group in one known order. gloo's worker threads release each finished
-    collective's tensors under the GIL, and the group's destructor joins those threads while holding
-    it (torch 2.13): a rank that drops the group right after its last collective can wait for ever
-    (seen: rank 1's final gather of the random streams, then DDP's reducer dropped at return).
-    So the GIL is let go first (a sleep), then DDP is unwrapped and the group destroyed here."""
-    if run.dist.world <= 1:
-        return
-    import torch.distributed as tdist
-
-    time.sleep(GLOO_SETTLE_SECONDS)
-    run.model = run.raw_model  # DDP's reducer holds the group: it goes first, while the workers idle
-    if tdist.is_initialized():
-        tdist.destroy_process_group()
