@@ -404,7 +404,7 @@ SERVE_REQUEST: tuple[Setting, ...] = (
 SERVE_STOPS = 16  # stop strings one request may give (OpenAI allows 4)
 
 
-# --- export's settings (read by sgpt_cli.train.export's checks too, which must not differ) ------------
+# --- export's settings (read by sgpt_cli.train.onnx_export's checks too, which must not differ) ------------
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
                      "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")

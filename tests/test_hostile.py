@@ -534,7 +534,7 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_without_allocating_it(tin
 def test_huge_config_check_allocates_nothing(tiny_ckpt, tmp_path):
     import resource
 
-    from sgpt_cli.train import export as exporter
+    from sgpt_cli.train import onnx_export as exporter
 
     path = edited_checkpoint(tiny_ckpt, tmp_path / "claims.pt", {"n_embd": 4096})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -490,7 +490,7 @@ def test_a_terminal_gets_a_live_status_line(tmp_path, text_file):
 
 
 def test_a_log_file_gets_periodic_status_lines(tmp_path, text_file, monkeypatch):
-    from sgpt_cli.term import training as train_view
+    from sgpt_cli.term import train_run as train_view
 
     monkeypatch.setattr(train_view, "LOG_EVERY_S", 0.0)  # every step, so a short run shows it
     before = torch.get_num_threads()

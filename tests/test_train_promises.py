@@ -22,7 +22,7 @@ from sgpt_cli.train import checkpoint, trainer
 from sgpt_cli.term.app import app
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
-from sgpt_cli.term.training import StopRequest
+from sgpt_cli.term.train_run import StopRequest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -320,7 +320,7 @@ def test_init_from_refuses_another_shape(tmp_path, text_file, tiny_ckpt):
 
 
 def test_strip_training_state_makes_a_small_weights_only_checkpoint(tmp_path, tiny_ckpt):
-    from sgpt_cli.train.export import load_model
+    from sgpt_cli.train.onnx_export import load_model
 
     full = checkpoint.last_path(tiny_ckpt)
     small = checkpoint.strip_training_state(full, tmp_path / "w.pt")

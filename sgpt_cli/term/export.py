@@ -1,4 +1,4 @@
-"""`sgpt export`: flags, the progress display and the report; the work (sgpt_cli.train.export, which needs
+"""`sgpt export`: flags, the progress display and the report; the work (sgpt_cli.train.onnx_export, which needs
 torch) is imported inside the command.
 
 On a terminal (and without NO_COLOR) a rich spinner names the stage; otherwise each stage is one plain
@@ -39,7 +39,7 @@ and appears only after ONNX Runtime has matched PyTorch's logits; a failed check
 def _run(checkpoint, out, quantize, data) -> int:
     require_train_extra("export")
     with terminate_as_interrupt():
-        from sgpt_cli.train.export import export
+        from sgpt_cli.train.onnx_export import export
 
         with stage_display() as (status, progress):
             report = export(checkpoint, out, quantize=quantize, data=data, status=status,

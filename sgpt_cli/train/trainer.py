@@ -51,7 +51,7 @@ from sgpt_cli.infer.tokenizer import CharTokenizer
 
 
 @dataclass
-class Event:
+class TrainEvent:
     """What the loop reports. `kind` is start, step, eval, warning, final or end; unused fields stay None."""
 
     kind: str
@@ -460,7 +460,7 @@ def log_metrics(run: Run, row: dict) -> None:
             raise checkpoint.WriteError(f"cannot write {checkpoint.metrics_path(run.out)}: {exc.strerror or exc}") from None
 
 
-def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None], final: bool = False) -> None:
+def evaluate_and_save(run: Run, stop: Stop, report: Callable[[TrainEvent], None], final: bool = False) -> None:
     """Estimate the losses (as many batches as the budget allows), save (the best checkpoint only
     when val improved), log, report with a sample (in what time the estimate left)."""
     allowance = estimate_allowance(run, final)
@@ -485,7 +485,7 @@ def evaluate_and_save(run: Run, stop: Stop, report: Callable[[Event], None], fin
     # a budget's last seconds belong to the measurement: no sample then
     sample = "" if final and allowance is not None else sample_text(
         run, stop, None if allowance is None else t0 + allowance)
-    report(Event("eval", run.it, run.cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=run.best_val,
+    report(TrainEvent("eval", run.it, run.cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=run.best_val,
                  elapsed=run.elapsed, saved=improved, sample=sample,
                  info={"batches": n, "eval_iters": run.cfg.eval_iters}))
 
@@ -549,9 +549,9 @@ def _first_compiled(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _backward(run, x, y)
 
 
-def compile_warning(run: Run, report: Callable[[Event], None]) -> None:
+def compile_warning(run: Run, report: Callable[[TrainEvent], None]) -> None:
     if run.compile_note:
-        report(Event("warning", run.it, info={"message": run.compile_note}))
+        report(TrainEvent("warning", run.it, info={"message": run.compile_note}))
         run.compile_note = None
 
 
@@ -565,26 +565,26 @@ def check_finite(run: Run, loss_value: float) -> None:
     raise SgptError(f"the loss became {loss_value} at iteration {run.it}; {remedy} ({then})")
 
 
-def step_event(run: Run, loss: float) -> Event:
+def step_event(run: Run, loss: float) -> TrainEvent:
     pace = run.pace
-    return Event("step", run.it, run.cfg.max_iters, loss=loss, lr=run.lr,
+    return TrainEvent("step", run.it, run.cfg.max_iters, loss=loss, lr=run.lr,
                  tokens_per_s=run.tokens_per_step / max(pace.step_seconds(), 1e-9), elapsed=run.elapsed,
                  best_val_loss=run.best_val if run.best_val < float("inf") else None, eta=eta(run))
 
 
-def gpu_preset_warning(run: Run, report: Callable[[Event], None]) -> None:
+def gpu_preset_warning(run: Run, report: Callable[[TrainEvent], None]) -> None:
     """A preset sized for a GPU on a CPU: say so after the first step, with what it costs here."""
     if run.device != "cpu" or run.cfg.preset != "gpu" or run.pace.step_seconds() is None:
         return
     s = run.pace.step_seconds()
     total = s * run.cfg.max_iters
     budget = f" (--time-budget {run.cfg.time_budget:g} s ends it first)" if run.cfg.time_budget else ""
-    report(Event("warning", run.it, info={"message": (
+    report(TrainEvent("warning", run.it, info={"message": (
         f"the gpu preset is running on a CPU: {s:.1f} s per step, so {run.cfg.max_iters} steps would take "
         f"{total / 3600:.1f} h{budget}; --preset cpu is the one made for CPUs")}))
 
 
-def measure_val(run: Run, stop: Stop, report: Callable[[Event], None]) -> tuple[float | None, str]:
+def measure_val(run: Run, stop: Stop, report: Callable[[TrainEvent], None]) -> tuple[float | None, str]:
     """The one val loss: the best checkpoint on the whole validation split, recorded in --out.
     Bounded by the time budget: skipped, and said so, when it would not fit."""
     if run.best_iter is None and not run.out.exists():
@@ -610,7 +610,7 @@ def measure_val(run: Run, stop: Stop, report: Callable[[Event], None]) -> tuple[
         "val_loss_kind": "whole split"}
     with stop.critical(), _disk_errors(run):
         checkpoint.save(run.out, payload)
-    report(Event("final", run.it, run.cfg.max_iters, val_loss=loss, elapsed=run.elapsed,
+    report(TrainEvent("final", run.it, run.cfg.max_iters, val_loss=loss, elapsed=run.elapsed,
                  info={"val_chars": len(run.val_ids), "best_iter": payload["iter"]}))
     return loss, ""
 
@@ -632,14 +632,14 @@ def save_on_interrupt(run: Run, stop: Stop) -> None:
 
 def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str = "auto",
           resume: dict | None = None, init: dict | None = None, data_path: str | None = None,
-          callback: Callable[[Event], None] = lambda e: None,
+          callback: Callable[[TrainEvent], None] = lambda e: None,
           should_stop: Callable[[], bool] | Stop = lambda: False) -> Result:
     """Train `cfg` on `text`; write checkpoints beside `out`. `resume` is a loaded checkpoint to
     continue; `init` one whose weights a new run starts from (fine-tuning)."""
     stop = should_stop if isinstance(should_stop, Stop) else Stop(should_stop)
     run = setup(cfg, text, text_sha, out, device, resume, init, data_path)
     report = callback if run.dist.master else (lambda e: None)
-    report(Event("start", run.it, cfg.max_iters, info={
+    report(TrainEvent("start", run.it, cfg.max_iters, info={
         "params": run.raw_model.num_params(), "device": run.device, "precision": run.precision, "world": run.dist.world,
         "hardware": hardware_name(run.device), "threads": torch.get_num_threads(), "preset": cfg.preset,
         "optimizer": cfg.optimizer, "vocab_size": run.tokenizer.vocab_size, "train_chars": len(run.train_batches.ids),
@@ -688,7 +688,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
             val, note = measure_val(run, stop, report)
         except KeyboardInterrupt:
             status, note = "interrupted", "interrupted during the whole-split measurement"
-    report(Event("end", run.it, cfg.max_iters, best_val_loss=run.best_val, val_loss=val, elapsed=run.elapsed,
+    report(TrainEvent("end", run.it, cfg.max_iters, best_val_loss=run.best_val, val_loss=val, elapsed=run.elapsed,
                  info={"status": status, "saved_iter": run.saved_iter, "val_note": note,
                        "step_seconds": run.pace.step_seconds(), "unfinished_step": unfinished}))
     return Result(status, run.it, run.best_val, run.elapsed, run.out, checkpoint.last_path(run.out),
