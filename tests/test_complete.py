@@ -106,6 +106,17 @@ def test_json_is_one_object_with_text_tokens_timings_and_model(model):
     assert result["text"] == text_of("complete", "--model", model, "-n", "20", "--seed", "4", stdin=b"ROMEO:")
 
 
+def test_json_counts_characters_as_chars_and_still_as_tokens(model):
+    """Every JSON output counts characters as "chars" (as --batch rows and eval do); complete --json
+    still writes the 0.1 names ("tokens", "prompt_tokens") beside them, for one release."""
+    result = json.loads(text_of("complete", "--model", model, "-n", "7", "--seed", "4", "--json", stdin=b"ROMEO:"))
+    assert result["chars"] == result["tokens"] == len(result["text"]) == 7
+    assert result["prompt_chars"] == result["prompt_tokens"] == len("ROMEO:")
+    samples = json.loads(text_of("complete", "--model", model, "-n", "5", "--seed", "4", "--json",
+                                 "--num-samples", "2", stdin=b"ROMEO:"))["samples"]
+    assert [s["chars"] for s in samples] == [s["tokens"] for s in samples] == [len(s["text"]) for s in samples]
+
+
 def test_json_logprobs_give_each_character_its_probability_and_the_k_likeliest(model):
     """Issue 18: OpenAI's chat shape, one entry per character of "text", in order; what the model
     believed, not what the draw was shaped into, and asking changes no character."""

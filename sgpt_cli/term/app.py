@@ -61,7 +61,6 @@ SUMMARIES = {
     "eval": "Score a text: loss in nats per character, and perplexity.",
     "serve": "Serve the model over HTTP with OpenAI's API (streaming, batching).",
 }
-SUMMARY_WIDTH = 80 - 6 - len("complete")
 
 
 def __getattr__(name: str):

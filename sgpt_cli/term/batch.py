@@ -118,10 +118,6 @@ def row_params(defaults, settings: dict):
     return sampling_params_from(settings, NAME, defaults=dataclasses.asdict(defaults))
 
 
-def parse_batch(lines: Iterable[str], defaults) -> list[BatchLine]:
-    return list(iter_batch(lines, defaults))
-
-
 def iter_batch(lines: Iterable[str], defaults, prepare=None) -> Iterator[BatchLine]:
     """BatchLines of `lines` (blank ones skipped), one at a time; `prepare(line)` is called on each
     good one (the command cuts its prompt to what the model reads, and warns)."""
@@ -337,7 +333,8 @@ def run_samples(engine, prompt: str, fed: str, params, n: int, batch_size: int |
     chars = sum(len("".join(t)) for t in texts)
     result = {
         "model": about["model"], "prompt": prompt, "device": about["device"],
-        "samples": [with_logprobs({"seed": seeds[i], "text": "".join(texts[i]), "tokens": len("".join(texts[i])),
+        "samples": [with_logprobs({"seed": seeds[i], "text": "".join(texts[i]), "chars": len("".join(texts[i])),
+                                   "tokens": len("".join(texts[i])),  # the 0.1 name, kept for one release
                                    "stop_reason": done[i].stop_reason}, params, believed[i]) for i in range(n)],
         "timings": {"load_s": about["load_s"], "generate_s": round(seconds, 4),
                     "chars_per_s": round(chars / seconds, 1) if seconds > 0 else 0.0},

@@ -225,9 +225,6 @@ def install_line(extra: str) -> str:
     return f"pip install 'sgpt[{extra}]' (from a source checkout: pip install -e '.[{extra}]')"
 
 
-TRAIN_INSTALL = install_line("train")
-
-
 def require_extra(command: str) -> None:
     """`sgpt train` and `sgpt export` need the `train` extra (torch, onnx, matplotlib), `sgpt serve`
     the `serve` extra (uvicorn, starlette, sse-starlette), which the runtime install leaves out: say
@@ -244,8 +241,6 @@ def require_extra(command: str) -> None:
             raise SgptError(f"sgpt {command} needs {module}, which is not installed: it comes with the "
                             f"{called}; install it with {install_line(extra)}")
 
-
-require_train_extra = require_extra
 
 
 # --- flags: a command's Typer options and its argparse parser, both from its declarations -----------

@@ -251,6 +251,9 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
         "model": str(path),
         "prompt": read.kept,
         "text": text,
+        "chars": len(text),  # every JSON sgpt writes counts characters (the model's tokens) as "chars"
+        "prompt_chars": stats.prompt_chars if stats else None,
+        # the same counts under their 0.1 names, still written for one release (drop them after 0.2)
         "tokens": len(text),
         "prompt_tokens": stats.prompt_chars if stats else None,
         "stop_reason": stats.stop_reason if stats else None,

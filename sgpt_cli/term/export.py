@@ -14,7 +14,7 @@ from typing import Iterator
 
 from sgpt_cli.config import heads_text
 from sgpt_cli.errors import visible
-from sgpt_cli.term.common import require_train_extra, terminate_as_interrupt, typer_command, use_color
+from sgpt_cli.term.common import require_extra, terminate_as_interrupt, typer_command, use_color
 from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, QUANTIZE
 
 
@@ -37,7 +37,7 @@ and appears only after ONNX Runtime has matched PyTorch's logits; a failed check
 
 
 def _run(checkpoint, out, quantize, data) -> int:
-    require_train_extra("export")
+    require_extra("export")
     with terminate_as_interrupt():
         from sgpt_cli.train.onnx_export import export
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import typer
 
-from sgpt_cli.term.common import require_train_extra, typer_command, user_errors
+from sgpt_cli.term.common import require_extra, typer_command, user_errors
 from sgpt_cli.config import PRESETS, TrainConfig
 from sgpt_cli.errors import SgptError
 from sgpt_cli.settings import DATA, DEVICE, Setting
@@ -129,7 +129,7 @@ or machines: torchrun --nproc_per_node=N -m sgpt_cli train ... (PyTorch DDP).
 
 
 def _run(data, preset, out, resume, init_from, force, device, **overrides) -> int:
-    require_train_extra("train")
+    require_extra("train")
     from sgpt_cli.term.train_run import run_train
 
     return run_train(data=data, preset=preset, out=out, resume=resume, force=force, device=device, overrides=overrides,
