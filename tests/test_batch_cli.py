@@ -57,7 +57,7 @@ def test_batch_writes_json_lines_in_input_order_each_equal_to_its_single_run(tin
 
 
 def test_batch_rows_without_a_seed_get_one_drawn_and_reported(tiny_onnx, tmp_path):
-    """Issue 18, defect 4: a row with no seed (and no --seed) says the seed it was drawn, and that
+    """A row with no seed (and no --seed) says the seed it was drawn, and that
     seed repeats its text."""
     done = sgpt(["complete", "--model", str(tiny_onnx), "--batch", "-", "-n", "30", "-t", "1.0"], stdin="ROMEO:\n")
     assert done.returncode == 0, done.stderr.decode()

@@ -1,4 +1,4 @@
-"""Issue 17, items 2-4: `--batch` is read and scheduled as a stream with bounded memory, output
+"""`--batch` is read and scheduled as a stream with bounded memory, output
 stays in input order, JSON Lines split on "\\n" only, and whatever a line holds (deep nesting, NaN,
 1e999, a mapping as stop list, a line too long) it is that line's error, written as strict JSON."""
 

@@ -140,7 +140,7 @@ def test_user_text_is_laid_out_as_the_corpus_lays_out_a_play():
     session.script += "But soft"  # a reply cut off mid-line
     assert session.add_user_text("JULIET:  ").text == "\n\nJULIET:\n"  # own line, blank line before
     session.script += "Ay me." + SPEECH_END
-    # 'NAME: text' begins the speaker's line and leaves it open: the model finishes it (defect 5)
+    # 'NAME: text' begins the speaker's line and leaves it open: the model finishes it
     assert session.add_user_text("ROMEO: She speaks!").text == "ROMEO:\nShe speaks!"
     assert session.add_user_text("O, speak again").text == "\nO, speak again\n"
     assert session.add_user_text("").text == ""  # Enter on an empty line: the play goes on
@@ -148,7 +148,7 @@ def test_user_text_is_laid_out_as_the_corpus_lays_out_a_play():
 
 
 def test_romeo_but_soft_lets_romeo_finish_the_line():
-    """Defect 5: `ROMEO: But soft` puts `ROMEO:\nBut soft` in the script, and the model's reply goes
+    """`ROMEO: But soft` puts `ROMEO:\nBut soft` in the script, and the model's reply goes
     on in that very line (the engine is given the open line, no line break after it)."""
     session = ChatSession(VOCAB, 64)
     engine = FakeEngine([([", what light"], "max_tokens")])
@@ -234,7 +234,7 @@ def test_regen_replaces_only_the_last_reply():
 
 
 def test_an_unseeded_session_draws_a_seed_and_shows_it():
-    """Defect 4: a session given no seed draws one, so it can be repeated with --seed; /show and
+    """A session given no seed draws one, so it can be repeated with --seed; /show and
     /set list it, and `/set seed random` draws a new one."""
     session = ChatSession(VOCAB, 32)
     seed = session.settings.seed
@@ -586,8 +586,8 @@ def test_regen_n_and_pick_in_the_repl(tiny_engine):
 
 
 def test_regen_n_shows_each_alternative_after_the_line_it_continues_not_after_the_old_reply():
-    """Defect 1: after a reply cut at `And therefo`, `/regen 2` printed `And therefoAnd therefore
-    ...`: the old reply's line was read before the reply was dropped."""
+    """After a reply cut mid-word (`And therefo`), `/regen 2` shows each alternative after the line it
+    continues, never glued to the dropped reply's text (`And therefoAnd therefore`)."""
     engine = FakeBatchEngine([(["And ", "therefo"], "max_tokens")],
                              [[(["And there", "fore stand"], "max_tokens"), (["What should", " I do"], "stop")]])
     code, out, session = piped_repl(engine, "ROMEO:\n/regen 2\n/pick 2\n")
@@ -605,7 +605,7 @@ def test_regen_n_shows_each_alternative_after_the_line_it_continues_not_after_th
 
 
 def test_regen_n_keeps_what_ctrl_c_cut_and_pick_takes_it():
-    """Defect 2 (the session half; the pty test presses the keys): closing the alternatives early
+    """(The session half; the pty test presses the keys.) Closing the alternatives early
     keeps every text as far as it got, and /pick takes a stopped one."""
     engine = FakeBatchEngine([(["Ay."], "stop")],
                              [[(["O", " Romeo", " Romeo"], "max_tokens"), (["Nay", " never"], "max_tokens")]])
@@ -623,8 +623,8 @@ def test_regen_n_keeps_what_ctrl_c_cut_and_pick_takes_it():
 
 
 def test_a_reply_cut_by_max_tokens_is_marked_on_screen_only():
-    """Defect 6: `That I do tell him ou` ended with no sign; now an ellipsis and a one-line notice,
-    and the script keeps exactly what the model wrote."""
+    """A reply cut at max_tokens (`That I do tell him ou`) ends with an ellipsis and a one-line
+    notice, and the script keeps exactly what the model wrote."""
     engine = FakeEngine([(["That I do ", "tell him ou"], "max_tokens"), (["Ay."], "stop")])
     code, out, session = piped_repl(engine, "ROMEO:\n\n")  # Enter on an empty line: it goes on
     assert session.script == "ROMEO:\nThat I do tell him ouAy." + SPEECH_END
@@ -662,7 +662,7 @@ def test_slash_load_then_save_round_trips_in_the_repl(tmp_path):
     assert code == 1 and "/load needs a file name" in out
 
 
-# --- /set heat: each character coloured by the probability the model gave it (issue 18) ----------
+# --- /set heat: each character coloured by the probability the model gave it -----------------------
 
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
 HEAT_CODES = {"bright_blue": "94", "cyan": "36", "green": "32", "yellow": "33", "red": "31"}

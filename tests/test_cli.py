@@ -52,7 +52,8 @@ def test_bare_sgpt_prints_the_overview_and_succeeds():
 
 @pytest.mark.parametrize("columns", ["80", "60", "200"])
 def test_help_gives_each_command_summary_whole(columns):
-    """Defect 12: `sgpt --help` cut the summaries mid-word ('tiny-shakespeare by...')."""
+    """`sgpt --help` gives each command's summary whole, never cut mid-word ('tiny-shakespeare by...'),
+    at any terminal width."""
     from sgpt_cli.term.app import SUMMARIES
 
     SUMMARY_WIDTH = 80 - 6 - len("complete")  # click: 80 columns less its indent and the longest name

@@ -118,7 +118,7 @@ def test_json_counts_characters_as_chars_and_still_as_tokens(model):
 
 
 def test_json_logprobs_give_each_character_its_probability_and_the_k_likeliest(model):
-    """Issue 18: OpenAI's chat shape, one entry per character of "text", in order; what the model
+    """OpenAI's chat shape, one entry per character of "text", in order; what the model
     believed, not what the draw was shaped into, and asking changes no character."""
     flags = ("complete", "--model", model, "-n", "25", "--seed", "4", "-t", "1.5", "--json")
     result = json.loads(text_of(*flags, "--logprobs", "3", stdin=b"ROMEO:"))
@@ -145,7 +145,7 @@ def test_seed_reproducibility_across_processes(model):
 
 
 def test_an_unseeded_run_draws_a_seed_and_reports_it_so_it_can_be_repeated(model):
-    """Defect 4: `--json` says the seed drawn (never null), `-v` says it on stderr, and the same
+    """`--json` says the seed drawn (never null), `-v` says it on stderr, and the same
     seed given back repeats the text."""
     flags = ["complete", "--model", model, "-n", "60", "-t", "1.0", "ROMEO:"]
     result = json.loads(text_of(*flags, "--json", stdin=None))

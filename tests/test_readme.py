@@ -89,7 +89,7 @@ def test_the_readme_names_no_flag_the_cli_lacks():
 
 
 def test_the_readme_sample_is_what_the_shipped_model_writes():
-    """Defect 9: the README's sample is the output of the command printed above it, run with the
+    """The README's sample is the output of the command printed above it, run with the
     shipped model. After re-exporting models/shakespeare.onnx, run `python scripts/readme_sample.py`
     and commit the new block with the model. (The shipped file is int8: ONNX Runtime's int8
     products differ slightly between CPUs' instruction sets, which may change a seeded sample.)"""

@@ -1,4 +1,4 @@
-"""Issue 17, items 1 and 6: every user- or file-controlled string that reaches a terminal goes
+"""Every user- or file-controlled string that reaches a terminal goes
 through one function (sgpt_cli.errors.visible, with `shown` cutting long names) that makes control
 and format characters visible; model text goes through the tokenizer's `shown`; a vocabulary that
 holds no text (a lone surrogate) is refused when the file is opened."""
