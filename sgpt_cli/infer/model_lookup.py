@@ -3,7 +3,7 @@ the one way every command opens it (`open_model`: the file found, loaded, checke
 
 A model you export is never picked up implicitly: `sgpt export` writes export/model.onnx and says
 how to use it (`--model export/model.onnx` or `$SGPT_MODEL`), so which model answered is never a
-surprise (a freshly exported tiny model used to replace the shipped one silently).
+surprise (picking up a fresh export unasked would replace the shipped model silently).
 
 The shipped files (`shakespeare.onnx`, and the weights `shakespeare.pt` for `--init-from`) lie in
 the checkout's models/, or where a wheel's data-files put them (<prefix>/share/sgpt/models). A
