@@ -215,7 +215,7 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
         raise UsageError("--logprobs needs --json: the probabilities are written in the JSON object "
                          "(add --json; --batch writes them in its rows)")
     opened = load_engine(model, device, verbose, errs)
-    engine, path, load_s = opened.engine, opened.path, opened.load_s
+    engine = opened.engine
 
     on_terminal = out.isatty()
     if color is None:
@@ -228,48 +228,16 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
         warn_unknown(read, errs)
         return run_samples(engine, read.kept, read.fed, params, num_samples, batch_size, out=out, errs=errs,
                            echo=echo, as_json=as_json, verbose=verbose, color=color,
-                           about={"model": str(path), "device": engine.model.device, "load_s": round(load_s, 4)})
+                           about={"model": str(opened.path), "device": engine.model.device,
+                                  "load_s": round(opened.load_s, 4)})
     if params.seed is None:  # a seed for every run, reported, so any run can be repeated
         params = dataclasses.replace(params, seed=draw_seed())
     seed = params.seed
     read = read_for_model(source.pieces(), engine.model.tokenizer.stoi, engine.model.block_size,
                           echo=out if echo and not as_json else None, bold=color)
     warn_unknown(read, errs)
-    pieces: list[str] = []
-    believed: list = []  # TokenLogprobs, one per character, with --logprobs
-    stats = None
-    for event in engine.stream(read.fed, params):
-        stats = event.stats or stats
-        believed.extend(event.logprobs or ())
-        if event.text:
-            pieces.append(event.text)
-            if not as_json:
-                out.write(event.text)
-                out.flush()  # a pipeline's reader sees each character as it comes
-    text = "".join(pieces)
-    result = {
-        "model": str(path),
-        "prompt": read.kept,
-        "text": text,
-        "chars": len(text),  # every JSON sgpt writes counts characters (the model's tokens) as "chars"
-        "prompt_chars": stats.prompt_chars if stats else None,
-        # the same counts under their 0.1 names, still written for one release (drop them after 0.2)
-        "tokens": len(text),
-        "prompt_tokens": stats.prompt_chars if stats else None,
-        "stop_reason": stats.stop_reason if stats else None,
-        "seed": seed,
-        "device": engine.model.device,
-        "timings": {
-            "load_s": round(load_s, 4),
-            "ttft_s": round(stats.ttft_s, 4) if stats else None,
-            "generate_s": round(stats.seconds, 4) if stats else None,
-            "chars_per_s": round(stats.chars_per_s, 1) if stats else None,
-        },
-    }
-    if params.logprobs is not None:
-        from sgpt_cli.infer.logprobs import chat_entries
-
-        result["logprobs"] = {"content": chat_entries(believed)}
+    text, stats, believed = stream_to(out if not as_json else None, engine, read.fed, params)
+    result = json_result(opened, read, text, stats, params, believed)
     if stats is not None and stats.stop_reason == "interrupted":
         raise KeyboardInterrupt  # the engine stopped cleanly on Ctrl-C; the command still exits 130
     if as_json:
@@ -284,6 +252,49 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
                    f"first after {stats.ttft_s * 1000:.0f} ms, stopped by {stats.stop_reason}, "
                    f"seed {seed}\n")
     return result
+
+
+def stream_to(out: TextIO | None, engine, prompt: str, params):
+    """(text, stats, TokenLogprobs with --logprobs) of one continuation, each piece written to `out`
+    (when given) as it comes."""
+    pieces: list[str] = []
+    believed: list = []  # TokenLogprobs, one per character, with --logprobs
+    stats = None
+    for event in engine.stream(prompt, params):
+        stats = event.stats or stats
+        believed.extend(event.logprobs or ())
+        if event.text:
+            pieces.append(event.text)
+            if out is not None:
+                out.write(event.text)
+                out.flush()  # a pipeline's reader sees each character as it comes
+    return "".join(pieces), stats, believed
+
+
+def json_result(opened, read: PromptRead, text: str, stats, params, believed) -> dict:
+    """What `complete --json` writes of one continuation (`stats`: its GenerationStats, None when
+    the engine gave none)."""
+    from sgpt_cli.term.batch import with_logprobs
+
+    return with_logprobs({
+        "model": str(opened.path),
+        "prompt": read.kept,
+        "text": text,
+        "chars": len(text),  # every JSON sgpt writes counts characters (the model's tokens) as "chars"
+        "prompt_chars": stats.prompt_chars if stats else None,
+        # the same counts under their 0.1 names, still written for one release (drop them after 0.2)
+        "tokens": len(text),
+        "prompt_tokens": stats.prompt_chars if stats else None,
+        "stop_reason": stats.stop_reason if stats else None,
+        "seed": params.seed,
+        "device": opened.model.device,
+        "timings": {
+            "load_s": round(opened.load_s, 4),
+            "ttft_s": round(stats.ttft_s, 4) if stats else None,
+            "generate_s": round(stats.seconds, 4) if stats else None,
+            "chars_per_s": round(stats.chars_per_s, 1) if stats else None,
+        },
+    }, params, believed)
 
 
 def warn_unknown(read: PromptRead, errs: TextIO, where: str = "") -> None:
