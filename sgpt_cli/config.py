@@ -144,7 +144,7 @@ class TrainConfig:
     compile: bool = False
     # matmuls in bfloat16 (autocast; weights, optimizer state, attention and losses stay float32). auto:
     # bfloat16 on CUDA, and on a CPU with AMX tiles (bf16 matmuls 4x float32's) for models 64 wide or
-    # more (trainer.BF16_CPU_MIN_WIDTH): a cpu-preset step 1.36x faster, 10.97 vs 8.06 iterations/s, and
+    # more (sgpt_cli.train.device.BF16_CPU_MIN_WIDTH): a cpu-preset step 1.36x faster, 10.97 vs 8.06 iterations/s, and
     # the default run 1.4672 (median of 2); float32 on other CPUs, where bf16 is emulated and slower
     precision: str = "auto"
     preset: str = "cpu"  # the preset these values started from, recorded for the record

@@ -11,6 +11,7 @@ from conftest import FAST
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
 from sgpt_cli.train import checkpoint, trainer
+from sgpt_cli.train.device import BF16_CPU_MIN_WIDTH
 from sgpt_cli.train.model import GPT
 from sgpt_cli.train.optim import orthogonalise
 
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("requested, device, amx, width, expected", [
     ("auto", "cpu", True, 128, "bfloat16"),  # AMX tiles: bf16 matmuls 4x float32's
-    ("auto", "cpu", True, trainer.BF16_CPU_MIN_WIDTH, "bfloat16"),
-    ("auto", "cpu", True, trainer.BF16_CPU_MIN_WIDTH - 1, "float32"),  # too narrow: the casts cost more
+    ("auto", "cpu", True, BF16_CPU_MIN_WIDTH, "bfloat16"),
+    ("auto", "cpu", True, BF16_CPU_MIN_WIDTH - 1, "float32"),  # too narrow: the casts cost more
     ("auto", "cpu", False, 128, "float32"),  # no AMX: bf16 is emulated, slower
     ("auto", "cpu", None, 128, "float32"),  # a torch without the probe: no AMX assumed
     ("auto", "cuda", False, 32, "bfloat16"),

@@ -23,28 +23,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from sgpt_cli.train import checkpoint
-from sgpt_cli.config import SHAPE_FIELDS, TrainConfig, model_config_from_dict, train_config_from_dict
+from sgpt_cli.config import TrainConfig, model_config_from_dict
 from sgpt_cli.data import split_text
-from sgpt_cli.errors import SgptError, UsageError, first_line
+from sgpt_cli.errors import SgptError, first_line
 from sgpt_cli.train.model import GPT
 from sgpt_cli.train.optim import build_optimizer
+from sgpt_cli.train.device import hardware_name, resolve_device, resolve_precision
 from sgpt_cli.train.distributed import (
     Dist, _agree, _gather_rng, _leave_group, _mean_over_ranks, _restore_rng, _rng_state, _set_rng_state,
     setup_distributed,
 )
 from sgpt_cli.train.evaluate import estimate_loss, sample_text, whole_split_loss
+from sgpt_cli.train.resume import load_extended, tokenizer_for
+from sgpt_cli.train.saving import _disk_errors, log_metrics, save, weights
 from sgpt_cli.train.schedule import EVAL_SHARE, Pace, estimate_allowance, estimate_due, eta, lr_at, schedule_progress
 from sgpt_cli.train.stop import Stop
 from sgpt_cli.infer.tokenizer import CharTokenizer
@@ -85,39 +86,6 @@ class Result:
     unfinished_step: float | None = None  # seconds the step a stop cut short had run (None: none was cut)
 
 
-def resolve_device(requested: str, dist: Dist | None = None) -> str:
-    if requested not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda (got {requested!r})")
-    has_cuda = torch.cuda.is_available()
-    if requested == "cuda" and not has_cuda:
-        raise SgptError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
-
-
-# the narrowest model whose steps bfloat16 makes faster on an AMX CPU (forward + backward, one batch of
-# the cpu preset's size: width 32 0.66x, 64 1.11x, 96 1.23x, 128 1.42x): below it, the casts cost more
-BF16_CPU_MIN_WIDTH = 64
-
-
-def resolve_precision(requested: str, device: str, n_embd: int) -> str:
-    """float32 or bfloat16: `auto` is bfloat16 on CUDA, and on a CPU with AMX tiles (whose bf16 matmuls
-    run 4x float32's) for a model of BF16_CPU_MIN_WIDTH or wider; float32 on other CPUs (bf16 there
-    is emulated, slower than float32)."""
-    if requested != "auto":
-        return requested
-    if device == "cuda":
-        return "bfloat16"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # private in torch 2.x: absent = no
-    return "bfloat16" if amx() and n_embd >= BF16_CPU_MIN_WIDTH else "float32"
-
-
-def hardware_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    n = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()} CPU, {n} thread{'' if n == 1 else 's'}"
-
-
 class Batches:
     """Random windows of block_size + 1 characters from one split, drawn from a CPU generator."""
 
@@ -144,77 +112,6 @@ def check_text_length(cfg: TrainConfig, text: str) -> None:
             f"{need} characters (validation, the last 10%, has {len(val_text)}); "
             "use a longer text or a smaller --block-size"
         )
-
-
-def tokenizer_for(text: str, ckpt: dict | None) -> CharTokenizer:
-    """The text's own vocabulary; or a checkpoint's, extended at the end by characters it lacks
-    (a fine-tuned model keeps every id it had, so its embedding rows keep their meaning)."""
-    if ckpt is None:
-        return CharTokenizer.from_text(text)
-    known = checkpoint.vocab_from(ckpt)
-    new = sorted(set(text) - set(known))
-    return CharTokenizer(known + new)
-
-
-def load_resume_state(out: Path, text_sha: str, tokenizer: CharTokenizer | None, overrides: dict,
-                      text: str | None = None) -> tuple[dict, TrainConfig]:
-    """The checkpoint to resume from and its config with this run's explicit overrides applied.
-
-    `--time-budget` on a resumed run means this many seconds more; without it, a run that spent its
-    budget gets the same budget again (so `sgpt train --resume` simply goes on).
-    """
-    last = checkpoint.last_path(out)
-    source = last if last.exists() else Path(out)
-    if not source.exists():
-        raise SgptError(f"nothing to resume: {out} does not exist; drop --resume to start a new run")
-    ckpt = checkpoint.load(source)
-    if "optimizer" not in ckpt or "train_config" not in ckpt:
-        raise SgptError(f"{source} holds weights only, no training state, so there is nothing to resume; "
-                        f"start over with --force instead of --resume, or fine-tune it into another --out "
-                        f"with --init-from {source}")
-    foreign = (
-        f"{source} was trained on a different text; pass the same --data it was trained on, "
-        "or start a new run with another --out"
-    )
-    vocab = checkpoint.vocab_from(ckpt)
-    chars = sorted(set(text)) if text is not None else tokenizer.chars
-    # a fine-tuned model's vocabulary is its parent's, extended: it need only cover the text
-    fits = set(chars) <= set(vocab) if ckpt.get("init_from") else chars == vocab
-    if not fits:
-        raise SgptError(foreign.replace("a different text", "a different text (its vocabulary differs)"))
-    if ckpt.get("data_sha256") and ckpt["data_sha256"] != text_sha:
-        raise SgptError(foreign.replace("a different text", "a different text (its SHA-256 differs)"))
-    saved = train_config_from_dict(ckpt["train_config"])
-    for name in SHAPE_FIELDS:
-        if overrides.get(name) is not None and overrides[name] != getattr(saved, name):
-            raise UsageError(
-                f"--{name.replace('_', '-')} {overrides[name]} differs from the checkpoint's "
-                f"{getattr(saved, name)}; a resumed run keeps the model's shape"
-            )
-    changes = {k: v for k, v in overrides.items() if v is not None and k not in SHAPE_FIELDS}
-    it, seconds = int(ckpt["iter"]), float(ckpt.get("train_seconds", 0.0))
-    if changes.get("time_budget"):
-        changes["time_budget"] = seconds + changes["time_budget"]  # "this much more"
-    elif saved.time_budget and seconds >= saved.time_budget and "time_budget" not in changes:
-        changes["time_budget"] = seconds + saved.time_budget  # spent: the same stretch again
-    cfg = dataclasses.replace(saved, **changes)
-    cfg.validate()
-    if it >= cfg.max_iters:
-        raise SgptError(f"{source} has already trained its {it} iterations (--max-iters {cfg.max_iters}); "
-                        "pass a larger --max-iters to go on")
-    return ckpt, cfg
-
-
-def config_for_init(cfg: TrainConfig, init: dict, overrides: dict) -> TrainConfig:
-    """A fine-tuning run takes the model's shape from the checkpoint it starts from."""
-    shape = model_config_from_dict(init["model_config"])
-    for name in SHAPE_FIELDS:
-        if overrides.get(name) is not None and overrides[name] != getattr(shape, name):
-            raise UsageError(f"--{name.replace('_', '-')} {overrides[name]} differs from --init-from's "
-                             f"{getattr(shape, name)}; a fine-tuned model keeps the shape it starts from")
-    cfg = dataclasses.replace(cfg, **{name: getattr(shape, name) for name in SHAPE_FIELDS})
-    cfg.validate()
-    return cfg
 
 
 # --- the state of one run, and the pieces the loop is made of ---
@@ -361,25 +258,6 @@ def setup(cfg: TrainConfig, text: str, text_sha: str, out: Path, device: str, re
     return run
 
 
-def load_extended(model: GPT, state: dict) -> None:
-    """Load weights whose vocabulary may be smaller than the model's: the new characters' embedding
-    rows keep their fresh initialisation, and so do their rows of an untied head (zero: unlikely until
-    trained); a tied head follows the embedding."""
-    state = dict(state)
-    tables = ("wte.weight",) if model.cfg.tied_head else ("wte.weight", "lm_head.weight")
-    for name in tables:
-        old, new = state[name], model.get_parameter(name).detach().clone()  # (old_vocab, C), (vocab, C)
-        if old.shape[1] != new.shape[1] or old.shape[0] > new.shape[0]:
-            raise SgptError("--init-from's embedding does not fit the model; fine-tune a checkpoint written by sgpt")
-        new[: old.shape[0]] = old
-        state[name] = new
-    if model.cfg.tied_head:
-        state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise SgptError("--init-from's weights do not fit its own model shape; fine-tune a checkpoint written by sgpt")
-
-
 def stop_reason(run: Run, stop: Stop) -> str | None:
     """Why the loop should end now (None: it should not). Under DDP rank 0's answer wins (`agree`)."""
     if run.it >= run.cfg.max_iters:
@@ -389,75 +267,6 @@ def stop_reason(run: Run, stop: Stop) -> str | None:
     if stop():
         return "interrupted"
     return None
-
-
-def weights(run: Run, val_loss: float, kind: str) -> dict:
-    """What the best checkpoint holds: enough to export, fine-tune or share; no optimizer state."""
-    return {
-        "model": run.raw_model.state_dict(),
-        "model_config": dataclasses.asdict(run.raw_model.cfg),
-        "train_config": dataclasses.asdict(run.cfg),
-        "vocab": run.tokenizer.to_json(),
-        "iter": run.it,
-        "val_loss": val_loss,
-        "val_loss_kind": kind,  # "estimate" (eval_iters batches) or "whole split"
-        "val_loss_estimate": run.last_val,
-        "best_val_loss": run.best_val,
-        "train_seconds": run.elapsed,
-        "hardware": f"{hardware_name(run.device)} x{run.dist.world}",
-        "precision": run.precision,  # what train_config's precision (auto, say) resolved to
-        **run.extra,
-    }
-
-
-def resumable(run: Run, rng: list[dict]) -> dict:
-    """What NAME.last.pt holds: the weights plus everything an exact resume needs."""
-    return {**weights(run, run.last_val, "estimate"), "optimizer": run.optimizer.state_dict(),
-            "rng": rng[0]["batches"], "rng_ranks": rng}
-
-
-def save(run: Run, stop: Stop, rng: list[dict], best: bool) -> None:
-    """Write the best checkpoint (when this is the best so far) and the resumable one, together:
-    a stop request waits until both are whole, so --out and NAME.last.pt never disagree."""
-    t0 = time.perf_counter()
-    with stop.critical(), _disk_errors(run):
-        if best:
-            checkpoint.save(run.out, weights(run, run.last_val, "estimate"))
-            run.best_iter = run.it
-        checkpoint.save(checkpoint.last_path(run.out), resumable(run, rng))
-        run.saved_iter = run.it
-    run.pace.save_seconds = (time.perf_counter() - t0) / (2 if best else 1)
-
-
-@contextlib.contextmanager
-def _disk_errors(run: Run) -> Iterator[None]:
-    """A full disk or a vanished folder while saving: one line that says what is still safe."""
-    try:
-        yield
-    except checkpoint.WriteError as exc:
-        raise SgptError(f"{exc} ({on_disk(run)})") from None
-
-
-def on_disk(run: Run) -> str:
-    """What a failed save leaves, said from the files themselves, with advice that leads somewhere."""
-    last = checkpoint.last_path(run.out)
-    if run.saved_iter is not None and last.exists():
-        return (f"iteration {run.saved_iter} is still safe in {last}; free some space, then continue "
-                "with --resume")
-    if run.best_iter is not None and Path(run.out).exists():
-        return (f"{run.out} holds the weights of iteration {run.best_iter} but no resumable state; free some "
-                "space, then start over with --force, or fine-tune those weights with --init-from "
-                f"{run.out} --out ANOTHER.pt")
-    return "nothing was saved yet; free some space, then start again"
-
-
-def log_metrics(run: Run, row: dict) -> None:
-    try:
-        with open(checkpoint.metrics_path(run.out), "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-    except OSError as exc:
-        with _disk_errors(run):
-            raise checkpoint.WriteError(f"cannot write {checkpoint.metrics_path(run.out)}: {exc.strerror or exc}") from None
 
 
 def evaluate_and_save(run: Run, stop: Stop, report: Callable[[TrainEvent], None], final: bool = False) -> None:
@@ -486,8 +295,8 @@ def evaluate_and_save(run: Run, stop: Stop, report: Callable[[TrainEvent], None]
     sample = "" if final and allowance is not None else sample_text(
         run, stop, None if allowance is None else t0 + allowance)
     report(TrainEvent("eval", run.it, run.cfg.max_iters, train_loss=tl, val_loss=vl, best_val_loss=run.best_val,
-                 elapsed=run.elapsed, saved=improved, sample=sample,
-                 info={"batches": n, "eval_iters": run.cfg.eval_iters}))
+                      elapsed=run.elapsed, saved=improved, sample=sample,
+                      info={"batches": n, "eval_iters": run.cfg.eval_iters}))
 
 
 def step(run: Run, stop: Stop) -> float:
@@ -568,8 +377,8 @@ def check_finite(run: Run, loss_value: float) -> None:
 def step_event(run: Run, loss: float) -> TrainEvent:
     pace = run.pace
     return TrainEvent("step", run.it, run.cfg.max_iters, loss=loss, lr=run.lr,
-                 tokens_per_s=run.tokens_per_step / max(pace.step_seconds(), 1e-9), elapsed=run.elapsed,
-                 best_val_loss=run.best_val if run.best_val < float("inf") else None, eta=eta(run))
+                      tokens_per_s=run.tokens_per_step / max(pace.step_seconds(), 1e-9), elapsed=run.elapsed,
+                      best_val_loss=run.best_val if run.best_val < float("inf") else None, eta=eta(run))
 
 
 def gpu_preset_warning(run: Run, report: Callable[[TrainEvent], None]) -> None:
@@ -611,7 +420,7 @@ def measure_val(run: Run, stop: Stop, report: Callable[[TrainEvent], None]) -> t
     with stop.critical(), _disk_errors(run):
         checkpoint.save(run.out, payload)
     report(TrainEvent("final", run.it, run.cfg.max_iters, val_loss=loss, elapsed=run.elapsed,
-                 info={"val_chars": len(run.val_ids), "best_iter": payload["iter"]}))
+                      info={"val_chars": len(run.val_ids), "best_iter": payload["iter"]}))
     return loss, ""
 
 
@@ -689,7 +498,7 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
         except KeyboardInterrupt:
             status, note = "interrupted", "interrupted during the whole-split measurement"
     report(TrainEvent("end", run.it, cfg.max_iters, best_val_loss=run.best_val, val_loss=val, elapsed=run.elapsed,
-                 info={"status": status, "saved_iter": run.saved_iter, "val_note": note,
-                       "step_seconds": run.pace.step_seconds(), "unfinished_step": unfinished}))
+                      info={"status": status, "saved_iter": run.saved_iter, "val_note": note,
+                            "step_seconds": run.pace.step_seconds(), "unfinished_step": unfinished}))
     return Result(status, run.it, run.best_val, run.elapsed, run.out, checkpoint.last_path(run.out),
                   run.saved_iter, val, note, run.pace.step_seconds(), unfinished)
