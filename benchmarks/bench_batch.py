@@ -149,7 +149,7 @@ def main() -> None:
         res["model"] = str(path)
         engine = Engine(model)
         prompts = prompts_for(model, args.prompts)
-        from sgpt_cli.infer.batch import DEFAULT_BATCH_SIZE
+        from sgpt_cli.term.batch import DEFAULT_BATCH_SIZE
 
         med = statistics.median
         batch = [run_batch(engine, prompts, args.chars, DEFAULT_BATCH_SIZE) for _ in range(args.repeats)]

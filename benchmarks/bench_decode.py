@@ -7,7 +7,7 @@
     python benchmarks/bench_decode.py --against CHECKOUT    # this code and file vs an earlier commit's
 
 Builds models with random weights of the given dimensions (default: ~10M parameters, nanoGPT's
-shakespeare_char shape), saved as sgpt checkpoints and exported with `sgpt_cli.train.export.export`
+shakespeare_char shape), saved as sgpt checkpoints and exported with `sgpt_cli.train.onnx_export.export`
 (verified against PyTorch), plus an int8 copy (`sgpt_cli.train.onnx_graph.build(int8=True)`). Then, for --chars characters end
 to end from a one-character prompt, it times:
 
@@ -77,7 +77,7 @@ def build_models(dims: dict, folder: Path, int8: bool) -> tuple[Path, Path | Non
     from sgpt_cli.train import checkpoint
     from sgpt_cli.config import ModelConfig, TrainConfig
     from sgpt_cli.train import onnx_graph
-    from sgpt_cli.train.export import export, save_checked, set_metadata
+    from sgpt_cli.train.onnx_export import export, save_checked, set_metadata
     from sgpt_cli.train.model import GPT
     from sgpt_cli.infer.tokenizer import CharTokenizer
 

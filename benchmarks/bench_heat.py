@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sgpt_cli.infer.chat_session import ChatSession, ChatSettings  # noqa: E402
 from sgpt_cli.infer.engine import Engine, SamplingParams  # noqa: E402
 from sgpt_cli.infer.onnx_model import OnnxModel  # noqa: E402
-from sgpt_cli.term.repl import ReplyPrinter, Repl, make_console  # noqa: E402
+from sgpt_cli.term.chat_reply import ReplyPrinter, make_console  # noqa: E402
+from sgpt_cli.term.repl import Repl  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shakespeare.onnx"
 PIECE = 20  # characters per write in the render figure

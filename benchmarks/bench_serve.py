@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from sgpt_cli.infer.complete import read_for_model  # noqa: E402
+from sgpt_cli.infer.prompt import read_for_model  # noqa: E402
 from sgpt_cli.infer.engine import Engine  # noqa: E402
 from sgpt_cli.infer.onnx_model import OnnxModel  # noqa: E402
 from sgpt_cli.settings import SamplingParams  # noqa: E402

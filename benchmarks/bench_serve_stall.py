@@ -24,7 +24,7 @@ import time
 
 from sgpt_cli.infer.engine import Event, GenerationStats
 from sgpt_cli.infer.logprobs import TokenLogprob
-from sgpt_cli.infer.serve_api import Limits, Reply, parse_completion
+from sgpt_cli.web.openai_api import Limits, Reply, parse_completion
 from sgpt_cli.web.limits import json_bytes, unencodable
 
 VOCAB = {c: i for i, c in enumerate("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")}

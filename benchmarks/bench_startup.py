@@ -45,7 +45,7 @@ def build_random_model(out: Path) -> int:
 
     from sgpt_cli.train import checkpoint
     from sgpt_cli.config import ModelConfig, TrainConfig
-    from sgpt_cli.train.export import export
+    from sgpt_cli.train.onnx_export import export
     from sgpt_cli.train.model import GPT
 
     torch.manual_seed(0)

@@ -103,23 +103,22 @@ class TrainConfig:
     n_embd: int = 128  # a larger width loses at equal wall time on 2 cores (fewer steps)
     n_kv_head: int = 0  # key/value heads; 0 = one per query head (see ModelConfig)
     # the modded-nanogpt options (see ModelConfig), each measured for this preset on the whole validation
-    # split and left off: at 1,000 steps today's 1.5694 vs relu2 1.6033, an untied head 1.5869, QK-norm
-    # 1.5665, a cap of 30 1.5723; at the default run's ~2,950 steps QK-norm with --cooldown 0.6
-    # --min-lr 0 1.4840 vs 1.4846, for a 4% dearer step
+    # split and left off: none beat these defaults by more than noise, and QK-norm costs a dearer step
+    # (the runs: benchmarks/LOG.md)
     mlp: str = "gelu"
     tied_head: bool = True
     qk_norm: bool = False
     logit_cap: float = 0.0
-    # 128 beat 64 by 0.037 nats/char in the 5-minute default run (Muon, 2 threads); 256 with a batch of 8
-    # (the same characters a step) gave 1.4686 vs 1.4672 (medians; bfloat16 steps)
+    # 128 beat 64 in the 5-minute default run; 256 with a batch of 8 (the same characters a step) did no
+    # better (benchmarks/LOG.md)
     block_size: int = 128
-    dropout: float = 0.0  # 0.1 lost at equal steps (val estimate 1.558 vs 1.498 at 2,750) in 1.5x the time
+    dropout: float = 0.0  # 0.1 lost at equal steps, in 1.5x the time: the default run does not overfit
     # optimisation
     batch_size: int = 16  # 2048 characters a step: Muon's orthogonalised steps like fuller batches
     learning_rate: float = 3e-3  # 3x nanoGPT's 1e-3: a 0.8M model takes it and descends far faster
     min_lr: float = 3e-4  # the schedule's floor, a tenth of the peak (Chinchilla)
     # after warmup: "cosine" to min_lr, or "trapezoid" (flat, then linear to min_lr over the last
-    # `cooldown`): the trapezoid beat the cosine by 0.011 in two 280 s runs each (1.5316, 1.5311 vs 1.5428)
+    # `cooldown`): the trapezoid beat the cosine in the default run (benchmarks/LOG.md)
     lr_schedule: str = "trapezoid"
     cooldown: float = 0.4  # trapezoid: the last fraction of the run that decays (modded-nanogpt's cooldown)
     warmup_iters: int = 50  # short warmup: Adam's second moments settle within a few dozen steps
@@ -144,10 +143,9 @@ class TrainConfig:
     # (val 1.4702, 1.4889) vs 3,427 and 3,362 (1.4650, 1.4694) without: off
     compile: bool = False
     # matmuls in bfloat16 (autocast; weights, optimizer state, attention and losses stay float32). auto:
-    # bfloat16 on CUDA; on a CPU, for models 64 wide or more, what a probe of the run's own model measures
-    # faster (train/precision.py): on an AMX Xeon a cpu-preset step 1.36x faster, 10.97 vs 8.06
-    # iterations/s, and the default run 1.4672 (median of 2); on a Zen 4 EPYC (avx512_bf16) 1.58x; on
-    # AVX2 alone bf16 is emulated, slower than float32
+    # bfloat16 on CUDA; on a CPU, for models 64 wide or more, whichever a probe of the run's own model
+    # measures faster (train/precision.py): bf16 pays where the CPU multiplies it natively (AMX,
+    # avx512_bf16) and is emulated, slower than float32, on AVX2 alone (figures: benchmarks/LOG.md)
     precision: str = "auto"
     preset: str = "cpu"  # the preset these values started from, recorded for the record
 

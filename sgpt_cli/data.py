@@ -22,7 +22,7 @@ from typing import Callable
 
 from sgpt_cli.errors import SgptError
 
-from sgpt_cli.files import atomic_path, probe
+from sgpt_cli.files import atomic_path, probe, without_bom
 from sgpt_cli.home import data_home, in_checkout
 
 DATA_NAME = "tinyshakespeare.txt"
@@ -153,8 +153,7 @@ def read_text(path: Path, min_chars: int = 2) -> tuple[str, str]:
             f"data file {path} is not UTF-8 text (bad byte at offset {exc.start}); "
             "convert it, e.g. iconv -f latin1 -t utf-8"
         ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]  # a byte-order mark is not part of the text
+    text = without_bom(text)
     if len(text) < min_chars:
         raise SgptError(f"data file {path} is too short ({len(text)} characters; need {min_chars})")
     return text, sha256_bytes(raw)

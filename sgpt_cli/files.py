@@ -1,6 +1,7 @@
 """Files written so that nothing is lost, and paths checked before any work.
 
 What it holds: `probe` (a path's stat, with names the OS refuses turned into one line),
+`without_bom` (the one place a UTF-8 byte order mark is dropped from text read from a file or stdin),
 `check_writable_target` (an output path checked before any work), `os_refusal`, and the one way
 sgpt writes a file: `atomic_path` (`atomic_write_bytes`, `atomic_write_text` over it).
 
@@ -36,6 +37,11 @@ TEMP_NAME_KEEP = 100  # characters of the target's name kept in a temporary's na
 
 
 _TEMP = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp(?:\..+)?$")
+
+
+def without_bom(text: str) -> str:
+    """`text` without a leading byte order mark: an editor's mark of UTF-8, not part of the text."""
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def os_refusal(exc: BaseException, path, what: str) -> SgptError:

@@ -5,10 +5,10 @@ its limits, and how its values are checked and read from text), the sampling set
 (temperature, top_k, top_p, min_p, repetition_penalty, max_tokens, seed, stop), `LOGPROBS` (what the
 model believed, reported beside the text), chat's own settings (heat among them), the
 options several commands share (`MODEL`, `DEVICE`, `DATA`), `SamplingParams` (the engine's
-parameters, a dataclass built from `PARAMS`: SAMPLING and LOGPROBS) and `sampling_params_from`, which checks a dict of
-per-row settings (a JSONL request, say). `argparse_parser` builds a parser from a list of settings
-(`sgpt complete`'s Typer-free fast path); `sgpt_cli.term.common.typer_command` builds a Typer
-command from the same list; chat's `/set` parses, completes and shows from it.
+parameters, a dataclass whose fields are `PARAMS`': SAMPLING and LOGPROBS) and `sampling_params_from`, which checks a dict of
+per-row settings (a JSONL request, say). `sgpt_cli.term.common` builds a Typer command
+(`typer_command`) and an argparse parser (`argparse_parser`, `sgpt complete`'s Typer-free fast path)
+from a list of them; chat's `/set` parses, completes and shows from it.
 
 What it does not do: import numpy, Typer or rich (it is read at start-up of every command), or sample.
 
@@ -20,10 +20,9 @@ ever. Seeds are what NumPy and PyTorch accept (0 to 2**64 - 1).
 
 from __future__ import annotations
 
-import argparse
 import math
 import numbers
-from dataclasses import dataclass, field, make_dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
@@ -310,22 +309,26 @@ def draw_seed() -> int:
     return secrets.randbelow(SEED_DRAW)
 
 
-def _post_init(self) -> None:
-    """Valid by construction: every value checked and normalised (5.0 -> 5, a list of stops -> a
-    tuple) where it enters; a one-line UsageError naming the flag otherwise. Nothing downstream
-    (the engine, the sampler) checks again."""
-    for name, value in check_values(PARAMS, {n: getattr(self, n) for n in PARAM_NAMES}).items():
-        object.__setattr__(self, name, value)
+@dataclass(frozen=True)
+class SamplingParams:
+    """The engine's parameters of one request, valid by construction: every value checked and
+    normalised (5.0 -> 5, a list of stops -> a tuple) where it enters; a one-line UsageError naming
+    the flag otherwise. Nothing downstream (the engine, the sampler) checks again. The fields, their
+    defaults and limits are PARAMS' (SAMPLING, then LOGPROBS), in order: a test holds them equal."""
 
+    temperature: float = 0.8
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    repetition_penalty: float = 1.0
+    max_tokens: int = 500
+    seed: Optional[int] = None
+    stop: Optional[List[str]] = ()
+    logprobs: Optional[int] = None
 
-SamplingParams = make_dataclass(
-    "SamplingParams",
-    [(s.name, s.annotation(), field(default=s.default)) for s in PARAMS],
-    namespace={"__post_init__": _post_init, "__module__": __name__,
-               "__doc__": "The engine's parameters of one request, valid by construction; fields, defaults and "
-                          "limits: sgpt_cli.settings.PARAMS (SAMPLING, then LOGPROBS)."},
-    frozen=True,
-)
+    def __post_init__(self) -> None:
+        for name, value in check_values(PARAMS, {n: getattr(self, n) for n in PARAM_NAMES}).items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -422,7 +425,7 @@ SERVE_REQUEST: tuple[Setting, ...] = (
 SERVE_STOPS = 16  # stop strings one request may give (OpenAI allows 4)
 
 
-# --- export's settings (read by sgpt_cli.train.export's checks too, which must not differ) ------------
+# --- export's settings (read by sgpt_cli.train.onnx_export's checks too, which must not differ) ------------
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
                      "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")
@@ -432,23 +435,3 @@ QUANTIZE = Setting("quantize", ("--quantize", "-q"), str, None,  # None: float32
                    "Store the weight matrices as int8 (standard DequantizeLinear, one scale per column): about 4x smaller; "
                    "refused if the validation loss rises by more than 0.02 nats/char.", shown="float32",
                    choices=("int8",), metavar="int8")
-
-
-def argparse_parser(settings: Sequence[Setting], prog: str, positional: Sequence[str] = (),
-                    parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """An argparse parser for `settings` (plus optional positionals): the Typer-free fast path.
-    Values come out raw; `check_values(..., from_command_line=True)` checks them."""
-    parser = parser_class(prog=prog, add_help=False, allow_abbrev=False)
-    for name in positional:
-        parser.add_argument(name, nargs="?", default=None)
-    for s in settings:
-        if s.kind is bool:
-            on, _, off = s.flags[0].partition("/")
-            parser.add_argument(on, *s.flags[1:], dest=s.name, action="store_true", default=s.default)
-            if off:
-                parser.add_argument(off, dest=s.name, action="store_false")
-        elif s.repeat:
-            parser.add_argument(*s.flags, dest=s.name, type=s.kind, action="append", default=None)
-        else:
-            parser.add_argument(*s.flags, dest=s.name, type=s.kind, default=s.default)
-    return parser

@@ -65,7 +65,7 @@ def tiny_ckpt(tmp_path_factory, text_file) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_ckpt) -> Path:
-    from sgpt_cli.train.export import export
+    from sgpt_cli.train.onnx_export import export
 
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     export(tiny_ckpt, out)
@@ -85,7 +85,7 @@ def wide_onnx(tmp_path_factory, text_file) -> Path:
     from sgpt_cli.config import ModelConfig, TrainConfig
     from sgpt_cli.infer.tokenizer import CharTokenizer
     from sgpt_cli.train import checkpoint
-    from sgpt_cli.train.export import export
+    from sgpt_cli.train.onnx_export import export
     from sgpt_cli.train.model import GPT
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""`sgpt complete --batch FILE` and `--num-samples N` (sgpt_cli.infer.batch), end to end on the tiny model:
+"""`sgpt complete --batch FILE` and `--num-samples N` (sgpt_cli.term.batch), end to end on the tiny model:
 each batched row is exactly what `sgpt complete --seed S` writes for it alone."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from sgpt_cli.infer.batch import parse_batch, run_batch
+from sgpt_cli.term.batch import iter_batch, run_batch
 from sgpt_cli.infer.engine import Event, GenerationStats
 from sgpt_cli.settings import SamplingParams
 
@@ -57,7 +57,7 @@ def test_batch_writes_json_lines_in_input_order_each_equal_to_its_single_run(tin
 
 
 def test_batch_rows_without_a_seed_get_one_drawn_and_reported(tiny_onnx, tmp_path):
-    """Issue 18, defect 4: a row with no seed (and no --seed) says the seed it was drawn, and that
+    """A row with no seed (and no --seed) says the seed it was drawn, and that
     seed repeats its text."""
     done = sgpt(["complete", "--model", str(tiny_onnx), "--batch", "-", "-n", "30", "-t", "1.0"], stdin="ROMEO:\n")
     assert done.returncode == 0, done.stderr.decode()
@@ -154,7 +154,7 @@ class Log:
 
 
 def test_a_row_is_written_when_it_and_every_earlier_row_are_done():
-    lines = parse_batch(["a", "b", "c"], SamplingParams())
+    lines = list(iter_batch(["a", "b", "c"], SamplingParams()))
     out, err, seen = Log(), Log(), []
 
     class Watch(Scripted):
@@ -170,17 +170,18 @@ def test_a_row_is_written_when_it_and_every_earlier_row_are_done():
 
 
 def test_ctrl_c_writes_what_finished_and_exits_130():
-    lines = parse_batch(["a", "b", "c", "d"], SamplingParams())
+    lines = list(iter_batch(["a", "b", "c", "d"], SamplingParams()))
     out, err = Log(), Log()
     events = [Event(0, "ab", stats()), Event(2, "cd", stats()), Event(1, "x", stats("interrupted"))]
     assert run_batch(Scripted(events, interrupt=True), lines, out, err, None) == 130
     assert [json.loads(x)["id"] for x in out.lines] == [1, 3]  # finished rows, in input order
 
 
-def test_parse_batch_reads_json_rows_plain_lines_and_reports_the_rest():
-    got = parse_batch(['{"prompt": "x", "seed": 3, "stop": "\\n"}', "plain text", "1999", "   ", '["a"]',
-                       '{"prompt": "y", "colour": 1}', '{"prompt": "z", "seed": -1}', '{"prompt": "w", "max_tokens": 2.5}'],
-                      SamplingParams(seed=7, max_tokens=9))
+def test_a_batch_reads_json_rows_plain_lines_and_reports_the_rest():
+    got = list(iter_batch(['{"prompt": "x", "seed": 3, "stop": "\\n"}', "plain text", "1999", "   ", '["a"]',
+                           '{"prompt": "y", "colour": 1}', '{"prompt": "z", "seed": -1}',
+                           '{"prompt": "w", "max_tokens": 2.5}'],
+                          SamplingParams(seed=7, max_tokens=9)))
     assert got[0].prompt == "x" and got[0].params.seed == 3 and got[0].params.stop == ("\n",)
     assert got[0].params.max_tokens == 9  # the flags' value where the row says nothing
     assert got[1].prompt == "plain text" and got[1].params.seed == 7 and got[1].id == 2

@@ -1,4 +1,4 @@
-"""Issue 17, items 2-4: `--batch` is read and scheduled as a stream with bounded memory, output
+"""`--batch` is read and scheduled as a stream with bounded memory, output
 stays in input order, JSON Lines split on "\\n" only, and whatever a line holds (deep nesting, NaN,
 1e999, a mapping as stop list, a line too long) it is that line's error, written as strict JSON."""
 
@@ -15,7 +15,7 @@ import tracemalloc
 import pytest
 
 from conftest import SGPT, run_env
-from sgpt_cli.infer.batch import AHEAD_ROWS, TooLong, iter_batch, parse_line, read_lines, run_batch
+from sgpt_cli.term.batch import AHEAD_ROWS, TooLong, iter_batch, parse_line, read_lines, run_batch
 from sgpt_cli.infer.engine import Event as RowEvent, GenerationStats
 from sgpt_cli.settings import SamplingParams
 

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import SGPT, run_env
 from sgpt_cli.infer.chat_session import (
-    SPEECH_END, ChatSession, ChatSettings, InputJoiner, block_is_open, data_home, history_path,
-    is_command, is_speaker_line, parse_command,
+    SPEECH_END, ChatSession, ChatSettings, InputJoiner, block_is_open, data_home, history_path, is_speaker_line,
 )
+from sgpt_cli.term.chat_commands import is_command, parse_command
 from sgpt_cli.errors import SgptError, UsageError
 
 VOCAB = sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
@@ -81,7 +81,9 @@ class FakeBatchEngine(FakeEngine):
 
 def piped_repl(engine, lines: str, settings=None):
     """The REPL over piped lines (LineReader) with a fake engine: (exit status, transcript, session)."""
-    from sgpt_cli.term.repl import LineReader, Repl, make_console
+    from sgpt_cli.term.chat_input import LineReader
+    from sgpt_cli.term.chat_reply import make_console
+    from sgpt_cli.term.repl import Repl
 
     out = io.StringIO()
     session = ChatSession(VOCAB, 64, settings or ChatSettings(seed=5))
@@ -138,7 +140,7 @@ def test_user_text_is_laid_out_as_the_corpus_lays_out_a_play():
     session.script += "But soft"  # a reply cut off mid-line
     assert session.add_user_text("JULIET:  ").text == "\n\nJULIET:\n"  # own line, blank line before
     session.script += "Ay me." + SPEECH_END
-    # 'NAME: text' begins the speaker's line and leaves it open: the model finishes it (defect 5)
+    # 'NAME: text' begins the speaker's line and leaves it open: the model finishes it
     assert session.add_user_text("ROMEO: She speaks!").text == "ROMEO:\nShe speaks!"
     assert session.add_user_text("O, speak again").text == "\nO, speak again\n"
     assert session.add_user_text("").text == ""  # Enter on an empty line: the play goes on
@@ -146,7 +148,7 @@ def test_user_text_is_laid_out_as_the_corpus_lays_out_a_play():
 
 
 def test_romeo_but_soft_lets_romeo_finish_the_line():
-    """Defect 5: `ROMEO: But soft` puts `ROMEO:\nBut soft` in the script, and the model's reply goes
+    """`ROMEO: But soft` puts `ROMEO:\nBut soft` in the script, and the model's reply goes
     on in that very line (the engine is given the open line, no line break after it)."""
     session = ChatSession(VOCAB, 64)
     engine = FakeEngine([([", what light"], "max_tokens")])
@@ -232,7 +234,7 @@ def test_regen_replaces_only_the_last_reply():
 
 
 def test_an_unseeded_session_draws_a_seed_and_shows_it():
-    """Defect 4: a session given no seed draws one, so it can be repeated with --seed; /show and
+    """A session given no seed draws one, so it can be repeated with --seed; /show and
     /set list it, and `/set seed random` draws a new one."""
     session = ChatSession(VOCAB, 32)
     seed = session.settings.seed
@@ -379,7 +381,9 @@ def run_repl(engine, keys, history: bool = True, settings: ChatSettings | None =
     from prompt_toolkit.output import DummyOutput
 
     from sgpt_cli.infer.onnx_model import model_summary
-    from sgpt_cli.term.repl import PromptReader, Repl, make_console
+    from sgpt_cli.term.chat_input import PromptReader
+    from sgpt_cli.term.chat_reply import make_console
+    from sgpt_cli.term.repl import Repl
 
     chunks = [keys] if isinstance(keys, str) else list(keys)
 
@@ -582,8 +586,8 @@ def test_regen_n_and_pick_in_the_repl(tiny_engine):
 
 
 def test_regen_n_shows_each_alternative_after_the_line_it_continues_not_after_the_old_reply():
-    """Defect 1: after a reply cut at `And therefo`, `/regen 2` printed `And therefoAnd therefore
-    ...`: the old reply's line was read before the reply was dropped."""
+    """After a reply cut mid-word (`And therefo`), `/regen 2` shows each alternative after the line it
+    continues, never glued to the dropped reply's text (`And therefoAnd therefore`)."""
     engine = FakeBatchEngine([(["And ", "therefo"], "max_tokens")],
                              [[(["And there", "fore stand"], "max_tokens"), (["What should", " I do"], "stop")]])
     code, out, session = piped_repl(engine, "ROMEO:\n/regen 2\n/pick 2\n")
@@ -601,7 +605,7 @@ def test_regen_n_shows_each_alternative_after_the_line_it_continues_not_after_th
 
 
 def test_regen_n_keeps_what_ctrl_c_cut_and_pick_takes_it():
-    """Defect 2 (the session half; the pty test presses the keys): closing the alternatives early
+    """(The session half; the pty test presses the keys.) Closing the alternatives early
     keeps every text as far as it got, and /pick takes a stopped one."""
     engine = FakeBatchEngine([(["Ay."], "stop")],
                              [[(["O", " Romeo", " Romeo"], "max_tokens"), (["Nay", " never"], "max_tokens")]])
@@ -619,8 +623,8 @@ def test_regen_n_keeps_what_ctrl_c_cut_and_pick_takes_it():
 
 
 def test_a_reply_cut_by_max_tokens_is_marked_on_screen_only():
-    """Defect 6: `That I do tell him ou` ended with no sign; now an ellipsis and a one-line notice,
-    and the script keeps exactly what the model wrote."""
+    """A reply cut at max_tokens (`That I do tell him ou`) ends with an ellipsis and a one-line
+    notice, and the script keeps exactly what the model wrote."""
     engine = FakeEngine([(["That I do ", "tell him ou"], "max_tokens"), (["Ay."], "stop")])
     code, out, session = piped_repl(engine, "ROMEO:\n\n")  # Enter on an empty line: it goes on
     assert session.script == "ROMEO:\nThat I do tell him ouAy." + SPEECH_END
@@ -658,7 +662,7 @@ def test_slash_load_then_save_round_trips_in_the_repl(tmp_path):
     assert code == 1 and "/load needs a file name" in out
 
 
-# --- /set heat: each character coloured by the probability the model gave it (issue 18) ----------
+# --- /set heat: each character coloured by the probability the model gave it -----------------------
 
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
 HEAT_CODES = {"bright_blue": "94", "cyan": "36", "green": "32", "yellow": "33", "red": "31"}
@@ -682,7 +686,7 @@ def coloured(stream: str) -> list[tuple[str, str]]:
 
 
 def test_heat_bins_cover_every_probability_and_the_legend_names_each():
-    from sgpt_cli.term.repl import HEAT, heat_legend, heat_style
+    from sgpt_cli.term.chat_reply import HEAT, heat_legend, heat_style
 
     assert [heat_style(p) for p in (1.0, 0.9, 0.89, 0.6, 0.3, 0.1, 0.099, 0.0)] == [
         "bright_blue", "bright_blue", "cyan", "cyan", "green", "yellow", "red", "red"]
@@ -699,7 +703,7 @@ def colour(monkeypatch):
 
 
 def test_heat_colours_each_character_by_its_bin_and_is_plain_text_when_colour_is_off(colour):
-    from sgpt_cli.term.repl import ReplyPrinter, make_console
+    from sgpt_cli.term.chat_reply import ReplyPrinter, make_console
 
     def draw(color: bool, heat: bool, width: int = 80) -> str:
         out = io.StringIO()
@@ -717,7 +721,7 @@ def test_heat_colours_each_character_by_its_bin_and_is_plain_text_when_colour_is
 
 
 def test_heat_keeps_each_characters_colour_when_a_word_is_wrapped_onto_the_next_row(colour):
-    from sgpt_cli.term.repl import ReplyPrinter, make_console
+    from sgpt_cli.term.chat_reply import ReplyPrinter, make_console
 
     out = io.StringIO()
     console = make_console(out, color=True)
@@ -759,7 +763,9 @@ def test_set_heat_on_shows_the_legend_and_says_when_there_is_no_colour():
 
 
 def test_heat_in_the_repl_colours_a_real_reply_and_changes_no_character(tiny_engine, colour):
-    from sgpt_cli.term.repl import LineReader, Repl, make_console
+    from sgpt_cli.term.chat_input import LineReader
+    from sgpt_cli.term.chat_reply import make_console
+    from sgpt_cli.term.repl import Repl
 
     def transcript(lines: str) -> str:
         out = io.StringIO()

@@ -103,7 +103,7 @@ def test_pty_up_arrow_recalls_and_exit_leaves(tiny_onnx, isolated_home):
     assert finish(child, "/exit\r") == 0
 
 
-# --- issue 18: /regen N and Ctrl-C, word wrap, an open speaker's line -----------------------------
+# --- /regen N and Ctrl-C, word wrap, an open speaker's line ---------------------------------------
 
 def screen_rows(stream: str, width: int) -> list[str]:
     """The rows a terminal `width` wide shows for `stream`: printable characters (wrapping at the
@@ -169,7 +169,8 @@ def saved_reply(child, tmp_path, head: str) -> str:
 
 
 def test_pty_replies_wrap_at_word_boundaries_at_40_columns(tiny_onnx, isolated_home, tmp_path):
-    """Defect 3: at 40 columns words broke anywhere (`the sure moc` / `k'd`)."""
+    """At 40 columns a reply wraps at spaces: no row is wider than the terminal and no word is split
+    across rows (`the sure moc` / `k'd`)."""
     child = spawn(tiny_onnx, isolated_home, "--seed", "3", "-n", "400", "--no-one-speech", columns=40, fixed=False)
     rows = reply_rows(child, tiny_onnx, 40, "ROMEO:")
     text = saved_reply(child, tmp_path, "ROMEO:\n")
@@ -201,8 +202,9 @@ def test_pty_a_resize_mid_reply_wraps_at_the_new_width(tiny_onnx, isolated_home,
 
 
 def test_pty_the_hint_on_an_empty_line_fits_a_narrow_terminal(tiny_onnx, isolated_home):
-    """Defect 3's second half: the grey hint wrapped onto a `...` row that looked like input."""
-    from sgpt_cli.term.repl import PLACEHOLDER, placeholder_for
+    """The grey hint fits the terminal's width (shorter, or none, on narrow ones): it never wraps onto
+    a `...` row that looks like input."""
+    from sgpt_cli.term.chat_input import PLACEHOLDER, placeholder_for
 
     assert placeholder_for(120) == PLACEHOLDER and len(placeholder_for(40)) + 4 < 40 and placeholder_for(20) == ""
     child = spawn(tiny_onnx, isolated_home, columns=40)
@@ -222,9 +224,9 @@ def a_reply_then_endless_ones(child) -> None:
 
 
 def test_pty_ctrl_c_stops_regen_n_at_once_keeps_the_parts_and_typed_keys(tiny_onnx, isolated_home, tmp_path):
-    """Defect 2: with long alternatives, Ctrl-C did nothing for 20 s, swallowed a /show typed
-    meanwhile and threw every partial text away. Now the first alternative streams at once, one
-    Ctrl-C stops them all, the /show typed meanwhile runs next, and /pick takes a stopped one."""
+    """With long alternatives, the first alternative streams at once, one Ctrl-C stops them all
+    within moments, a /show typed meanwhile runs next, and /pick takes a stopped one (each partial
+    text kept)."""
     child = spawn(tiny_onnx, isolated_home, "--seed", "5", "-n", "20")
     a_reply_then_endless_ones(child)
     child.send("/regen 3\r")
@@ -242,7 +244,8 @@ def test_pty_ctrl_c_stops_regen_n_at_once_keeps_the_parts_and_typed_keys(tiny_on
 
 
 def test_pty_romeo_but_soft_is_finished_on_the_same_line(tiny_onnx, isolated_home, tmp_path):
-    """Defect 5: `ROMEO: But soft` gave `ROMEO:\nBut soft\n` and a reply on a new line."""
+    """`ROMEO: But soft` leaves Romeo's line open: the script holds `ROMEO:\nBut soft` with no line
+    break after it, and the reply goes on in that line."""
     child = spawn(tiny_onnx, isolated_home, "--seed", "6", "-n", "30", "--no-one-speech")
     child.send("ROMEO: But soft\r")
     child.expect_exact("(cut at max_tokens")
@@ -252,7 +255,7 @@ def test_pty_romeo_but_soft_is_finished_on_the_same_line(tiny_onnx, isolated_hom
     assert len(reply) == 30
 
 
-# --- issue 18: /set heat colours each character by its probability ---------------------------------
+# --- /set heat colours each character by its probability -------------------------------------------
 
 HEAT_SGR = re.compile(r"\x1b\[(?:[0-9;]*;)?(94|36|32|33|31)m")  # the five bins' colours, as rich writes them
 

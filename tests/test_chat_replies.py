@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-from sgpt_cli.infer.serve_api import Limits, chat_script, parse_chat
+from sgpt_cli.web.openai_api import Limits, chat_script, parse_chat
 from sgpt_cli.settings import ReplyParams, SamplingParams
 
 SHIPPED = REPO / "models" / "shakespeare.onnx"

@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SGPT, run_env
-from sgpt_cli.infer import complete as complete_mod
+from sgpt_cli.term import complete as complete_mod
 from sgpt_cli.term.app import app
-from sgpt_cli.term.complete import complete as typer_complete
-from sgpt_cli.infer.complete import OPTIONS, StreamedPrompt, fast_parse
+from sgpt_cli.term.complete import complete_cmd as typer_complete
+from sgpt_cli.term.complete import OPTIONS, StreamedPrompt, fast_parse
 from test_eval import write_bad_models
 
 TIMEOUT = 120
@@ -106,8 +106,19 @@ def test_json_is_one_object_with_text_tokens_timings_and_model(model):
     assert result["text"] == text_of("complete", "--model", model, "-n", "20", "--seed", "4", stdin=b"ROMEO:")
 
 
+def test_json_counts_characters_as_chars_and_still_as_tokens(model):
+    """Every JSON output counts characters as "chars" (as --batch rows and eval do); complete --json
+    still writes the 0.1 names ("tokens", "prompt_tokens") beside them, for one release."""
+    result = json.loads(text_of("complete", "--model", model, "-n", "7", "--seed", "4", "--json", stdin=b"ROMEO:"))
+    assert result["chars"] == result["tokens"] == len(result["text"]) == 7
+    assert result["prompt_chars"] == result["prompt_tokens"] == len("ROMEO:")
+    samples = json.loads(text_of("complete", "--model", model, "-n", "5", "--seed", "4", "--json",
+                                 "--num-samples", "2", stdin=b"ROMEO:"))["samples"]
+    assert [s["chars"] for s in samples] == [s["tokens"] for s in samples] == [len(s["text"]) for s in samples]
+
+
 def test_json_logprobs_give_each_character_its_probability_and_the_k_likeliest(model):
-    """Issue 18: OpenAI's chat shape, one entry per character of "text", in order; what the model
+    """OpenAI's chat shape, one entry per character of "text", in order; what the model
     believed, not what the draw was shaped into, and asking changes no character."""
     flags = ("complete", "--model", model, "-n", "25", "--seed", "4", "-t", "1.5", "--json")
     result = json.loads(text_of(*flags, "--logprobs", "3", stdin=b"ROMEO:"))
@@ -134,7 +145,7 @@ def test_seed_reproducibility_across_processes(model):
 
 
 def test_an_unseeded_run_draws_a_seed_and_reports_it_so_it_can_be_repeated(model):
-    """Defect 4: `--json` says the seed drawn (never null), `-v` says it on stderr, and the same
+    """`--json` says the seed drawn (never null), `-v` says it on stderr, and the same
     seed given back repeats the text."""
     flags = ["complete", "--model", model, "-n", "60", "-t", "1.0", "ROMEO:"]
     result = json.loads(text_of(*flags, "--json", stdin=None))

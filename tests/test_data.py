@@ -201,7 +201,7 @@ def test_train_without_data_downloads_the_default_text_when_sgpt_has_no_copy(ser
 
 
 def test_without_network_the_packaged_text_is_unpacked_and_checked(tmp_path, monkeypatch, isolated_home):
-    """Defect 11: with no network, the copy inside the package is the text (tiny-shakespeare's
+    """With no network, the copy inside the package is the text (tiny-shakespeare's
     SHA-256, checked), written once to $SGPT_HOME/data outside a checkout."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", closed_port_url())

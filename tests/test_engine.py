@@ -287,7 +287,7 @@ def test_empty_prompt_starts_from_a_line_break(engine):
     assert run(engine, "", **kw)[1].prompt_chars == 1
 
 
-# --- what the model believed: logprobs (issue 18) ------------------------------------------------
+# --- what the model believed: logprobs ---------------------------------------------------------------
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
@@ -551,7 +551,7 @@ def test_model_lookup_precedence(lookup_world, monkeypatch):
     assert find_model(str(files["explicit.onnx"])) == (files["explicit.onnx"], "--model")
     assert find_model(None) == (files["env.onnx"], "$SGPT_MODEL")
     monkeypatch.delenv("SGPT_MODEL")
-    # an exported ./export/model.onnx is never used unasked (issue 18, defect 7): the shipped model is
+    # an exported ./export/model.onnx is never used unasked: the shipped model is
     assert (work / "export" / "model.onnx").exists()
     assert find_model(None) == (files["shipped.onnx"], "shipped")
     assert isinstance(find_model(None)[0], Path)

@@ -151,7 +151,7 @@ def test_missing_default_data_is_downloaded_then_scored(tiny_onnx, text_file, tm
 
 
 def test_missing_default_data_without_network_is_a_one_line_error(tiny_onnx, tmp_path, monkeypatch):
-    """Only an install without the packaged copy can get here (sgpt ships the text: defect 11)."""
+    """Only an install without the packaged copy can get here (sgpt ships the text)."""
     import socket
 
     from sgpt_cli import data
@@ -221,9 +221,10 @@ def test_bad_input_is_one_line_on_stderr(name, tiny_onnx, text_file, tmp_path, m
 
 
 def test_eval_says_by_how_much_the_recorded_figure_differs_when_4_decimals_do_not_agree():
-    """Defect 8: 'loss 1.4615' beside 'recorded 1.4616' with no word: the shipped int8 file was
-    measured at export on another CPU (AVX2); ONNX Runtime's int8 products differ by CPU. Where
-    the 4-decimal roundings differ, both are given to 6 decimals with the difference and the why."""
+    """Where the measured loss and the one recorded at export round to different 4-decimal figures
+    ('loss 1.4615' beside 'recorded 1.4616'), both are given to 6 decimals with the difference and
+    the why: an int8 file measured at export on another CPU (AVX2) scores slightly differently, as
+    ONNX Runtime's int8 products differ by CPU."""
     from sgpt_cli.term.eval import recorded_lines
 
     base = {"split": "val", "quantization": "int8"}

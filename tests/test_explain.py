@@ -11,7 +11,7 @@ from sgpt_cli.errors import SgptError
 from sgpt_cli.infer.explain import ExplainModel, explain, explain_graph
 from sgpt_cli.infer.onnx_model import OnnxModel
 from sgpt_cli.train.explain_check import TOLERANCE, reference
-from sgpt_cli.train.export import load_model
+from sgpt_cli.train.onnx_export import load_model
 
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
@@ -108,7 +108,7 @@ def test_the_explain_graph_passes_onnx_checker_and_leaves_the_file_untouched(tin
 
 
 def test_export_verifies_the_explain_outputs_against_pytorch(pair):
-    from sgpt_cli.train.export import verify
+    from sgpt_cli.train.onnx_export import verify
 
     model, onnx_model = pair
     report = verify(model, onnx_model.path)
@@ -124,7 +124,7 @@ def test_every_model_option_explains_as_pytorch_computes(tmp_path, text_file, on
     from sgpt_cli.config import ModelConfig, TrainConfig
     from sgpt_cli.infer.tokenizer import CharTokenizer
     from sgpt_cli.train import checkpoint
-    from sgpt_cli.train.export import export
+    from sgpt_cli.train.onnx_export import export
     from sgpt_cli.train.model import GPT
 
     torch.manual_seed(1)

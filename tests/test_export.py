@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import SGPT, run_env
-from sgpt_cli.train import export as exporter
+from sgpt_cli.train import onnx_export as exporter
 from sgpt_cli.term.app import app
 from sgpt_cli.data import split_text
 from sgpt_cli.errors import SgptError
@@ -163,7 +163,7 @@ def test_grouped_query_attention_keeps_one_key_value_head_per_group(wide_onnx, t
     and onnx's reference evaluator groups the heads as ONNX Runtime does."""
     import onnx
 
-    from sgpt_cli.train.export import load_model, verify
+    from sgpt_cli.train.onnx_export import load_model, verify
 
     proto = onnx.load(str(wide_onnx))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -650,7 +650,7 @@ def test_every_architecture_option_exports_matching_pytorch_with_batched_rows_bi
     from sgpt_cli.config import ModelConfig, TrainConfig
     from sgpt_cli.infer.tokenizer import CharTokenizer
     from sgpt_cli.train import checkpoint
-    from sgpt_cli.train.export import export, load_model, verify
+    from sgpt_cli.train.onnx_export import export, load_model, verify
     from sgpt_cli.train.model import GPT
 
     options, ops = VARIANTS[name]

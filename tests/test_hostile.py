@@ -214,7 +214,7 @@ def test_piped_chat_survives_refused_save_names(tiny_onnx, tmp_path):
 
 
 def test_sgpt_home_set_to_a_file_says_so(tmp_path, monkeypatch):
-    from sgpt_cli.term.repl import _history
+    from sgpt_cli.term.chat_input import _history
 
     blocker = tmp_path / "home-file"
     blocker.write_text("x")
@@ -534,7 +534,7 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_without_allocating_it(tin
 def test_huge_config_check_allocates_nothing(tiny_ckpt, tmp_path):
     import resource
 
-    from sgpt_cli.train import export as exporter
+    from sgpt_cli.train import onnx_export as exporter
 
     path = edited_checkpoint(tiny_ckpt, tmp_path / "claims.pt", {"n_embd": 4096})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -635,7 +635,7 @@ def test_complete_streams_a_large_stdin_keeping_only_the_window(tiny_onnx, tmp_p
 def test_the_streamed_prompt_is_the_whole_prompt(tiny_onnx):
     import io
 
-    from sgpt_cli.infer.complete import PROMPT_CHUNK, StreamedPrompt, read_for_model
+    from sgpt_cli.infer.prompt import PROMPT_CHUNK, StreamedPrompt, read_for_model
 
     # a BOM, a line break and a two-byte character split across chunk boundaries
     raw = "\ufeffROMEO:".encode() + b"x" * (PROMPT_CHUNK - 10) + "ab\r".encode() + b"\n" + "é".encode() * PROMPT_CHUNK

@@ -1,4 +1,4 @@
-"""Issue 17, items 7-9: one checkpoint check that every reader (export, `train --init-from`,
+"""One checkpoint check that every reader (export, `train --init-from`,
 `train --resume`) goes through (sgpt_cli.train.checkpoint.load -> check_contents); a FIFO is refused
 before anything opens it; a failed save says what is on disk, with advice that leads somewhere."""
 

@@ -1,4 +1,4 @@
-"""Issue 17, items 10-12: what cannot be a model is refused in bounded work before it is read
+"""What cannot be a model is refused in bounded work before it is read
 whole; a file of another known kind (a PyTorch checkpoint) is named as such with the command that
 makes a model of it; /save's message names the file, not the command; SIGHUP ends a command as
 SIGTERM does (temporaries removed, exit 130)."""

@@ -1,4 +1,4 @@
-"""Issue 17, item 5 (a model that never ends a step): Ctrl-C ends any ONNX Runtime run
+"""A model that never ends a step cannot hold sgpt: Ctrl-C ends any ONNX Runtime run
 (sgpt_cli.infer.interrupt), and no model with control flow is opened (sgpt_cli.infer.onnx_file)."""
 
 from __future__ import annotations

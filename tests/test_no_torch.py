@@ -58,14 +58,16 @@ def test_eval_never_imports_torch(tiny_onnx, text_file):
 
 def test_every_module_of_the_inference_folder_imports_with_torch_blocked():
     """The boundary is a folder: every module under sgpt_cli/infer/ (found by walking it, not listed
-    by hand), the shared modules beside it, and every command's flags (`sgpt --help` builds them)
+    by hand), the shared modules beside it, the torch-free commands' own modules (complete, its
+    batches, eval, serve's OpenAI shapes), and every command's flags (`sgpt --help` builds them)
     import in a process where importing torch, onnx or matplotlib fails."""
     code = ("import importlib, pkgutil, sys\n"
             "for blocked in ('torch', 'onnx', 'matplotlib'): sys.modules[blocked] = None  # import fails\n"
             "import sgpt_cli.infer as infer\n"
             "names = [m.name for m in pkgutil.walk_packages(infer.__path__, 'sgpt_cli.infer.')]\n"
             "names += ['sgpt_cli.config', 'sgpt_cli.settings', 'sgpt_cli.errors', 'sgpt_cli.files', 'sgpt_cli.data',\n"
-            "          'sgpt_cli.home']\n"
+            "          'sgpt_cli.home', 'sgpt_cli.term.complete', 'sgpt_cli.term.batch', 'sgpt_cli.term.eval',\n"
+            "          'sgpt_cli.web.openai_api']\n"
             "for name in names: importlib.import_module(name)\n"
             "import sgpt_cli.term.app as app\n"
             "app.build_app()\n"

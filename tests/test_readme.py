@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from test_docs import (DOCUMENTS, fast_commands, make_clone, run_against_a_live_server, run_in_clone,
-                       serve_examples, shell_lines)
+                       serve_examples)
 
 README = REPO / "README.md"
 

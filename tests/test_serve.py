@@ -28,8 +28,8 @@ pytest.importorskip("sse_starlette")
 from conftest import SGPT, run_env  # noqa: E402
 from test_no_torch import without  # noqa: E402
 
-from sgpt_cli.infer.complete import read_for_model  # noqa: E402
-from sgpt_cli.infer.serve_api import ApiError, Limits, chat_script, parse_chat, parse_completion  # noqa: E402
+from sgpt_cli.infer.prompt import read_for_model  # noqa: E402
+from sgpt_cli.web.openai_api import ApiError, Limits, chat_script, parse_chat, parse_completion  # noqa: E402
 from sgpt_cli.settings import SamplingParams  # noqa: E402
 
 START_S = 60  # a server on a busy 2-core machine starts in seconds; this is the bound, not the expectation
@@ -194,7 +194,7 @@ def test_a_streams_last_chunk_goes_out_when_it_is_made_not_at_the_next_chunk_tim
     from types import SimpleNamespace
 
     from sgpt_cli.infer.engine import Event, GenerationStats
-    from sgpt_cli.infer.serve_api import Reply
+    from sgpt_cli.web.openai_api import Reply
     from sgpt_cli.web import server as web
 
     monkeypatch.setattr(web, "CHUNK_S", 3600.0)

@@ -29,7 +29,7 @@ from test_serve import in_flight, model, sse, start, wait_idle  # noqa: E402,F40
 
 from sgpt_cli.infer.engine import Event, GenerationStats  # noqa: E402
 from sgpt_cli.infer.logprobs import TokenLogprob  # noqa: E402
-from sgpt_cli.infer.serve_api import Limits, Reply, parse_completion  # noqa: E402
+from sgpt_cli.web.openai_api import Limits, Reply, parse_completion  # noqa: E402
 from sgpt_cli.web import limits as web_limits  # noqa: E402
 
 STATS = GenerationStats(prompt_chars=6, chars=2, ttft_s=0.0, seconds=0.0, chars_per_s=0.0, stop_reason="max_tokens")
@@ -239,7 +239,7 @@ def test_a_body_nested_deep_is_walked_without_recursion():
 
 def test_unknown_characters_are_listed_in_order_of_first_appearance_in_one_pass():
     """_known_tail: 60,000 distinct unknown characters (sorting them by text.index was quadratic)."""
-    from sgpt_cli.infer.complete import read_for_model
+    from sgpt_cli.infer.prompt import read_for_model
 
     stoi = {c: i for i, c in enumerate("abc ")}
     unknown = [chr(0x20000 + i) for i in range(60_000)]  # CJK: no surrogates among them

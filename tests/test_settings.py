@@ -4,13 +4,14 @@ rows are built from the same declaration, and its ranges are enforced everywhere
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import pytest
 import typer
 
 from sgpt_cli.infer.chat_session import SETTING_NAMES, ChatSession, ChatSettings, set_completions
 from sgpt_cli.term.app import build_app
-from sgpt_cli.infer.complete import OPTIONS, fast_parser
+from sgpt_cli.term.complete import OPTIONS, fast_parser
 from sgpt_cli.errors import UsageError
 from sgpt_cli.settings import (
     CHAT_SETTINGS, LOGPROBS, PARAMS, SAMPLING, SamplingParams, by_name, decode_escapes, sampling_params_from,
@@ -111,3 +112,14 @@ def test_stop_escapes():
     assert decode_escapes(r"\x") == r"\x"  # other backslashes stay
     values = by_name(OPTIONS)["stop"].parse(r"END\n")
     assert values == ("END\n",)
+
+
+def test_sampling_params_fields_are_the_declared_settings():
+    """SamplingParams is written out as a plain dataclass (readable, editable); its fields, their
+    types and their defaults are PARAMS' declarations, in order."""
+    fields = dataclasses.fields(SamplingParams)
+    assert [f.name for f in fields] == [s.name for s in PARAMS]
+    hints = typing.get_type_hints(SamplingParams)
+    for f, s in zip(fields, PARAMS):
+        assert f.default == s.default, f.name
+        assert hints[f.name] == s.annotation(), f.name

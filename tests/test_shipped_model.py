@@ -80,7 +80,7 @@ def test_eval_from_any_folder_offline_reproduces_the_recorded_validation_loss(tm
 
 
 def test_the_readme_paths_of_the_shipped_files_work_from_any_folder(tmp_path, monkeypatch):
-    """Defect 10: `--init-from models/shakespeare.pt` and `--model models/shakespeare.onnx`, as the
+    """`--init-from models/shakespeare.pt` and `--model models/shakespeare.onnx`, as the
     README writes them, name the shipped files from a folder that has no models/ of its own."""
     from sgpt_cli.infer.model_lookup import find_model, shipped_or_given
 

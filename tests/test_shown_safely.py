@@ -1,4 +1,4 @@
-"""Issue 17, items 1 and 6: every user- or file-controlled string that reaches a terminal goes
+"""Every user- or file-controlled string that reaches a terminal goes
 through one function (sgpt_cli.errors.visible, with `shown` cutting long names) that makes control
 and format characters visible; model text goes through the tokenizer's `shown`; a vocabulary that
 holds no text (a lone surrogate) is refused when the file is opened."""
@@ -180,12 +180,12 @@ def test_format_controls_from_a_vocabulary_are_shown_not_obeyed():
 def test_a_batch_id_with_c1_and_format_controls_is_written_escaped_and_reads_back(capsys):
     from test_batch_cli import Log, Scripted, stats
 
-    from sgpt_cli.infer.batch import parse_batch, run_batch
+    from sgpt_cli.term.batch import iter_batch, run_batch
     from sgpt_cli.infer.engine import Event as RowEvent
     from sgpt_cli.settings import SamplingParams
 
     hostile_id = "id\x9b2J\u202e\u2028\ud800"
-    lines = parse_batch([json.dumps({"prompt": "a", "id": hostile_id})], SamplingParams())
+    lines = list(iter_batch([json.dumps({"prompt": "a", "id": hostile_id})], SamplingParams()))
     out = Log()
     assert run_batch(Scripted([RowEvent(0, "ok", stats())]), lines, out, Log(), None) == 0
     (line,) = out.lines

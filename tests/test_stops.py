@@ -1,4 +1,4 @@
-"""Issue 17, item 11 (100,000 stop strings): sgpt_cli.infer.stops.StopMatcher behaves exactly as the
+"""Stop strings by the 100,000: sgpt_cli.infer.stops.StopMatcher behaves exactly as the
 engine's first matcher (copied below as the reference) and costs the same per character whatever
 the number of stop strings; the count and length of stop strings are capped where they are declared."""
 
@@ -15,7 +15,7 @@ from sgpt_cli.infer.stops import StopMatcher
 
 
 class ReferenceStopMatcher:
-    """sgpt_cli.infer.engine.StopMatcher as it was (issue 17): searches every stop string at every push."""
+    """The reference matcher, the plainest one: searches every stop string at every push."""
 
     def __init__(self, stops: tuple[str, ...]):
         self.stops = tuple(stops)

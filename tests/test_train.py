@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import FAST, FAST_FLAGS, SGPT, run_env
 from sgpt_cli.train import checkpoint, trainer
+from sgpt_cli.train.resume import load_resume_state
 from sgpt_cli.term.app import app
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
@@ -198,7 +199,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, text_file)
                         **settings)
     assert (first.status, first.iters, first.saved_iter) == ("interrupted", 13, 13)
     text, sha = read_text(text_file)
-    ckpt, cfg = trainer.load_resume_state(tmp_path / "split.pt", sha, CharTokenizer.from_text(text), {})
+    ckpt, cfg = load_resume_state(tmp_path / "split.pt", sha, CharTokenizer.from_text(text), {})
     assert ckpt["iter"] == 13 and cfg.max_iters == 24
     second = trainer.train(cfg, text, sha, tmp_path / "split.pt", device="cpu", resume=ckpt)
 
@@ -220,7 +221,7 @@ def test_resume_to_a_larger_max_iters_matches_a_longer_run_when_the_rate_is_flat
     whole = run_trainer(text_file, tmp_path / "whole.pt", max_iters=16, **flat)
     run_trainer(text_file, tmp_path / "half.pt", max_iters=8, **flat)
     text, sha = read_text(text_file)
-    ckpt, cfg = trainer.load_resume_state(tmp_path / "half.pt", sha, CharTokenizer.from_text(text), {"max_iters": 16})
+    ckpt, cfg = load_resume_state(tmp_path / "half.pt", sha, CharTokenizer.from_text(text), {"max_iters": 16})
     resumed = trainer.train(cfg, text, sha, tmp_path / "half.pt", device="cpu", resume=ckpt)
     a, b = (torch.load(r.last, weights_only=True) for r in (whole, resumed))
     assert a["iter"] == b["iter"] == 16 and a["val_loss"] == b["val_loss"]
@@ -271,7 +272,7 @@ def test_a_checkpoint_from_before_the_newer_settings_resumes_as_the_model_it_was
         state[part] = {k: v for k, v in state[part].items() if k not in NEWER_SETTINGS}
     checkpoint.save(first.last, state)
     text, sha = read_text(text_file)
-    ckpt, cfg = trainer.load_resume_state(tmp_path / "old.pt", sha, CharTokenizer.from_text(text), {"max_iters": 6})
+    ckpt, cfg = load_resume_state(tmp_path / "old.pt", sha, CharTokenizer.from_text(text), {"max_iters": 6})
     assert (cfg.lr_schedule, cfg.qk_norm, cfg.mlp, cfg.tied_head, cfg.logit_cap) == ("cosine", False, "gelu", True, 0.0)
     assert set(FORMER_DEFAULTS) <= set(NEWER_SETTINGS)
     resumed = trainer.train(cfg, text, sha, tmp_path / "old.pt", device="cpu", resume=ckpt)
@@ -490,7 +491,7 @@ def test_a_terminal_gets_a_live_status_line(tmp_path, text_file):
 
 
 def test_a_log_file_gets_periodic_status_lines(tmp_path, text_file, monkeypatch):
-    from sgpt_cli.term import training as train_view
+    from sgpt_cli.term import train_run as train_view
 
     monkeypatch.setattr(train_view, "LOG_EVERY_S", 0.0)  # every step, so a short run shows it
     before = torch.get_num_threads()

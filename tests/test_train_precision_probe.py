@@ -212,7 +212,7 @@ def test_a_training_run_reports_the_verdict_in_its_start_event(tmp_path, text_fi
 def test_the_header_says_what_auto_chose_and_why():
     from rich.console import Console
 
-    from sgpt_cli.term.training import TrainDisplay
+    from sgpt_cli.term.train_run import TrainDisplay
 
     console = Console(record=True, width=200)
     info = {"time_budget": 0.0, "device": "cpu", "world": 1, "precision": "float32", "resumed": False,

@@ -220,7 +220,7 @@ def _metrics(folder: Path, rows: list[dict]) -> Path:
 
 
 def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
-    from sgpt_cli.term.training import idle_comparison
+    from sgpt_cli.term.train_run import idle_comparison
 
     cfg = build_train_config("cpu", {})
     idle = IDLE_FIGURES["cpu"]
@@ -251,7 +251,7 @@ def test_the_summary_says_how_far_a_slow_run_is_from_an_idle_machine_and_why():
 
 
 def test_a_run_on_another_cpu_than_the_idle_figures_names_both_instead_of_calling_itself_slow():
-    from sgpt_cli.term.training import idle_comparison
+    from sgpt_cli.term.train_run import idle_comparison
 
     cfg = build_train_config("cpu", {})
     idle = IDLE_FIGURES["cpu"]
@@ -380,7 +380,7 @@ def test_a_stop_while_the_last_checkpoint_is_written_skips_the_whole_split_measu
                                                                                        monkeypatch):
     # the request waits for the checkpoint (critical), then cuts what comes next before it starts:
     # the whole split may take minutes on a busy machine, and it is only a measurement
-    from sgpt_cli.term.training import StopRequest
+    from sgpt_cli.term.train_run import StopRequest
 
     stop = StopRequest(announce=False)
     real_save = checkpoint.save

@@ -19,10 +19,11 @@ from typer.testing import CliRunner
 
 from conftest import FAST, FAST_FLAGS, SGPT, run_env
 from sgpt_cli.train import checkpoint, trainer
+from sgpt_cli.train.resume import load_resume_state
 from sgpt_cli.term.app import app
 from sgpt_cli.config import build_train_config
 from sgpt_cli.data import read_text
-from sgpt_cli.term.training import StopRequest
+from sgpt_cli.term.train_run import StopRequest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,7 +81,7 @@ def test_a_stop_during_a_step_keeps_the_step_before_and_resumes_exactly(tmp_path
     assert (first.status, first.saved_iter) == ("interrupted", 7)  # step 8 was cut short: not saved
     monkeypatch.undo()
     text, sha = read_text(text_file)
-    ckpt, cfg = trainer.load_resume_state(out, sha, None, {}, text=text)
+    ckpt, cfg = load_resume_state(out, sha, None, {}, text=text)
     second = trainer.train(cfg, text, sha, out, device="cpu", resume=ckpt)
     a, b = (torch.load(r.last, weights_only=True) for r in (whole, second))
     assert a["iter"] == b["iter"] == 12
@@ -196,9 +197,9 @@ def test_resuming_a_run_that_spent_its_budget_gives_it_more(tmp_path, text_file)
     checkpoint.save(checkpoint.last_path(out), {**last, "train_seconds": 1.0})  # as if it ran to the end
     spent = 1.0
     text, sha = read_text(text_file)
-    _, again = trainer.load_resume_state(out, sha, None, {}, text=text)
+    _, again = load_resume_state(out, sha, None, {}, text=text)
     assert again.time_budget == pytest.approx(spent + 1)  # the same stretch again
-    _, more = trainer.load_resume_state(out, sha, None, {"time_budget": 5.0}, text=text)
+    _, more = load_resume_state(out, sha, None, {"time_budget": 5.0}, text=text)
     assert more.time_budget == pytest.approx(spent + 5)  # "this much more"
     resumed = invoke(*FAST_FLAGS, "--data", str(text_file), "--out", str(out), "--resume")
     assert resumed.exit_code == 0, resumed.output
@@ -320,7 +321,7 @@ def test_init_from_refuses_another_shape(tmp_path, text_file, tiny_ckpt):
 
 
 def test_strip_training_state_makes_a_small_weights_only_checkpoint(tmp_path, tiny_ckpt):
-    from sgpt_cli.train.export import load_model
+    from sgpt_cli.train.onnx_export import load_model
 
     full = checkpoint.last_path(tiny_ckpt)
     small = checkpoint.strip_training_state(full, tmp_path / "w.pt")

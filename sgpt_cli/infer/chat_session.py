@@ -34,7 +34,7 @@ from typing import Iterator
 from sgpt_cli.config import heads_text
 from sgpt_cli.errors import SgptError, UsageError, shown
 
-from sgpt_cli.files import atomic_write_text, check_writable_target
+from sgpt_cli.files import atomic_write_text, check_writable_target, without_bom
 from sgpt_cli.home import data_home  # noqa: F401  (re-exported: the history lives there)
 from sgpt_cli.settings import CHAT_SETTINGS, NAME, by_name, check_values, draw_seed
 
@@ -110,57 +110,9 @@ def set_completions(name: str) -> tuple[str, ...]:
     return setting.completions() if setting else ()
 
 
-# --- slash commands ------------------------------------------------------------------------------
+# --- what the session's commands take -----------------------------------------------------------
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    # name: (arguments, what it does)
-    "/help": ("", "this help"),
-    "/set": ("NAME VALUE", "change a setting (/set alone lists them)"),
-    "/show": ("", "the settings, the model file and the script's length"),
-    "/reset": ("", "start a new script (the model forgets everything)"),
-    "/regen": ("[N]", "drop the last reply and generate it again; with N, N alternatives at once"),
-    "/pick": ("K", "keep alternative K of the last /regen N in the script"),
-    "/save": ("FILE", "write the script so far to FILE as plain text"),
-    "/load": ("FILE", "replace the script by FILE's text (a scene saved with /save) and go on from it"),
-    "/explain": ("[N]", "what the model attended to and how its guess formed, at the script's last character "
-                        "(N: the N-th character of the last reply)"),
-    "/next": ("", "the next character's distribution: type a character to pick it, Enter samples one, Esc leaves"),
-    "/quit": ("", "leave (so do /exit and Ctrl-D)"),
-}
-ALIASES = {"/exit": "/quit", "/bye": "/quit", "/?": "/help", "/clear": "/reset"}
-_NO_ARGS = {"/help", "/show", "/reset", "/quit", "/next"}
-MAX_ALTERNATIVES = 16  # /regen N: a screenful to choose from
 MAX_SCRIPT_BYTES = 16 << 20  # /load: a scene; a larger file is a corpus (`sgpt complete` streams those)
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str  # canonical: "/set", "/quit", ...
-    arg: str  # the rest of the line, stripped
-
-
-def is_command(text: str) -> bool:
-    """Slash commands are single lines starting with '/'; the corpus has no '/' to be confused with."""
-    return text.startswith("/") and "\n" not in text.strip()
-
-
-def parse_command(text: str) -> Command:
-    """The command on a line starting with '/'; UsageError with a hint for anything unknown."""
-    word, _, arg = text.strip().partition(" ")
-    word = word.lower()
-    name = ALIASES.get(word, word)
-    if name not in COMMANDS:
-        near = difflib.get_close_matches(word, list(COMMANDS) + list(ALIASES), n=1)
-        hint = f"did you mean {near[0]}? " if near else ""
-        raise UsageError(f"unknown command {shown(word)}; {hint}/help lists the commands")
-    arg = arg.strip()
-    if name in _NO_ARGS and arg:
-        raise UsageError(f"{name} takes no arguments (got {arg!r})")
-    if name in ("/save", "/load") and not arg:
-        raise UsageError(f"{name} needs a file name, e.g. {name} scene.txt")
-    if name == "/pick" and not arg:
-        raise UsageError("/pick needs the number of an alternative, e.g. /pick 2")
-    return Command(name, arg)
 
 
 def count_argument(name: str, arg: str, low: int, high: int) -> int:
@@ -172,30 +124,6 @@ def count_argument(name: str, arg: str, low: int, high: int) -> int:
     if value is None or not low <= value <= high:
         raise UsageError(f"{name} takes a whole number from {low} to {high} (got {arg!r})")
     return value
-
-
-HELP_CONVENTION = (
-    "The session is one play script that grows: what you type is added to it and the model "
-    "continues it.",
-    "Type a speaker's name as the plays write it (ROMEO:, First Citizen:) and the model speaks as "
-    "them; 'ROMEO: But soft' begins Romeo's line and the model finishes it.",
-    "A line of verse joins the script as it is; the play goes on from it, most often with another "
-    "speaker answering. Enter on an empty line lets the play go on.",
-    "A reply is one speech (it ends at a blank line; /set one_speech off lets it run to max_tokens; "
-    "/set stop TEXT ends it at TEXT too). A reply cut at max_tokens is marked …; Enter lets it go on.",
-    "/save FILE and /load FILE (or `sgpt chat FILE`) keep a scene and continue it later, exactly.",
-    f"Several lines: Esc-Enter starts a new line, or open a block with a line of {FENCE} and close "
-    f"it with another.",
-    "Ctrl-C stops a reply (the part written so far is kept) or clears the line; Ctrl-D or /quit "
-    "leaves.",
-)
-
-
-def help_rows() -> list[tuple[str, str]]:
-    rows = [((name + " " + args).strip(), what) for name, (args, what) in COMMANDS.items()]
-    rows.insert(2, ("/set top_k none", "clear top_k, top_p or seed"))
-    rows.insert(3, ("/set heat on", "colour each character of a reply by the probability the model gave it"))
-    return rows
 
 
 # --- multi-line input ----------------------------------------------------------------------------
@@ -463,11 +391,9 @@ class ChatSession:
             raise SgptError(f"cannot load {shown(raw_name)}: it is over {MAX_SCRIPT_BYTES >> 20} MB; a script "
                             "is a scene, not a corpus")
         try:
-            text = data.decode("utf-8")
+            text = without_bom(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise SgptError(f"cannot load {shown(raw_name)}: not UTF-8 text (bad byte at offset {exc.start})") from None
-        if text.startswith("\ufeff"):
-            text = text[1:]
         text, dropped = self.clean(text)
         self.reset()
         self.script = text

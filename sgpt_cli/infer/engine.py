@@ -9,7 +9,7 @@ I/O binding: the CPU) and `DeviceCache` (OrtValues on the model's device: CUDA; 
 bus but ids, positions and one row of logits per request and step).
 
 What it does not do: import torch, print, know about terminals or tokenization beyond the model's
-vocabulary (prompts are ids of known characters; sgpt_cli.infer.complete says what was dropped).
+vocabulary (prompts are ids of known characters; sgpt_cli.infer.prompt says what was dropped).
 
 How a request runs (format 2 of docs/onnx-interface.md): its prompt, trimmed once to the window, is
 prefilled alone (batch 1, its own length, on the model's prefill session) into its row of the
@@ -317,8 +317,8 @@ class DeviceCache(HostCache):
     as past input and present output of every step (in place). Every step feeds all `capacity` rows
     (idle rows a placeholder at position 0: on a GPU the idle rows cost next to nothing, and device
     memory has no views to bind B rows of); a request is prefilled in a one-row buffer and put into
-    its row by a small ScatterND graph (sgpt_cli.infer.onnx_build), on the device. Tested with device "cpu";
-    on CUDA it is UNTESTED here (no GPU was lent)."""
+    its row by a small ScatterND graph (sgpt_cli.infer.onnx_build), on the device. The test suite runs it
+    with device "cpu" (tests/test_engine.py), and nothing in it on CUDA: a change here needs a run on a GPU."""
 
     def __init__(self, model, capacity: int):
         super().__init__(model, capacity)

@@ -1,23 +1,28 @@
-"""Which .onnx file a command runs: --model, else $SGPT_MODEL, else the model shipped with sgpt.
+"""Which .onnx file a command runs: --model, else $SGPT_MODEL, else the model shipped with sgpt; and
+the one way every command opens it (`open_model`: the file found, loaded, checked, an Engine over it).
 
 A model you export is never picked up implicitly: `sgpt export` writes export/model.onnx and says
 how to use it (`--model export/model.onnx` or `$SGPT_MODEL`), so which model answered is never a
-surprise (a freshly exported tiny model used to replace the shipped one silently).
+surprise (picking up a fresh export unasked would replace the shipped model silently).
 
 The shipped files (`shakespeare.onnx`, and the weights `shakespeare.pt` for `--init-from`) lie in
 the checkout's models/, or where a wheel's data-files put them (<prefix>/share/sgpt/models). A
 path the README writes, `models/shakespeare.pt` or `models/shakespeare.onnx`, names the shipped
 file from any folder that has no such file of its own (`shipped_or_given`).
 
-What it does not do: open or check the file (sgpt_cli.infer.onnx_model does). It imports neither
-onnxruntime nor torch, so every command can call it before deciding what to load.
+What it does not do: check the file (sgpt_cli.infer.onnx_model does). It imports neither onnxruntime
+nor torch until `open_model` is called, so every command can look a model up before deciding what to
+load.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sgpt_cli
 from sgpt_cli.errors import SgptError
@@ -26,7 +31,6 @@ from sgpt_cli.files import probe
 SHIPPED_MODEL_NAME = "shakespeare.onnx"
 SHIPPED_WEIGHTS_NAME = "shakespeare.pt"
 SHIPPED_NAMES = (SHIPPED_MODEL_NAME, SHIPPED_WEIGHTS_NAME)
-EXPORT_DEFAULT = Path("export") / "model.onnx"  # where `sgpt export` writes when given no --out
 
 
 def shipped_candidates(name: str) -> list[Path]:
@@ -78,3 +82,32 @@ def find_model(explicit: str | Path | None) -> tuple[Path, str]:
         "no model found: the shipped model is missing from this install; pass --model PATH (an .onnx "
         "file from `sgpt export`) or set $SGPT_MODEL"
     )
+
+
+@dataclass
+class OpenModel:
+    """A model ready to run: the engine over it, which file it is and how it was chosen."""
+
+    engine: Any  # sgpt_cli.infer.engine.Engine (imported when a model is opened, not with this module)
+    path: Path
+    source: str  # "--model", "$SGPT_MODEL" or "shipped"
+    load_s: float  # seconds to find, check and load it
+
+    @property
+    def model(self):
+        return self.engine.model
+
+
+def open_model(choice: str | Path | None, device: str = "auto", threads: int | None = None) -> OpenModel:
+    """The model `choice` names (`find_model`'s order: --model, else $SGPT_MODEL, else the shipped
+    one), loaded on `device` with `threads` (None: the default), an Engine over it."""
+    from sgpt_cli.settings import DEVICE
+
+    DEVICE.check(device)
+    from sgpt_cli.infer.engine import Engine
+    from sgpt_cli.infer.onnx_model import OnnxModel
+
+    t0 = time.perf_counter()
+    path, source = find_model(choice)
+    engine = Engine(OnnxModel(path, device=device, threads=threads))
+    return OpenModel(engine, path, source, time.perf_counter() - t0)

@@ -21,16 +21,13 @@ from sgpt_cli.infer.interrupt import RunGuard
 from sgpt_cli.infer.interface import FORMAT, INPUT_IDS, KV_HEADS_KEY, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
-# Threads, measured on the 2-core development machine with the shipped model (ms per decode step,
-# medians of 9 interleaved rounds; "busy" = two other CPU-bound processes running):
-#   1 row:   1 thread 0.84 idle;  2 threads 0.94 idle, 0.98 busy;  2 spinning 0.86 idle, 2.27 busy
-#   16 rows: 1 thread 11.1 idle, 11.7 busy;  2 threads 8.45 idle, 13.1 busy;  2 spinning 6.5 idle, 20.5 busy
-# A one-row step is ~110 small kernels, too small to split: one thread. A step of many rows streams
-# every row's cache (2.4 MB a row here); ONNX Runtime's own second thread splits each kernel and
-# waits for it (a third faster idle); a spinning pool is fastest idle but loses more than half when
-# the cores are shared, so never spin. Faster again: cut the rows in STEP_PARTS parts and run the
-# parts at once, each on a one-thread session of its own (its own copy of the graph), from two
-# Python threads (ONNX Runtime releases the GIL): no synchronisation inside a step at all.
+# Threads (the measurements, on the 2-core development machine: benchmarks/LOG.md). A one-row step is
+# ~110 small kernels, too small to split: one thread. A step of many rows streams every row's cache
+# (2.4 MB a row here); ONNX Runtime's own second thread splits each kernel and waits for it (faster on
+# idle cores); a spinning pool is fastest idle but loses more than half when the cores are shared, so
+# never spin. Faster again: cut the rows in STEP_PARTS parts and run the parts at once, each on a
+# one-thread session of its own (its own copy of the graph), from two Python threads (ONNX Runtime
+# releases the GIL): no synchronisation inside a step at all.
 # Neither the thread count nor the number of rows beside it changes a row's bits (measured: a row
 # of 8 equals itself alone, 1 or 2 threads; tests/test_engine.py), so any split gives the same text.
 # $SGPT_THREADS (or a caller's own session) means one session of that many threads for every step.
@@ -43,9 +40,9 @@ THREADS_ENV = "SGPT_THREADS"
 # same on 1 or 2 threads: tests/test_export.py). For an int8 file that session computes in float32
 # from the dequantized weights (`session.disable_quant_qdq`: ONNX Runtime folds each DequantizeLinear
 # into a float32 weight when it loads the file): its MatMulNBits kernel quantizes the activations and
-# costs as much per character at 110 characters as for one (measured: 2.3x slower for a 110-character
-# prefill, one thread, busy machine), while it is the faster one for one-character steps of many
-# rows. Every prefill of every row goes through this session, so a row's bits stay its single run's.
+# costs as much per character at 110 characters as for one (a prefill several times slower), while it
+# is the faster one for one-character steps of many rows. Every prefill of every row goes through this
+# session, so a row's bits stay its single run's.
 PREFILL_THREADS = 2
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("sgpt.format", "sgpt.vocab", "sgpt.block_size", "sgpt.n_layer", "sgpt.n_head", "sgpt.n_embd")

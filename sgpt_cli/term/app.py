@@ -1,7 +1,7 @@
 """The `sgpt` command line: a thin Typer layer over the library.
 
 Each command's worker is imported inside the command, so `sgpt complete` never pays for torch.
-`main` also sends `sgpt complete ...` straight to sgpt_cli.infer.complete, which parses the same options
+`main` also sends `sgpt complete ...` straight to sgpt_cli.term.complete, which parses the same options
 (one table) with argparse, so a shell pipeline starts without loading Typer; help and usage errors
 still come from Typer, each usage error as one line. The Typer app is built on first use (`build_app()`, or `app` as an attribute).
 """
@@ -18,7 +18,7 @@ def build_app():
 
     from sgpt_cli import __version__
     from sgpt_cli.term.chat import chat
-    from sgpt_cli.term.complete import complete
+    from sgpt_cli.term.complete import complete_cmd
     from sgpt_cli.term.eval import eval_cmd
     from sgpt_cli.term.explain import explain_cmd
     from sgpt_cli.term.export import export_cmd
@@ -46,7 +46,7 @@ def build_app():
     ) -> None:
         """shakespeareGPT: train a character-level GPT, export it to ONNX, and talk to it."""
 
-    for name, command in (("train", train), ("export", export_cmd), ("chat", chat), ("complete", complete),
+    for name, command in (("train", train), ("export", export_cmd), ("chat", chat), ("complete", complete_cmd),
                           ("eval", eval_cmd), ("explain", explain_cmd), ("serve", serve_cmd)):
         app.command(name, short_help=SUMMARIES[name])(command)
     return app
@@ -63,7 +63,6 @@ SUMMARIES = {
     "explain": "Show what the model attends to and how its guess forms.",
     "serve": "Serve the model over HTTP with OpenAI's API (streaming, batching).",
 }
-SUMMARY_WIDTH = 80 - 6 - len("complete")
 
 
 def __getattr__(name: str):
@@ -94,7 +93,7 @@ def main() -> None:
 
 def dispatch(argv: list[str]) -> int:
     if argv[:1] == ["complete"]:
-        from sgpt_cli.infer.complete import fast_main
+        from sgpt_cli.term.complete import fast_main
 
         code = fast_main(argv[1:])
         if code is not None:

@@ -225,9 +225,6 @@ def install_line(extra: str) -> str:
     return f"pip install 'sgpt[{extra}]' (from a source checkout: pip install -e '.[{extra}]')"
 
 
-TRAIN_INSTALL = install_line("train")
-
-
 def require_extra(command: str) -> None:
     """`sgpt train` and `sgpt export` need the `train` extra (torch, onnx, matplotlib), `sgpt serve`
     the `serve` extra (uvicorn, starlette, sse-starlette), which the runtime install leaves out: say
@@ -245,10 +242,8 @@ def require_extra(command: str) -> None:
                             f"{called}; install it with {install_line(extra)}")
 
 
-require_train_extra = require_extra
 
-
-# --- flags: one way to declare them for every command ----------------------------------------------
+# --- flags: a command's Typer options and its argparse parser, both from its declarations -----------
 
 def typer_option(setting):
     """The Typer option (or, for a setting without flags, argument) of a declared setting."""
@@ -288,3 +283,26 @@ def typer_command(name: str, doc: str, settings: Sequence, worker: Callable[...,
     command.__name__ = command.__qualname__ = name.replace("-", "_")
     command.__doc__ = doc
     return command
+
+
+def argparse_parser(settings: Sequence, prog: str, positional: Sequence[str] = (),
+                    parser_class=None):
+    """An argparse parser for `settings` (plus optional positionals): the Typer-free fast path.
+    Values come out raw; `check_values(..., from_command_line=True)` checks them."""
+    import argparse
+
+    parser_class = parser_class or argparse.ArgumentParser
+    parser = parser_class(prog=prog, add_help=False, allow_abbrev=False)
+    for name in positional:
+        parser.add_argument(name, nargs="?", default=None)
+    for s in settings:
+        if s.kind is bool:
+            on, _, off = s.flags[0].partition("/")
+            parser.add_argument(on, *s.flags[1:], dest=s.name, action="store_true", default=s.default)
+            if off:
+                parser.add_argument(off, dest=s.name, action="store_false")
+        elif s.repeat:
+            parser.add_argument(*s.flags, dest=s.name, type=s.kind, action="append", default=None)
+        else:
+            parser.add_argument(*s.flags, dest=s.name, type=s.kind, default=s.default)
+    return parser

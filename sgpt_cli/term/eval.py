@@ -1,13 +1,22 @@
-"""`sgpt eval`: flags and the report; the scoring (sgpt_cli.infer.evaluate) is imported inside the command.
+"""`sgpt eval`: flags, the worker and the report: the mean cross-entropy of an ONNX model on a text,
+torch-free.
 
-A progress bar is drawn on stderr when stderr is a terminal, never into a pipe or a log file.
+It picks the text (tiny-shakespeare's validation split by default, so the README's figure can be
+checked in one command; the whole of a file given with --data), encodes it with the model's own
+vocabulary, scores it with `sgpt_cli.infer.onnx_model.score_ids` (non-overlapping windows of the model's
+block size, the protocol of training and export). `evaluate` returns plain values; a progress bar is
+drawn on stderr when stderr is a terminal, never into a pipe or a log file.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+import time
+from pathlib import Path
+from typing import Callable
 
-from sgpt_cli.errors import visible
+from sgpt_cli.errors import SgptError, UsageError, visible
 from sgpt_cli.term.common import typer_command
 from sgpt_cli.settings import DATA, DEVICE, JSON, MODEL, Setting
 
@@ -33,10 +42,9 @@ the characters, in windows of the model's block size): the figure the README and
 
 def _run(model, data, split, device, batch_size, as_json) -> int:
     from sgpt_cli.data import default_data
-    from sgpt_cli.infer.evaluate import evaluate
-    from sgpt_cli.infer.model_lookup import find_model
+    from sgpt_cli.infer.model_lookup import open_model
 
-    model_path, source = find_model(model)  # a missing model is said before any text is written
+    opened = open_model(model, device)  # a missing or bad model is said before any text is written
     default = default_data()
     if data is None and not default.exists():  # the README's claim is checkable in one command
         from sgpt_cli.term.console import Console
@@ -46,7 +54,7 @@ def _run(model, data, split, device, batch_size, as_json) -> int:
         fetch_default_data(default, Console(stderr=True, highlight=False))
 
     with progress_bar() as progress:
-        result = evaluate(model_path, data, split, device, batch=batch_size, progress=progress, source=source)
+        result = evaluate(opened, data, split, batch=batch_size, progress=progress)
     if as_json:
         import json
 
@@ -58,6 +66,92 @@ def _run(model, data, split, device, batch_size, as_json) -> int:
 
 
 eval_cmd = typer_command("eval", DOC, OPTIONS, _run)
+
+
+SPLITS = ("val", "train", "all")
+
+
+def resolve_data(data: Path | None, split: str | None) -> tuple[Path, str]:
+    """(text file, split): the default corpus's validation split, or all of a file the user names."""
+    from sgpt_cli.data import default_data
+
+    if split is not None and split not in SPLITS:
+        raise UsageError(f"--split must be val, train or all (got {split!r})")
+    if data is None:
+        default = default_data()
+        if not default.exists():
+            raise SgptError(
+                f"no text to score: {default} is missing; `sgpt eval` writes it when run without "
+                "--data, or pass --data FILE"
+            )
+        return default, split or "val"
+    return Path(data), split or "all"
+
+
+def select_split(text: str, split: str) -> str:
+    """nanoGPT's split: 'train' is the first 90% of the characters, 'val' the last 10%."""
+    from sgpt_cli.data import split_text
+
+    if split == "all":
+        return text
+    train, val = split_text(text)
+    return train if split == "train" else val
+
+
+def evaluate(opened, data: Path | None = None, split: str | None = None, batch: int = 16,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    """Score the chosen text with the opened model (sgpt_cli.infer.model_lookup.open_model),
+    torch-free; the dict is what `sgpt eval --json` prints. It calls `progress(done, total)`."""
+    if batch < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch})")
+    from sgpt_cli.data import TRAIN_FRACTION, read_text
+
+    data_path, split = resolve_data(data, split)
+    text, sha = read_text(data_path)
+    part = select_split(text, split)
+
+    from sgpt_cli.infer.onnx_model import score_ids
+
+    onnx = opened.model
+    tok = onnx.tokenizer
+    ids = tok.encode(part, drop_unknown=True)
+    unknown = tok.unknown(part)
+    if len(ids) == 0:
+        raise SgptError(
+            f"no character of {data_path} ({split} split) is in the model's vocabulary; "
+            "score a text in the alphabet the model was trained on"
+        )
+    t0 = time.perf_counter()
+    loss, scored = score_ids(onnx, ids, batch=batch, progress=progress)
+    seconds = time.perf_counter() - t0
+    model_sha = onnx.meta.get("sgpt.data_sha256") or None
+    return {
+        "model": str(opened.path),
+        "model_source": opened.source,
+        "data": str(data_path),
+        "split": split,
+        "split_rule": (f"the last {1 - TRAIN_FRACTION:.0%} of the characters" if split == "val" else
+                       f"the first {TRAIN_FRACTION:.0%} of the characters" if split == "train" else "the whole file"),
+        "chars": len(part),
+        "chars_scored": scored,
+        "unknown_chars": len(part) - len(ids),
+        "unknown_kinds": unknown,
+        "loss": loss,
+        "bits_per_char": loss / math.log(2),
+        "perplexity": math.exp(loss),
+        "seconds": seconds,
+        "chars_per_s": scored / seconds if seconds > 0 else None,
+        "block_size": onnx.block_size,
+        "device": onnx.device,
+        "recorded_val_loss": onnx.val_loss,
+        # recorded minus measured: 0 up to float rounding on the CPU that exported the model; an
+        # int8 model scores a few 1e-5 apart on CPUs with other vector instructions (it is scored in
+        # float32 from its dequantized weights: OnnxModel.prefill_session)
+        "recorded_minus_measured": None if onnx.val_loss is None else onnx.val_loss - loss,
+        "quantization": onnx.meta.get("sgpt.quantization") or "none",
+        # whether this is the very text the model was trained on (None: the model does not say)
+        "same_text": None if model_sha is None else model_sha == sha,
+    }
 
 
 def render(r: dict) -> str:

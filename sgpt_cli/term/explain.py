@@ -43,7 +43,7 @@ printf 'JULIET:\\nO Romeo' | sgpt explain --json | jq '.lens[].top[0]'
 
 def read_prompt(argument: str | None) -> str:
     """stdin (when it is not a terminal), then the argument, as `sgpt complete` joins them."""
-    from sgpt_cli.infer.complete import StreamedPrompt
+    from sgpt_cli.infer.prompt import StreamedPrompt
 
     stdin = sys.stdin.buffer if sys.stdin is not None else None
     return "".join(StreamedPrompt(stdin, argument).pieces())

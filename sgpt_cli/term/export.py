@@ -1,4 +1,4 @@
-"""`sgpt export`: flags, the progress display and the report; the work (sgpt_cli.train.export, which needs
+"""`sgpt export`: flags, the progress display and the report; the work (sgpt_cli.train.onnx_export, which needs
 torch) is imported inside the command.
 
 On a terminal (and without NO_COLOR) a rich spinner names the stage; otherwise each stage is one plain
@@ -14,7 +14,7 @@ from typing import Iterator
 
 from sgpt_cli.config import heads_text
 from sgpt_cli.errors import visible
-from sgpt_cli.term.common import require_train_extra, terminate_as_interrupt, typer_command, use_color
+from sgpt_cli.term.common import require_extra, terminate_as_interrupt, typer_command, use_color
 from sgpt_cli.settings import CHECKPOINT, DATA, EXPORT_OUT, QUANTIZE
 
 
@@ -37,9 +37,9 @@ and appears only after ONNX Runtime has matched PyTorch's logits; a failed check
 
 
 def _run(checkpoint, out, quantize, data) -> int:
-    require_train_extra("export")
+    require_extra("export")
     with terminate_as_interrupt():
-        from sgpt_cli.train.export import export
+        from sgpt_cli.train.onnx_export import export
 
         with stage_display() as (status, progress):
             report = export(checkpoint, out, quantize=quantize, data=data, status=status,

@@ -1,5 +1,5 @@
 """`sgpt train`: flags only (declared as sgpt_cli.settings.Setting; every TrainConfig field is a
-flag whose unset value keeps the preset's). The work happens in sgpt_cli.term.training, imported when
+flag whose unset value keeps the preset's). The work happens in sgpt_cli.term.train_run, imported when
 the command runs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Iterator
 
 import typer
 
-from sgpt_cli.term.common import require_train_extra, typer_command, user_errors
+from sgpt_cli.term.common import require_extra, typer_command, user_errors
 from sgpt_cli.config import PRESETS, TrainConfig
 from sgpt_cli.errors import SgptError
 from sgpt_cli.settings import DATA, DEVICE, Setting
@@ -57,7 +57,7 @@ def _rank_errors() -> Iterator[None]:
     except RuntimeError:
         # after Ctrl-C rank 0 may save and leave while this rank waits in a collective, which then
         # fails: that is the stop everyone asked for, not an error to print
-        from sgpt_cli.term.training import StopRequest
+        from sgpt_cli.term.train_run import StopRequest
 
         if StopRequest.signalled:
             raise typer.Exit(130) from None
@@ -130,8 +130,8 @@ or machines: torchrun --nproc_per_node=N -m sgpt_cli train ... (PyTorch DDP).
 
 
 def _run(data, preset, out, resume, init_from, force, device, **overrides) -> int:
-    require_train_extra("train")
-    from sgpt_cli.term.training import run_train
+    require_extra("train")
+    from sgpt_cli.term.train_run import run_train
 
     return run_train(data=data, preset=preset, out=out, resume=resume, force=force, device=device, overrides=overrides,
                      init_from=init_from)

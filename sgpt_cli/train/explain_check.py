@@ -4,7 +4,7 @@ graph (sgpt_cli.infer.explain) against the GPT they were exported from.
 What it holds: `reference(model, ids)`, PyTorch's softmax(Q K^T / sqrt(d)) with the causal mask for
 every layer and head (grouped heads read their key/value head) and the lens (final norm, head, cap)
 on the residual before the first layer and after each; `verify_explain(model, path)`, which
-sgpt_cli.train.export runs on every file it writes. What it does not do: run the GPT's own forward
+sgpt_cli.train.onnx_export runs on every file it writes. What it does not do: run the GPT's own forward
 (it follows the same modules step by step, to keep what forward throws away).
 """
 

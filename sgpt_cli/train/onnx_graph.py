@@ -21,7 +21,7 @@ int8: weights as int8 with one float32 scale per output column, `DequantizeLinea
 (ONNX Runtime fuses the pair into its MatMulNBits kernel when it loads the file), the embedding kept
 in float32 (65 x n_embd: small).
 
-What it does not do: verify (sgpt_cli.train.export does, against PyTorch) or run the model: weights come in
+What it does not do: verify (sgpt_cli.train.onnx_export does, against PyTorch) or run the model: weights come in
 as numpy arrays keyed by the GPT's state-dict names.
 """
 
@@ -76,7 +76,7 @@ def _linear(g: _Graph, x: str, name: str, weight: np.ndarray, int8: bool, out: s
 
 
 def build(weights: dict[str, np.ndarray], cfg, int8: bool = False):
-    """The decoder as an onnx.ModelProto (no metadata: sgpt_cli.train.export adds it). cfg: ModelConfig.
+    """The decoder as an onnx.ModelProto (no metadata: sgpt_cli.train.onnx_export adds it). cfg: ModelConfig.
     A layer is 15 nodes: LayerNormalization, MatMul (q|k|v), Split, RotaryEmbedding (queries and keys
     together), Split, 2 x TensorScatter, Attention, MatMul, Add, LayerNormalization, MatMul, Gelu,
     MatMul, Add (+ a DequantizeLinear per weight in int8, which ONNX Runtime folds into its matmul)."""

@@ -54,7 +54,7 @@ class Muon(torch.optim.Optimizer):
 
     torch.optim.Muon runs Newton-Schulz in bfloat16, which costs 20x float32 on CPUs without
     bf16 units (4.3 s vs 0.19 s a step for a 6 x 192 model on one thread here); this one runs it in
-    `ns_dtype`: the run's precision (precision.resolve_precision). The update
+    `ns_dtype`: the run's precision (sgpt_cli.train.precision.resolve_precision). The update
     is scaled by 0.2 * sqrt(max(rows, cols)), so one learning rate means about what it means for AdamW.
     """
 

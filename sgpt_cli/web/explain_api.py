@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 
 from sgpt_cli.errors import SgptError
-from sgpt_cli.infer.serve_api import ApiError, bad, check_model
+from sgpt_cli.web.openai_api import ApiError, bad, check_model
 
 FIELDS = {"model", "prompt", "at", "layer", "head"}
 _LOCK = threading.Lock()  # one explain graph per server, opened once

@@ -24,7 +24,7 @@ import time
 from starlette.responses import JSONResponse as _StarletteJSON
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sgpt_cli.errors import SgptError, shown, visible
+from sgpt_cli.errors import SgptError, visible
 
 # A request's head (its line and headers) must be whole this long after the connection opened or
 # the previous response ended: a client on any network sends a few hundred bytes in well under a

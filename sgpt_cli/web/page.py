@@ -21,7 +21,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sgpt_cli.infer.serve_api import ApiError
+from sgpt_cli.web.openai_api import ApiError
 from sgpt_cli.infer.chat_session import SPEECH_END
 from sgpt_cli.web.limits import JSONResponse
 from sgpt_cli.settings import CHAT_SETTINGS, SEED_DRAW, SERVE_STOPS, Setting, by_name

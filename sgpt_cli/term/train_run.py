@@ -274,6 +274,7 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
     interrupted (after saving). User errors raise SgptError.
     """
     from sgpt_cli.train import trainer  # torch: only now
+    from sgpt_cli.train.resume import config_for_init, load_resume_state
 
     master = int(os.environ.get("RANK", "0")) == 0
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -305,11 +306,11 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
 
     resume_ckpt = init = None
     if resume:
-        resume_ckpt, cfg = trainer.load_resume_state(out, sha, None, overrides, text=text)
+        resume_ckpt, cfg = load_resume_state(out, sha, None, overrides, text=text)
     if init_from is not None:
         init_from = shipped_or_given(init_from)  # models/shakespeare.pt from any folder: the shipped weights
         init = {**checkpoint.load(init_from), "source": str(init_from)}
-        cfg = trainer.config_for_init(cfg, init, overrides)
+        cfg = config_for_init(cfg, init, overrides)
     trainer.check_text_length(cfg, text)
     check_writable_target(out)  # creates the folder: only now that every input is known to be good
 

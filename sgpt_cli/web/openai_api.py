@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from sgpt_cli.infer.complete import PromptRead, read_for_model, unknown_note
+from sgpt_cli.infer.prompt import PromptRead, read_for_model, unknown_note
 from sgpt_cli.errors import UsageError
 from sgpt_cli.infer.logprobs import chat_logprobs, completion_logprobs
 from sgpt_cli.settings import (CHAT_SETTINGS, LOGPROBS, NAME, SAMPLING, SAMPLING_NAMES, SERVE_REQUEST, SERVE_STOPS,

@@ -9,7 +9,7 @@ earlier one are done (`run_batch`), as strict JSON (`dumps`: no NaN, terminal co
 and the N samples of one prompt (`run_samples`). A row (or sample) that asks for logprobs (its
 "logprobs", or --logprobs) carries them as `complete --json` does (`with_logprobs`).
 
-What it does not do: sample or run ONNX (sgpt_cli.infer.engine does), parse flags (sgpt_cli.infer.complete),
+What it does not do: sample or run ONNX (sgpt_cli.infer.engine does), parse flags (sgpt_cli.term.complete),
 import Typer, rich or torch.
 
 Exit status of a batch: 0 when every line was a good request, 1 when any line was malformed (the
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
 from sgpt_cli.errors import SgptError, UsageError, visible
+from sgpt_cli.files import without_bom
 from sgpt_cli.settings import draw_seed
 
 DEFAULT_BATCH_SIZE = 64  # rows at once: 64 prompts x 200 characters took 7.0 s at 32 rows, 6.5 s at 64
@@ -117,10 +118,6 @@ def row_params(defaults, settings: dict):
     return sampling_params_from(settings, NAME, defaults=dataclasses.asdict(defaults))
 
 
-def parse_batch(lines: Iterable[str], defaults) -> list[BatchLine]:
-    return list(iter_batch(lines, defaults))
-
-
 def iter_batch(lines: Iterable[str], defaults, prepare=None) -> Iterator[BatchLine]:
     """BatchLines of `lines` (blank ones skipped), one at a time; `prepare(line)` is called on each
     good one (the command cuts its prompt to what the model reads, and warns)."""
@@ -157,8 +154,8 @@ def read_lines(f: BinaryIO, limit: int = None) -> Iterator[str]:
         if skipped >= 0:
             return TooLong(f"{skipped}")
         text = b"".join(parts).decode("utf-8", errors="replace")
-        if first and text.startswith("\ufeff"):
-            text = text[1:]
+        if first:
+            text = without_bom(text)
         first = False
         return text
 
@@ -336,7 +333,8 @@ def run_samples(engine, prompt: str, fed: str, params, n: int, batch_size: int |
     chars = sum(len("".join(t)) for t in texts)
     result = {
         "model": about["model"], "prompt": prompt, "device": about["device"],
-        "samples": [with_logprobs({"seed": seeds[i], "text": "".join(texts[i]), "tokens": len("".join(texts[i])),
+        "samples": [with_logprobs({"seed": seeds[i], "text": "".join(texts[i]), "chars": len("".join(texts[i])),
+                                   "tokens": len("".join(texts[i])),  # the 0.1 name, kept for one release
                                    "stop_reason": done[i].stop_reason}, params, believed[i]) for i in range(n)],
         "timings": {"load_s": about["load_s"], "generate_s": round(seconds, 4),
                     "chars_per_s": round(chars / seconds, 1) if seconds > 0 else 0.0},
