@@ -16,6 +16,13 @@ from sgpt_cli.errors import UsageError
 # the longest context window sgpt trains, exports or opens: a window's attention costs T^2 per head, and
 # at 65536 one window is already ~17 GB of float32 scores per head; a larger claim is a damaged file
 MAX_BLOCK_SIZE = 1 << 16
+# the largest shapes sgpt builds: checked before any model is (a checkpoint claiming n_layer 10**6 would
+# take minutes to build even on PyTorch's meta device, one claiming n_embd 2**40 overflows its size
+# arithmetic). Far past any character model: GPT-3 is 96 layers of 12,288; a character vocabulary holds
+# at most every Unicode code point
+MAX_LAYERS = 1024
+MAX_EMBD = 1 << 16
+MAX_VOCAB = 0x110000
 
 
 def heads_text(n_head: int, n_kv_head: int) -> str:
@@ -61,12 +68,13 @@ class ModelConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.vocab_size >= 1, "the vocabulary must hold at least one character"),
+            (1 <= self.vocab_size <= MAX_VOCAB,
+             f"the vocabulary must hold from 1 to {MAX_VOCAB:,} characters (got {self.vocab_size})"),
             (1 <= self.block_size <= MAX_BLOCK_SIZE,
              f"--block-size must be from 1 to {MAX_BLOCK_SIZE} (got {self.block_size})"),
-            (self.n_layer >= 1, f"--n-layer must be at least 1 (got {self.n_layer})"),
+            (1 <= self.n_layer <= MAX_LAYERS, f"--n-layer must be from 1 to {MAX_LAYERS} (got {self.n_layer})"),
             (self.n_head >= 1, f"--n-head must be at least 1 (got {self.n_head})"),
-            (self.n_embd >= 1, f"--n-embd must be at least 1 (got {self.n_embd})"),
+            (1 <= self.n_embd <= MAX_EMBD, f"--n-embd must be from 1 to {MAX_EMBD} (got {self.n_embd})"),
             (
                 self.n_head >= 1 and self.n_embd % self.n_head == 0,
                 f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})",
@@ -278,16 +286,50 @@ def build_train_config(preset: str, overrides: dict) -> TrainConfig:
 FORMER_DEFAULTS = {"lr_schedule": "cosine"}
 
 
+_TYPE_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text"}
+
+
+def _typed_fields(cls, values: dict) -> dict:
+    """The values a file gives for `cls`'s fields (others ignored), each strictly of its field's type:
+    TypeError naming the first that is not. A file is not a command line: qk_norm "yes" or 1 is a
+    damaged file, not true; a whole-number field takes no 2.0; a number field takes a whole number."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # "int", ...: annotations are strings here
+    out = {}
+    for name, value in values.items():
+        kind = kinds.get(name)
+        if kind is None:
+            continue
+        if kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                try:
+                    value = float(value)  # a 400-digit whole number overflows
+                except OverflowError:
+                    ok = False
+                ok = ok and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            text = repr(value) if not isinstance(value, int) or value.bit_length() < 100 else "a huge number"
+            raise TypeError(f"{name} is {text[:40]}, not {_TYPE_WORDS.get(kind, kind)}")
+        out[name] = value
+    return out
+
+
 def train_config_from_dict(values: dict) -> TrainConfig:
     """Rebuild a TrainConfig saved in a checkpoint, ignoring fields this version does not know; a
-    field it lacks takes the value it had when the checkpoint was written (a resumed run keeps its schedule)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{**FORMER_DEFAULTS, **{k: v for k, v in values.items() if k in known}})
+    field it lacks takes the value it had when the checkpoint was written (a resumed run keeps its schedule).
+    TypeError for a field of the wrong type (`_typed_fields`)."""
+    return TrainConfig(**{**FORMER_DEFAULTS, **_typed_fields(TrainConfig, values)})
 
 
 def model_config_from_dict(values: dict) -> ModelConfig:
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in values.items() if k in known})
+    """A ModelConfig saved in a checkpoint; TypeError for a field of the wrong type (`_typed_fields`)."""
+    return ModelConfig(**_typed_fields(ModelConfig, values))
 
 
 __all__ = [

@@ -29,6 +29,9 @@ from typing import Iterable, List, Optional, Sequence
 
 from sgpt_cli.errors import UsageError
 
+# the largest number a setting without an upper limit takes: what numpy's and PyTorch's int64 hold, so
+# no count reaches a C library as an overflow (a 400-digit max_tokens is a typo, not a request)
+WHOLE_MOST = 2**63 - 1
 FLAG, NAME = "flag", "name"  # how a message names a setting: --top-k (command line) or top_k (/set, rows)
 _ON = ("on", "true", "yes", "1")
 _OFF = ("off", "false", "no", "0")
@@ -58,6 +61,14 @@ def _number(x) -> str:
 def _cut(text: str, limit: int = 80) -> str:
     """A refused value as a one-line message quotes it: at most `limit` characters."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _quoted(value) -> str:
+    """repr(value) cut for a message. A whole number is written by its size past 60 digits: repr of one
+    over Python's int-digit limit (4,300) raises ValueError, and 400 digits say nothing to a reader."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    return _cut(repr(value))
 
 
 @dataclass(frozen=True)
@@ -96,8 +107,16 @@ class Setting:
     def label(self, style: str = FLAG) -> str:
         return self.flag if style == FLAG else self.name
 
-    def annotation(self):
-        """The Python type Typer reads to build the option."""
+    @property
+    def worded(self) -> bool:
+        """A number that a word also sets (--top-k off, --seed random): a command line gives it as text,
+        which `parse` reads, so the word --help shows as the default is accepted too."""
+        return self.kind in (int, float) and self.none is not None and not self.repeat
+
+    def annotation(self, command_line: bool = False):
+        """The Python type Typer reads to build the option (`command_line`: as a flag's text)."""
+        if command_line and self.worded:
+            return Optional[str]
         if self.kind is bool:
             return Optional[bool] if self.default is None else bool
         if self.repeat:
@@ -150,7 +169,7 @@ class Setting:
     # --- checking and reading values ------------------------------------------------------------
 
     def _bad(self, value, style: str) -> UsageError:
-        return UsageError(f"{self.label(style)} must be {self.rule(style)} (got {_cut(repr(value))})")
+        return UsageError(f"{self.label(style)} must be {self.rule(style)} (got {_quoted(value)})")
 
     def check(self, value, style: str = FLAG):
         """`value` as the setting holds it (5.0 -> 5 for whole numbers, a list -> a tuple), or a
@@ -161,7 +180,7 @@ class Setting:
             # a list (or tuple) of values: a string, a mapping ({"a": 1} is not the list ["a"]) or a
             # set is refused, whatever iterates
             if not isinstance(value, (list, tuple)):
-                raise UsageError(f"{self.label(style)} must be a list of strings (got {_cut(repr(value))})")
+                raise UsageError(f"{self.label(style)} must be a list of strings (got {_quoted(value)})")
             if self.most is not None and len(value) > self.most:
                 raise UsageError(f"{self.label(style)} takes at most {self.most:,} values (got {len(value):,})")
             return tuple(self._check_one(v, style) for v in value)
@@ -175,7 +194,15 @@ class Setting:
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise self._bad(value, style)
-            if not math.isfinite(value) or (self.kind is int and int(value) != value):
+            if isinstance(value, numbers.Integral):
+                # exact: math.isfinite and float() raise OverflowError on a whole number past ~1e308
+                # (400 digits on a command line, in a /set or a JSON row); the range below refuses it
+                value = int(value)
+                if self.kind is float:
+                    if value.bit_length() > 1000:  # past any range a float setting has
+                        raise self._bad(value, style)
+                    value = float(value)
+            elif not math.isfinite(value) or (self.kind is int and int(value) != value):
                 raise self._bad(value, style)
             value = int(value) if self.kind is int else float(value)
             if self.zero and value == 0:
@@ -184,6 +211,8 @@ class Setting:
                 raise self._bad(value, style)
             if self.high is not None and value > self.high:
                 raise self._bad(value, style)
+            if self.high is None and abs(value) > WHOLE_MOST:
+                raise UsageError(f"{self.label(style)} must be at most {WHOLE_MOST:,} (got {_quoted(value)})")
             return value
         if self.kind is Path and isinstance(value, Path):
             value = str(value)
@@ -235,6 +264,8 @@ def check_values(settings: Sequence[Setting], values: dict, style: str = FLAG, *
         if s.name not in out:
             continue
         value = out[s.name]
+        if from_command_line and s.worded and isinstance(value, str):
+            value = s.parse(value, style)
         if from_command_line and s.escapes and value is not None:
             value = [decode_escapes(v) for v in value] if s.repeat else decode_escapes(value)
         if s.repeat and value is None:
@@ -429,5 +460,5 @@ def argparse_parser(settings: Sequence[Setting], prog: str, positional: Sequence
         elif s.repeat:
             parser.add_argument(*s.flags, dest=s.name, type=s.kind, action="append", default=None)
         else:
-            parser.add_argument(*s.flags, dest=s.name, type=s.kind, default=s.default)
+            parser.add_argument(*s.flags, dest=s.name, type=str if s.worded else s.kind, default=s.default)
     return parser

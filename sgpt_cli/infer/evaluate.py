@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from sgpt_cli.data import TRAIN_FRACTION, default_data, read_text, split_text
-from sgpt_cli.errors import SgptError, UsageError
+from sgpt_cli.errors import SgptError, UsageError, shown
 
 SPLITS = ("val", "train", "all")
 
@@ -71,6 +71,9 @@ def evaluate(model: str | Path | None = None, data: Path | None = None, split: s
     t0 = time.perf_counter()
     loss, scored = score_ids(onnx, ids, batch=batch, progress=progress)
     seconds = time.perf_counter() - t0
+    if not math.isfinite(loss):  # a damaged or hostile model's NaN: no score, and no strict JSON holds it
+        raise SgptError(f"{shown(model_path)} gives no finite score to this text (its loss is {loss}); re-export "
+                        "the model with `sgpt export`")
     model_sha = onnx.meta.get("sgpt.data_sha256") or None
     return {
         "model": str(model_path),
@@ -85,7 +88,7 @@ def evaluate(model: str | Path | None = None, data: Path | None = None, split: s
         "unknown_kinds": unknown,
         "loss": loss,
         "bits_per_char": loss / math.log(2),
-        "perplexity": math.exp(loss),
+        "perplexity": math.exp(loss) if loss < 700 else None,  # past float's range: e**710
         "seconds": seconds,
         "chars_per_s": scored / seconds if seconds > 0 else None,
         "block_size": onnx.block_size,

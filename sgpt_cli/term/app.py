@@ -75,6 +75,12 @@ def main() -> None:
     from sgpt_cli.term.common import FILE_COMMANDS, LOST_STDOUT, STDOUT_COMMANDS, err, guard_streams, report
     from sgpt_cli.errors import SgptError
 
+    if not sys.warnoptions:  # -W or PYTHONWARNINGS: someone asked to see them
+        import warnings
+
+        # a library's warning (torch on a hostile checkpoint, numpy on a NaN) is several raw lines a
+        # user cannot act on; sgpt says what matters in its own one line (errors.library_warnings_silenced)
+        warnings.simplefilter("ignore")
     argv = sys.argv[1:]
     command = argv[0] if argv else ""
     closed = guard_streams(lenient_stdout=command in FILE_COMMANDS, past_closed_pipe=command == "export")

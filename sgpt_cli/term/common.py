@@ -282,7 +282,7 @@ def typer_command(name: str, doc: str, settings: Sequence, worker: Callable[...,
         raise typer.Exit(code or 0)
 
     params = [inspect.Parameter(s.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=typer_option(s),
-                                annotation=s.annotation()) for s in settings]
+                                annotation=s.annotation(command_line=True)) for s in settings]
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = command.__qualname__ = name.replace("-", "_")

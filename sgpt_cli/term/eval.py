@@ -48,9 +48,9 @@ def _run(model, data, split, device, batch_size, as_json) -> int:
     with progress_bar() as progress:
         result = evaluate(model_path, data, split, device, batch=batch_size, progress=progress, source=source)
     if as_json:
-        import json
+        from sgpt_cli.jsonout import dumps
 
-        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps(result) + "\n")
     else:
         sys.stdout.write(render(result))
     sys.stdout.flush()
@@ -67,7 +67,7 @@ def render(r: dict) -> str:
         f"model       {r['model']} ({source}{r['device']})",
         f"data        {r['data']}, {r['split']} split ({r['split_rule']}): {r['chars']:,} characters",
         f"loss        {r['loss']:.4f} nats/char ({r['bits_per_char']:.3f} bits/char)",
-        f"perplexity  {r['perplexity']:.3f}",
+        f"perplexity  {r['perplexity']:.3f}" if r["perplexity"] is not None else "perplexity  past e**700",
         f"scored      {r['chars_scored']:,} characters in windows of {r['block_size']}, "
         f"{r['seconds']:.1f} s ({r['chars_per_s'] or 0:,.0f} chars/s)",
     ]

@@ -29,7 +29,7 @@ import torch
 
 from sgpt_cli.train import checkpoint, onnx_graph
 from sgpt_cli.config import model_config_from_dict
-from sgpt_cli.errors import SgptError, first_line
+from sgpt_cli.errors import SgptError, first_line, library_warnings_silenced
 from sgpt_cli.files import atomic_path, check_writable_target
 from sgpt_cli.infer.interface import FORMAT, KV_HEADS_KEY
 from sgpt_cli.settings import CHECKPOINT, EXPORT_OUT, QUANTIZE
@@ -141,7 +141,8 @@ def save_checked(proto, path: Path) -> None:
     if not embedded(onnx.load(str(path), load_external_data=False)):
         raise SgptError(f"{path} refers to weights outside itself; check the onnx version")
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        with library_warnings_silenced():  # what fails it is said in one line below
+            onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise SgptError(f"the exported graph fails onnx.checker ({first_line(exc)}); check the onnx version") from None
 

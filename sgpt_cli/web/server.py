@@ -47,13 +47,23 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from sgpt_cli.infer.engine import Event
 from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown
 from sgpt_cli.infer.serve_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
+from sgpt_cli.jsonout import dumps
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Starlette's, written by sgpt's one JSON writer (C1, bidi and zero-width characters escaped)."""
+
+    def render(self, content) -> bytes:
+        return dumps(content).encode("utf-8")
+
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
 # A stream sends at most one chunk per choice every CHUNK_S (the first at once, a choice's last as
@@ -361,6 +371,9 @@ async def read_json(request: HttpRequest, limit: int) -> dict:
                        code="invalid_json") from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply", code="invalid_json") from None
+    except ValueError:  # a number past Python's int-digit limit: its own advice is for a programmer
+        raise ApiError(400, f"the body is not valid JSON (a number has more than {sys.get_int_max_str_digits():,} "
+                            "digits)", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}", code="invalid_json")
     return body
@@ -416,7 +429,7 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: Sink):
     parsed = reply.request
 
     def data(obj) -> dict:
-        return {"data": json.dumps(obj, ensure_ascii=False)}
+        return {"data": dumps(obj)}  # the one JSON writer (sgpt_cli.jsonout): no terminal controls raw
 
     try:
         for k in range(len(parsed.jobs)):
