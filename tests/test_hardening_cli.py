@@ -360,3 +360,51 @@ def test_the_model_config_limits_leave_every_preset_buildable():
         build_train_config(name, {}).model_config(vocab_size=65).validate()
     with pytest.raises(UsageError, match="--n-layer"):
         build_train_config("tiny", {"n_layer": 10**6})
+
+
+# --- class 12: signal handlers from the first instant ---------------------------------------------
+
+# the child signals itself at the moment it starts importing TARGET: the window the battery hit by timing
+_SIGNAL_DURING_IMPORT = """
+import os, signal, sys
+SIG, TARGET = getattr(signal, sys.argv[1]), sys.argv[2]
+class Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name == TARGET:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), SIG)
+        return None
+sys.meta_path.insert(0, Finder())
+sys.argv = ["sgpt", *sys.argv[3:]]
+from sgpt_cli.term.app import main
+main()
+"""
+
+SIGNAL_COMMANDS = {
+    "train": (["train", "--preset", "tiny", "--max-iters", "1", "--data", "DATA", "--out", "OUT"], ("typer", "torch")),
+    "serve": (["serve", "--port", "0"], ("typer", "uvicorn", "onnxruntime")),
+    "chat": (["chat", "--seed", "1"], ("typer", "rich", "onnxruntime")),
+    "export": (["export", "CKPT", "--out", "OUT"], ("typer", "torch", "onnx")),
+}
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("command", list(SIGNAL_COMMANDS))
+def test_a_signal_during_a_commands_imports_ends_it_as_one_later_would(command, signame, tmp_path, text_file,
+                                                                       tiny_ckpt):
+    import signal
+
+    args, targets = SIGNAL_COMMANDS[command]
+    args = [{"DATA": str(text_file), "OUT": str(tmp_path / "out.x"), "CKPT": str(tiny_ckpt)}.get(a, a) for a in args]
+    for target in targets:
+        proc = subprocess.run([SGPT[0], "-c", _SIGNAL_DURING_IMPORT, signame, target, *args], capture_output=True,
+                              text=True, env=run_env(NO_COLOR="1"), cwd=tmp_path, timeout=120, stdin=subprocess.PIPE)
+        assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, (target, proc.stderr)
+        if signame != "SIGINT" and command == "chat":  # chat keeps the default action, before and after start-up
+            assert proc.returncode == -getattr(signal, signame), (target, proc.returncode, proc.stderr)
+            continue
+        # 130; a shell reads Python's own exit by SIGINT (after a KeyboardInterrupt passed through an
+        # extension's PyRun_String) as 130 too
+        assert proc.returncode in (130, -signal.SIGINT), (target, proc.returncode, proc.stderr)
+        assert proc.stderr.strip() == "sgpt: interrupted", (target, proc.stderr)
+        assert list(tmp_path.iterdir()) == [], target  # nothing written, not even half
