@@ -408,3 +408,45 @@ def test_a_signal_during_a_commands_imports_ends_it_as_one_later_would(command, 
         assert proc.returncode in (130, -signal.SIGINT), (target, proc.returncode, proc.stderr)
         assert proc.stderr.strip() == "sgpt: interrupted", (target, proc.stderr)
         assert list(tmp_path.iterdir()) == [], target  # nothing written, not even half
+
+
+# --- defect 3: a resumed budgeted run gets the same budget again ----------------------------------
+
+def _budgeted_run(tmp_path, text_file, should_stop=lambda: False):
+    pytest.importorskip("torch")
+    from sgpt_cli.config import build_train_config
+    from sgpt_cli.data import read_text
+    from sgpt_cli.train import checkpoint, trainer
+
+    text, sha = read_text(text_file)
+    cfg = build_train_config("tiny", {"time_budget": 2.0, "max_iters": 10**6, "eval_iters": 2, "sample_chars": 0})
+    out = tmp_path / "b.pt"
+    result = trainer.train(cfg, text, sha, out, device="cpu", should_stop=should_stop)
+    return result, checkpoint.load(checkpoint.last_path(out)), (out, sha, text)
+
+
+def test_a_run_that_stopped_to_leave_time_for_its_final_measurement_counts_as_spent(tmp_path, text_file,
+                                                                                    one_torch_thread):
+    from sgpt_cli.train import trainer
+
+    result, last, (out, sha, text) = _budgeted_run(tmp_path, text_file)
+    assert result.status == "time" and last["budget_spent"] is True
+    _, again = trainer.load_resume_state(out, sha, None, {}, text=text)
+    assert again.time_budget == pytest.approx(last["train_seconds"] + 2.0)  # the same budget again
+    _, more = trainer.load_resume_state(out, sha, None, {"time_budget": 5.0}, text=text)
+    assert more.time_budget == pytest.approx(last["train_seconds"] + 5.0)  # --time-budget: this much more
+
+
+def test_a_budgeted_run_stopped_by_the_user_goes_on_with_what_was_left(tmp_path, text_file, one_torch_thread):
+    from sgpt_cli.train import trainer
+
+    calls = []
+
+    def after_a_few_steps() -> bool:
+        calls.append(1)
+        return len(calls) > 5
+
+    result, last, (out, sha, text) = _budgeted_run(tmp_path, text_file, after_a_few_steps)
+    assert result.status == "interrupted" and "budget_spent" not in last
+    _, rest = trainer.load_resume_state(out, sha, None, {}, text=text)
+    assert rest.time_budget == 2.0  # a total: the resumed session gets the seconds not yet spent
