@@ -436,8 +436,18 @@ SERVE_STOPS = 16  # stop strings one request may give (OpenAI allows 4)
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
                      "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")
-EXPORT_OUT = Setting("out", ("--out", "-o"), Path, Path("export/model.onnx"),  # run it with --model
-                     "The ONNX file to write (one file, weights inside).", metavar="PATH")
+EXPORT_FOLDER = Path("export")
+
+
+def export_out_for(checkpoint) -> Path:
+    """Where `sgpt export CHECKPOINT` writes without --out: export/NAME.onnx, NAME the checkpoint's, so
+    exporting a fine-tune (models/dev-tuned.pt) never replaces another model's export (export/model.onnx)."""
+    return EXPORT_FOLDER / (Path(checkpoint).stem + ".onnx")
+
+
+EXPORT_OUT = Setting("out", ("--out", "-o"), Path, None,  # None: export_out_for(checkpoint); run it with --model
+                     "The ONNX file to write (one file, weights inside).",
+                     shown="export/NAME.onnx, NAME the checkpoint's (models/model.pt: export/model.onnx)", metavar="PATH")
 QUANTIZE = Setting("quantize", ("--quantize", "-q"), str, None,  # None: float32
                    "Store the weight matrices as int8 (standard DequantizeLinear, one scale per column): about 4x smaller; "
                    "refused if the validation loss rises by more than 0.02 nats/char.", shown="float32",

@@ -450,3 +450,143 @@ def test_a_budgeted_run_stopped_by_the_user_goes_on_with_what_was_left(tmp_path,
     assert result.status == "interrupted" and "budget_spent" not in last
     _, rest = trainer.load_resume_state(out, sha, None, {}, text=text)
     assert rest.time_budget == 2.0  # a total: the resumed session gets the seconds not yet spent
+
+
+# --- defect 5: what a new user reads ---------------------------------------------------------------
+
+class _Terminal:
+    """A terminal `columns` wide, as rich and sgpt's checks see one."""
+
+    def __new__(cls, columns: int):
+        import io
+
+        from rich.console import Console
+
+        class TtyIO(io.StringIO):
+            def isatty(self):
+                return True
+
+        return Console(file=TtyIO(), width=columns, force_terminal=True, color_system=None, highlight=False,
+                       markup=False, emoji=False)
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80, 100, 120])
+def test_the_chat_banner_breaks_between_facts_never_inside_one(columns):
+    from sgpt_cli.term.repl import banner
+
+    console = _Terminal(columns)
+    summary = {"path": "/home/someone/projects/shakespeare/models/export/my-shakespeare.onnx", "device": "cpu",
+               "val_loss": 1.4287}
+    banner(console, summary, "--model", False, 0.51, seed=574808156)
+    facts = {"sgpt chat", "cpu", "val loss 1.4287", "seed 574808156", "loaded in 0.51 s",
+             "/home/someone/projects/shakespeare/models/export/my-shakespeare.onnx (--model)"}
+    rows = [row.rstrip() for row in console.file.getvalue().splitlines()]
+    for row in rows:
+        assert all(part in facts for part in row.split("  ·  ")), rows  # every fact whole on its row
+        assert len(row) <= columns or row in facts, rows  # wider: one fact alone, wrapped by the terminal
+
+
+@pytest.mark.parametrize("columns", [50, 80, 100, 120])
+def test_the_heat_legend_keeps_each_swatch_with_its_words(columns):
+    from rich.text import Text
+
+    from sgpt_cli.term.repl import HEAT, heat_legend_parts, print_parts
+
+    console = _Terminal(columns)
+    print_parts(console, heat_legend_parts(), Text("  "))
+    text = console.file.getvalue()
+    for _, _, words in HEAT:
+        assert "■ " + words in text, text
+    assert all(len(row.rstrip()) <= columns for row in text.splitlines())
+
+
+def test_piped_show_and_help_are_not_padded_to_a_width(tmp_path):
+    proc = sgpt("chat", "--seed", "1", stdin="/show\n/help\n/set\n", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines and not [line for line in lines if line != line.rstrip()], lines
+    shape = [line for line in lines if line.startswith("shape")]
+    assert len(shape) == 1 and "vocabulary" in shape[0]  # a row is one line, whatever its length
+    assert any(line.startswith("heat (/set heat on):") and "■ under 10%" in line for line in lines)
+
+
+def test_a_piped_enter_after_a_scene_shows_its_open_last_line_once(tmp_path):
+    scene = tmp_path / "scene.txt"
+    scene.write_text("JULIET:\nO Romeo, Romeo! wherefore art thou", encoding="utf-8")
+    proc = sgpt("chat", str(scene), "--seed", "3", "--max-tokens", "40", stdin="\n", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert proc.stdout.count("wherefore art thou") == 1, proc.stdout
+    assert lines[0] == "JULIET:" and lines[1].startswith("O Romeo, Romeo! wherefore art thou") \
+        and len(lines[1]) > len("O Romeo, Romeo! wherefore art thou"), lines
+    # text typed after the open line still shows on a prompt line of its own
+    proc = sgpt("chat", str(scene), "--seed", "3", "--max-tokens", "20", stdin="ROMEO:\n", cwd=tmp_path)
+    assert proc.stdout.splitlines()[1:3] == ["O Romeo, Romeo! wherefore art thou", ">>> ROMEO:"], proc.stdout
+
+
+def test_a_batch_row_error_starts_as_every_error_does(tiny_onnx):
+    proc = sgpt("complete", "-m", str(tiny_onnx), "--batch", "-", stdin='{"prompt": 5}\n')
+    assert proc.stderr.startswith("sgpt: error: line 1: "), proc.stderr
+
+
+def test_export_help_says_the_default_text_is_unpacked_from_sgpts_copy_and_where_it_writes():
+    text = " ".join(sgpt("export", "--help").stdout.split())
+    assert "unpacked from sgpt's copy" in text and "downloaded" not in text
+    assert "export/NAME.onnx" in text
+
+
+def test_the_loss_pictures_title_names_the_val_loss_the_terminal_export_and_eval_say(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.text import Text
+
+    from sgpt_cli.train import plot
+
+    rows = [{"iter": i, "train_loss": 3 - i / 50, "val_loss": 2.5 - i / 100, "lr": 1e-3, "elapsed": i}
+            for i in (20, 40, 60)]
+    fig = plot.loss_figure(rows, val_loss=2.3239)
+    title = fig.axes[0].get_title()
+    assert "val loss 2.3239 (whole validation split)" in title and "best val estimate 1.9000" in title
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.axes[0].title.get_window_extent(renderer)
+    for text in fig.findobj(Text):
+        if text is not fig.axes[0].title and text.get_text() and text.get_visible():
+            assert not text.get_window_extent(renderer).overlaps(box), text.get_text()
+    assert "best val 1" not in plot.loss_figure(rows).axes[0].get_title()  # an estimate is called one
+    metrics = tmp_path / "m.metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot.render_curves(metrics, tmp_path / "m.loss.png", val_loss=2.3239)
+    assert (tmp_path / "m.loss.png").stat().st_size > 0
+
+
+# --- defect 4: export never replaces another model's export unasked ---------------------------------
+
+def test_export_names_its_output_after_the_checkpoint_and_the_next_lines_work(tmp_path, text_file):
+    import shlex
+
+    pytest.importorskip("torch")
+    (tmp_path / "export").mkdir()
+    other = tmp_path / "export" / "model.onnx"
+    other.write_bytes(b"another model's export")
+    trained = sgpt("train", "--preset", "tiny", "--max-iters", "4", "--eval-iters", "2", "--sample-chars", "0",
+                   "--data", str(text_file), "--out", "models/dev-tuned.pt", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    nxt = [line for line in trained.stdout.splitlines() if line.startswith("next: ")]
+    assert nxt == ["next: sgpt export models/dev-tuned.pt   (writes export/dev-tuned.onnx)"], trained.stdout
+    exported = sgpt(*shlex.split(nxt[0][len("next: sgpt "):].split("   (")[0]), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert other.read_bytes() == b"another model's export"  # untouched
+    assert (tmp_path / "export" / "dev-tuned.onnx").is_file()
+    chat_line = [line for line in exported.stdout.splitlines() if line.startswith("next")]
+    assert chat_line == ["next        sgpt chat --model export/dev-tuned.onnx"], exported.stdout
+    chat = sgpt(*shlex.split(chat_line[0].split(None, 1)[1])[1:], "--seed", "1", stdin="/show\n", cwd=tmp_path)
+    assert chat.returncode == 0 and "export/dev-tuned.onnx" in chat.stdout, chat.stderr
+
+
+def test_the_default_export_path_follows_the_checkpoints_name():
+    from pathlib import Path
+
+    from sgpt_cli.settings import export_out_for
+
+    assert export_out_for("models/model.pt") == Path("export/model.onnx")  # the README's flow is unchanged
+    assert export_out_for(Path("/runs/a/dev-tuned.pt")) == Path("export/dev-tuned.onnx")

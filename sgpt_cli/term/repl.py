@@ -68,12 +68,34 @@ def heat_style(p: float | None) -> str:
     return HEAT[-1][1]
 
 
+def heat_legend_parts() -> list[Text]:
+    """/help's and `/set heat on`'s legend as the parts a row may break between: a swatch stays with its words."""
+    return [Text("heat (/set heat on): each character's colour is the probability the model gave it:", style=DIM)] + \
+        [Text("■ " + words, style=style) for _, style, words in HEAT]
+
+
 def heat_legend() -> Text:
-    """/help's and `/set heat on`'s line: what each colour means."""
-    legend = Text("heat (/set heat on): each character's colour is the probability the model gave it: ", style=DIM)
-    for i, (_, style, words) in enumerate(HEAT):
-        legend.append(("" if i == 0 else "  ") + "■ " + words, style=style)
-    return legend
+    """The legend as one line: what each colour means."""
+    parts = heat_legend_parts()
+    return Text.assemble(parts[0], " ", Text("  ").join(parts[1:]))
+
+
+def print_parts(console: Console, parts: list[Text], sep: Text) -> None:
+    """`parts` joined by `sep` in as few rows as a terminal's width allows, breaking only between parts,
+    so no figure is cut from its label; one line elsewhere. A part wider than a row wraps at its words;
+    one with a word wider than a row (a long path) is left to the terminal to wrap: no line break is
+    put inside the word, so it copies whole."""
+    if not on_a_terminal(console):
+        console.print(sep.join(parts), soft_wrap=True)
+        return
+    rows: list[Text] = []
+    for part in parts:
+        if rows and rows[-1].cell_len + sep.cell_len + part.cell_len <= console.width:
+            rows[-1] = Text.assemble(rows[-1], sep, part)
+        else:
+            rows.append(part.copy())
+    for row in rows:
+        console.print(row, soft_wrap=max(map(cell_len, row.plain.split(" "))) > console.width)
 
 
 def styled(text: str, style) -> Text:
@@ -498,6 +520,7 @@ class Repl:
         self.summary = summary or {}
         self.joiner = InputJoiner()
         self.failures = 0  # commands and inputs refused (piped input exits 1 if any)
+        self.open_shown = False  # a pipe: the script's open last line ends the transcript (from /load)
 
     # output helpers ----------------------------------------------------------------------------
 
@@ -513,6 +536,13 @@ class Repl:
         """Two aligned columns; a long value wraps under its own column."""
         from rich.table import Table
 
+        if not on_a_terminal(self.out):  # a pipe or a file: a row a line, nothing padded to a width
+            wide = max((cell_len(visible(label)) for label, _ in rows), default=0)
+            for label, value in rows:
+                line = Text.assemble((visible(label), "bold"), " " * (wide - cell_len(visible(label)) + 2), visible(value))
+                line.rstrip()
+                self.out.print(line, soft_wrap=True)
+            return
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
@@ -552,6 +582,11 @@ class Repl:
 
     def echo(self, text: str) -> None:
         """Piped input is not on the screen: write it into the transcript as a prompt line."""
+        if self.open_shown:
+            if not text and not self.joiner.open:
+                return  # Enter: the reply goes on on the open line, as the transcript shows it once
+            self.open_shown = False
+            self.out.print()
         marker = CONTINUATION if self.joiner.open else PROMPT
         self.out.print(Text.assemble((marker, "bold green"), (visible(text, keep="\n\t"), "bold")), soft_wrap=True)
 
@@ -619,24 +654,31 @@ class Repl:
         tail = self.session.script[-TAIL_SHOWN:]
         if len(self.session.script) > len(tail) and "\n" in tail:
             tail = tail[tail.index("\n") + 1:]
+        said = f"(loaded {loaded.chars:,} characters from {shown(loaded.path)}; type, or press Enter and the play " \
+               "goes on from here)"
+        if not self.reader.interactive:  # a pipe: said first, so that the tail's open line can stay open
+            self.notice(said)
         if tail:
             printer = ReplyPrinter(self.out)
             printer.write(tail, DIM)
-            printer.end()
-        self.notice(f"(loaded {loaded.chars:,} characters from {shown(loaded.path)}; type, or press Enter "
-                    "and the play goes on from here)")
+            if self.reader.interactive or tail.endswith("\n"):
+                printer.end()
+            else:  # a pipe cannot redraw a line: it stays open for the reply to go on (echo, reply)
+                self.open_shown = True
+        if self.reader.interactive:
+            self.notice(said)
 
     def help(self) -> None:
         self.rows(help_rows())
         self.out.print()
-        for line in HELP_CONVENTION:
-            self.out.print(Text(line, style=DIM))
+        for line in HELP_CONVENTION:  # a terminal wraps them at words; a pipe gets each on one line
+            self.out.print(Text(line, style=DIM), soft_wrap=not on_a_terminal(self.out))
         self.heat_legend()
         self.out.print()
 
     def heat_legend(self) -> None:
         """What heat's colours mean; where there is no colour, that replies stay plain."""
-        self.out.print(heat_legend())
+        print_parts(self.out, heat_legend_parts(), Text("  "))
         if self.out.color_system is None:
             self.notice(f"({NO_COLOR_HEAT})")
 
@@ -694,7 +736,10 @@ class Repl:
     def reply(self) -> None:
         """Stream the model's continuation of the script; Ctrl-C stops it and keeps what came."""
         printer = self.printer()
-        printer.begin(self.session.current_line())
+        if self.open_shown:  # already the transcript's last line (a pipe, after /load)
+            printer.line, self.open_shown = self.session.current_line(), False
+        else:
+            printer.begin(self.session.current_line())
         stream = self.session.stream_reply(self.engine)
         pending: list[str] = []  # pieces not drawn yet: drawn together every FLUSH_S
         drawn = [time.perf_counter(), 0]  # when the screen was last drawn; characters drawn
@@ -760,14 +805,13 @@ def until_ctrl_c(stream, each) -> None:
 def banner(console: Console, summary: dict, source: str, interactive: bool, load_s: float | None,
            seed: int | None = None) -> None:
     loss = summary.get("val_loss")
-    head = Text.assemble(("sgpt chat", "bold"), ("  ·  ", DIM), (shown(summary["path"]), "bold"),
-                         (f" ({source})", DIM), ("  ·  ", DIM), summary["device"],
-                         ("  ·  ", DIM), f"val loss {loss:.4f}" if loss is not None else "val loss unknown")
+    parts = [Text("sgpt chat", style="bold"), Text.assemble((shown(summary["path"]), "bold"), (f" ({source})", DIM)),
+             Text(summary["device"]), Text(f"val loss {loss:.4f}" if loss is not None else "val loss unknown")]
     if seed is not None:
-        head.append_text(Text.assemble(("  ·  ", DIM), f"seed {seed}"))
+        parts.append(Text(f"seed {seed}"))
     if load_s is not None:
-        head.append(f"  ·  loaded in {load_s:.2f} s", style=DIM)
-    console.print(head, soft_wrap=True)
+        parts.append(Text(f"loaded in {load_s:.2f} s", style=DIM))
+    print_parts(console, parts, Text("  ·  ", style=DIM))  # a terminal breaks it between facts, never in one
     if interactive:
         console.print(Text("Type a speaker (ROMEO:) and the model speaks as them; a line of verse joins the "
                            "script and the play goes on, often with another speaker; Enter on an empty line "
