@@ -590,3 +590,47 @@ def test_the_default_export_path_follows_the_checkpoints_name():
 
     assert export_out_for("models/model.pt") == Path("export/model.onnx")  # the README's flow is unchanged
     assert export_out_for(Path("/runs/a/dev-tuned.pt")) == Path("export/dev-tuned.onnx")
+
+
+def test_every_numeric_field_of_a_server_request_refuses_a_huge_number_as_a_400():
+    from sgpt_cli.infer.serve_api import ApiError, Limits, parse_chat, parse_completion
+
+    stoi = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz ROMEJULIT:\n")}
+    fields = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "n",
+              "logprobs", "frequency_penalty", "presence_penalty")
+    for field in fields:
+        for value in (HUGE, -HUGE):
+            with pytest.raises(ApiError) as caught:
+                parse_completion({"prompt": "ROMEO:", field: value}, "m", stoi, 32, Limits())
+            assert caught.value.status == 400, (field, caught.value.status)
+            with pytest.raises(ApiError) as caught:
+                parse_chat({"messages": [{"role": "user", "content": "hi"}], field: value}, "m", list(stoi), 32,
+                           Limits())
+            assert caught.value.status == 400, (field, caught.value.status)
+
+
+def test_a_server_body_with_a_number_past_the_int_digit_limit_is_a_400():
+    import asyncio
+
+    pytest.importorskip("starlette")
+    from sgpt_cli.infer.serve_api import ApiError
+    from sgpt_cli.web.server import read_json
+
+    class Body:
+        headers: dict = {}
+
+        async def stream(self):
+            yield b'{"prompt": "R", "max_tokens": ' + VAST.encode() + b"}"
+
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(read_json(Body(), 1 << 20))
+    assert caught.value.status == 400 and "digits" in caught.value.message, caught.value.message
+    assert "set_int_max_str_digits" not in caught.value.message
+
+
+def test_the_servers_json_responses_escape_terminal_controls():
+    pytest.importorskip("starlette")
+    from sgpt_cli.web.server import JSONResponse
+
+    body = JSONResponse({"model": "m\x9b\u202e\u200b"}).body.decode("utf-8")
+    assert body == '{"model": "m\\u009b\\u202e\\u200b"}'
