@@ -519,6 +519,7 @@ def test_a_piped_enter_after_a_scene_shows_its_open_last_line_once(tmp_path):
     assert proc.stdout.count("wherefore art thou") == 1, proc.stdout
     assert lines[0] == "JULIET:" and lines[1].startswith("O Romeo, Romeo! wherefore art thou") \
         and len(lines[1]) > len("O Romeo, Romeo! wherefore art thou"), lines
+    assert sgpt("chat", str(scene), stdin="", cwd=tmp_path).stdout.endswith("wherefore art thou\n")
     # text typed after the open line still shows on a prompt line of its own
     proc = sgpt("chat", str(scene), "--seed", "3", "--max-tokens", "20", stdin="ROMEO:\n", cwd=tmp_path)
     assert proc.stdout.splitlines()[1:3] == ["O Romeo, Romeo! wherefore art thou", ">>> ROMEO:"], proc.stdout

@@ -578,6 +578,9 @@ class Repl:
         return self.exit_status()
 
     def exit_status(self) -> int:
+        if self.open_shown:  # the transcript ends on the scene's open line: the shell's prompt goes below
+            self.open_shown = False
+            self.out.print()
         return 1 if self.failures and not self.reader.interactive else 0
 
     def echo(self, text: str) -> None:
