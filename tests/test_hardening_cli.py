@@ -635,3 +635,11 @@ def test_the_servers_json_responses_escape_terminal_controls():
 
     body = JSONResponse({"model": "m\x9b\u202e\u200b"}).body.decode("utf-8")
     assert body == '{"model": "m\\u009b\\u202e\\u200b"}'
+
+
+def test_a_huge_set_in_a_piped_chat_is_one_line_and_the_session_goes_on(tmp_path):
+    proc = sgpt("chat", "--seed", "1", stdin=f"/set max_tokens {HUGE}\n/set seed {VAST}\n/show\n", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr  # 1: a piped input was refused
+    refused = [line for line in proc.stderr.splitlines() if "max_tokens" in line or "seed must" in line]
+    assert len(refused) == 2 and all(len(line) < 200 for line in refused), proc.stderr
+    assert any(line.split() == ["max_tokens", "300"] for line in proc.stdout.splitlines())  # /show: unchanged
