@@ -69,12 +69,12 @@ class ModelConfig:
     def validate(self) -> None:
         checks = [
             (1 <= self.vocab_size <= MAX_VOCAB,
-             f"the vocabulary must hold from 1 to {MAX_VOCAB:,} characters (got {self.vocab_size})"),
+             f"the vocabulary must hold from 1 to {MAX_VOCAB:,} characters (got {_number_text(self.vocab_size)})"),
             (1 <= self.block_size <= MAX_BLOCK_SIZE,
-             f"--block-size must be from 1 to {MAX_BLOCK_SIZE} (got {self.block_size})"),
-            (1 <= self.n_layer <= MAX_LAYERS, f"--n-layer must be from 1 to {MAX_LAYERS} (got {self.n_layer})"),
-            (self.n_head >= 1, f"--n-head must be at least 1 (got {self.n_head})"),
-            (1 <= self.n_embd <= MAX_EMBD, f"--n-embd must be from 1 to {MAX_EMBD} (got {self.n_embd})"),
+             f"--block-size must be from 1 to {MAX_BLOCK_SIZE} (got {_number_text(self.block_size)})"),
+            (1 <= self.n_layer <= MAX_LAYERS, f"--n-layer must be from 1 to {MAX_LAYERS} (got {_number_text(self.n_layer)})"),
+            (self.n_head >= 1, f"--n-head must be at least 1 (got {_number_text(self.n_head)})"),
+            (1 <= self.n_embd <= MAX_EMBD, f"--n-embd must be from 1 to {MAX_EMBD} (got {_number_text(self.n_embd)})"),
             (
                 self.n_head >= 1 and self.n_embd % self.n_head == 0,
                 f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})",
@@ -82,15 +82,15 @@ class ModelConfig:
             (
                 self.n_head >= 1 and (self.n_embd // self.n_head) % 2 == 0,
                 f"--n-embd / --n-head must be even for rotary positions "
-                f"(got {self.n_embd}/{self.n_head})",
+                f"(got {_number_text(self.n_embd)}/{_number_text(self.n_head)})",
             ),
-            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1) (got {self.dropout})"),
+            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1) (got {_number_text(self.dropout)})"),
             (
                 self.n_kv_head >= 0 and self.n_head >= 1 and self.n_head % self.kv_heads == 0,
                 f"--n-kv-head ({self.n_kv_head}) must divide --n-head ({self.n_head}); 0 means one per head",
             ),
             (self.mlp in MLP_ACTIVATIONS, f"--mlp must be {' or '.join(MLP_ACTIVATIONS)} (got {self.mlp!r})"),
-            (self.logit_cap >= 0, f"--logit-cap must not be negative (got {self.logit_cap}); 0 means none"),
+            (self.logit_cap >= 0, f"--logit-cap must not be negative (got {_number_text(self.logit_cap)}); 0 means none"),
         ]
         for ok, message in checks:
             if not ok:
@@ -170,11 +170,11 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
         checks = [
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
-            (self.learning_rate > 0, f"--learning-rate must be positive (got {self.learning_rate})"),
-            (self.min_lr >= 0, f"--min-lr must not be negative (got {self.min_lr})"),
-            (self.warmup_iters >= 0, f"--warmup-iters must not be negative (got {self.warmup_iters})"),
-            (self.max_iters >= 1, f"--max-iters must be at least 1 (got {self.max_iters})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {_number_text(self.batch_size)})"),
+            (self.learning_rate > 0, f"--learning-rate must be positive (got {_number_text(self.learning_rate)})"),
+            (self.min_lr >= 0, f"--min-lr must not be negative (got {_number_text(self.min_lr)})"),
+            (self.warmup_iters >= 0, f"--warmup-iters must not be negative (got {_number_text(self.warmup_iters)})"),
+            (self.max_iters >= 1, f"--max-iters must be at least 1 (got {_number_text(self.max_iters)})"),
             (self.lr_decay_iters >= 0, "--lr-decay-iters must not be negative"),
             (self.weight_decay >= 0, "--weight-decay must not be negative"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)"),
@@ -182,22 +182,26 @@ class TrainConfig:
             (self.optimizer in ("adamw", "muon"), f"--optimizer must be adamw or muon (got {self.optimizer!r})"),
             (self.muon_lr_scale > 0, "--muon-lr-scale must be positive"),
             (0 <= self.muon_momentum < 1, "--muon-momentum must be in [0, 1)"),
-            (1 <= self.muon_ns_steps <= 20, f"--muon-ns-steps must be from 1 to 20 (got {self.muon_ns_steps})"),
+            (1 <= self.muon_ns_steps <= 20, f"--muon-ns-steps must be from 1 to 20 (got {_number_text(self.muon_ns_steps)})"),
             (self.lr_schedule in LR_SCHEDULES,
              f"--lr-schedule must be {' or '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})"),
             (self.precision in PRECISIONS,
              f"--precision must be {', '.join(PRECISIONS)} (got {self.precision!r})"),
-            (0 < self.cooldown <= 1, f"--cooldown must be in (0, 1] (got {self.cooldown})"),
-            (self.time_budget >= 0, f"--time-budget must not be negative (got {self.time_budget})"),
-            (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {self.eval_interval})"),
-            (self.eval_iters >= 1, f"--eval-iters must be at least 1 (got {self.eval_iters})"),
+            (0 < self.cooldown <= 1, f"--cooldown must be in (0, 1] (got {_number_text(self.cooldown)})"),
+            (self.time_budget >= 0, f"--time-budget must not be negative (got {_number_text(self.time_budget)})"),
+            (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {_number_text(self.eval_interval)})"),
+            (self.eval_iters >= 1, f"--eval-iters must be at least 1 (got {_number_text(self.eval_iters)})"),
             (self.sample_chars >= 0, "--sample-chars must not be negative"),
             # torch seeds are 64-bit and each rank adds its rank: keep clear of the top
-            (0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63 - 1 (got {self.seed})"),
+            (0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63 - 1 (got {_number_text(self.seed)})"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        for f in dataclasses.fields(self):  # no count past int64 reaches torch or numpy (10**400 steps: a typo)
+            value = getattr(self, f.name)
+            if isinstance(value, int) and abs(value) >= 2**63:
+                raise UsageError(f"--{f.name.replace('_', '-')} must be below 2**63 (got {_number_text(value)})")
 
 
 # the ModelConfig fields a TrainConfig sets (and its flags name); the shape is all of them but dropout,
@@ -284,6 +288,14 @@ def build_train_config(preset: str, overrides: dict) -> TrainConfig:
 
 # what a field meant in checkpoints written before it existed, where that differs from today's default
 FORMER_DEFAULTS = {"lr_schedule": "cosine"}
+
+
+def _number_text(value) -> str:
+    """A number as a one-line message quotes it: a whole number past 30 digits by its size (repr of one
+    past Python's 4,300-digit limit fails)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    return repr(value)
 
 
 _TYPE_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text"}

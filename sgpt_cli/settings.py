@@ -93,6 +93,9 @@ class Setting:
     valid: str | None = None  # what a valid value is, where the rule for its type says too little
     most: int | None = None  # a repeated setting: at most this many values
     longest: int | None = None  # text: at most this many characters
+    # a number without `high`: the largest taken (None: the command's own check bounds it, as
+    # TrainConfig.validate does the training flags)
+    whole_most: int | None = WHOLE_MOST
 
     def but(self, **changes) -> "Setting":
         """The same setting with another default or help text (chat's max_tokens, say)."""
@@ -211,8 +214,8 @@ class Setting:
                 raise self._bad(value, style)
             if self.high is not None and value > self.high:
                 raise self._bad(value, style)
-            if self.high is None and abs(value) > WHOLE_MOST:
-                raise UsageError(f"{self.label(style)} must be at most {WHOLE_MOST:,} (got {_quoted(value)})")
+            if self.high is None and self.whole_most is not None and abs(value) > self.whole_most:
+                raise UsageError(f"{self.label(style)} must be at most {self.whole_most:,} (got {_quoted(value)})")
             return value
         if self.kind is Path and isinstance(value, Path):
             value = str(value)

@@ -643,3 +643,15 @@ def test_a_huge_set_in_a_piped_chat_is_one_line_and_the_session_goes_on(tmp_path
     refused = [line for line in proc.stderr.splitlines() if "max_tokens" in line or "seed must" in line]
     assert len(refused) == 2 and all(len(line) < 200 for line in refused), proc.stderr
     assert any(line.split() == ["max_tokens", "300"] for line in proc.stdout.splitlines())  # /show: unchanged
+
+
+def test_training_flags_of_any_size_are_refused_in_the_configs_own_words():
+    from sgpt_cli.config import build_train_config
+
+    for name, value, words in (("seed", HUGE, "--seed must be between 0 and 2**63 - 1 (got a number of about 401"),
+                               ("max_iters", 10**30, "--max-iters must be below 2**63"),
+                               ("eval_interval", -HUGE, "--eval-interval must be at least 1 (got a number of about"),
+                               ("n_embd", 2**40, "--n-embd must be from 1 to 65536")):
+        with pytest.raises(UsageError) as caught:
+            build_train_config("tiny", {name: value})
+        assert words in str(caught.value) and len(str(caught.value)) < 200, str(caught.value)
