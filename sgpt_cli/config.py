@@ -16,6 +16,13 @@ from sgpt_cli.errors import UsageError
 # the longest context window sgpt trains, exports or opens: a window's attention costs T^2 per head, and
 # at 65536 one window is already ~17 GB of float32 scores per head; a larger claim is a damaged file
 MAX_BLOCK_SIZE = 1 << 16
+# the largest shapes sgpt builds: checked before any model is (a checkpoint claiming n_layer 10**6 would
+# take minutes to build even on PyTorch's meta device, one claiming n_embd 2**40 overflows its size
+# arithmetic). Far past any character model: GPT-3 is 96 layers of 12,288; a character vocabulary holds
+# at most every Unicode code point
+MAX_LAYERS = 1024
+MAX_EMBD = 1 << 16
+MAX_VOCAB = 0x110000
 
 
 def heads_text(n_head: int, n_kv_head: int) -> str:
@@ -61,12 +68,13 @@ class ModelConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.vocab_size >= 1, "the vocabulary must hold at least one character"),
+            (1 <= self.vocab_size <= MAX_VOCAB,
+             f"the vocabulary must hold from 1 to {MAX_VOCAB:,} characters (got {_number_text(self.vocab_size)})"),
             (1 <= self.block_size <= MAX_BLOCK_SIZE,
-             f"--block-size must be from 1 to {MAX_BLOCK_SIZE} (got {self.block_size})"),
-            (self.n_layer >= 1, f"--n-layer must be at least 1 (got {self.n_layer})"),
-            (self.n_head >= 1, f"--n-head must be at least 1 (got {self.n_head})"),
-            (self.n_embd >= 1, f"--n-embd must be at least 1 (got {self.n_embd})"),
+             f"--block-size must be from 1 to {MAX_BLOCK_SIZE} (got {_number_text(self.block_size)})"),
+            (1 <= self.n_layer <= MAX_LAYERS, f"--n-layer must be from 1 to {MAX_LAYERS} (got {_number_text(self.n_layer)})"),
+            (self.n_head >= 1, f"--n-head must be at least 1 (got {_number_text(self.n_head)})"),
+            (1 <= self.n_embd <= MAX_EMBD, f"--n-embd must be from 1 to {MAX_EMBD} (got {_number_text(self.n_embd)})"),
             (
                 self.n_head >= 1 and self.n_embd % self.n_head == 0,
                 f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})",
@@ -74,15 +82,15 @@ class ModelConfig:
             (
                 self.n_head >= 1 and (self.n_embd // self.n_head) % 2 == 0,
                 f"--n-embd / --n-head must be even for rotary positions "
-                f"(got {self.n_embd}/{self.n_head})",
+                f"(got {_number_text(self.n_embd)}/{_number_text(self.n_head)})",
             ),
-            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1) (got {self.dropout})"),
+            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1) (got {_number_text(self.dropout)})"),
             (
                 self.n_kv_head >= 0 and self.n_head >= 1 and self.n_head % self.kv_heads == 0,
                 f"--n-kv-head ({self.n_kv_head}) must divide --n-head ({self.n_head}); 0 means one per head",
             ),
             (self.mlp in MLP_ACTIVATIONS, f"--mlp must be {' or '.join(MLP_ACTIVATIONS)} (got {self.mlp!r})"),
-            (self.logit_cap >= 0, f"--logit-cap must not be negative (got {self.logit_cap}); 0 means none"),
+            (self.logit_cap >= 0, f"--logit-cap must not be negative (got {_number_text(self.logit_cap)}); 0 means none"),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,11 +169,11 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
         checks = [
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
-            (self.learning_rate > 0, f"--learning-rate must be positive (got {self.learning_rate})"),
-            (self.min_lr >= 0, f"--min-lr must not be negative (got {self.min_lr})"),
-            (self.warmup_iters >= 0, f"--warmup-iters must not be negative (got {self.warmup_iters})"),
-            (self.max_iters >= 1, f"--max-iters must be at least 1 (got {self.max_iters})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {_number_text(self.batch_size)})"),
+            (self.learning_rate > 0, f"--learning-rate must be positive (got {_number_text(self.learning_rate)})"),
+            (self.min_lr >= 0, f"--min-lr must not be negative (got {_number_text(self.min_lr)})"),
+            (self.warmup_iters >= 0, f"--warmup-iters must not be negative (got {_number_text(self.warmup_iters)})"),
+            (self.max_iters >= 1, f"--max-iters must be at least 1 (got {_number_text(self.max_iters)})"),
             (self.lr_decay_iters >= 0, "--lr-decay-iters must not be negative"),
             (self.weight_decay >= 0, "--weight-decay must not be negative"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)"),
@@ -173,22 +181,26 @@ class TrainConfig:
             (self.optimizer in ("adamw", "muon"), f"--optimizer must be adamw or muon (got {self.optimizer!r})"),
             (self.muon_lr_scale > 0, "--muon-lr-scale must be positive"),
             (0 <= self.muon_momentum < 1, "--muon-momentum must be in [0, 1)"),
-            (1 <= self.muon_ns_steps <= 20, f"--muon-ns-steps must be from 1 to 20 (got {self.muon_ns_steps})"),
+            (1 <= self.muon_ns_steps <= 20, f"--muon-ns-steps must be from 1 to 20 (got {_number_text(self.muon_ns_steps)})"),
             (self.lr_schedule in LR_SCHEDULES,
              f"--lr-schedule must be {' or '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})"),
             (self.precision in PRECISIONS,
              f"--precision must be {', '.join(PRECISIONS)} (got {self.precision!r})"),
-            (0 < self.cooldown <= 1, f"--cooldown must be in (0, 1] (got {self.cooldown})"),
-            (self.time_budget >= 0, f"--time-budget must not be negative (got {self.time_budget})"),
-            (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {self.eval_interval})"),
-            (self.eval_iters >= 1, f"--eval-iters must be at least 1 (got {self.eval_iters})"),
+            (0 < self.cooldown <= 1, f"--cooldown must be in (0, 1] (got {_number_text(self.cooldown)})"),
+            (self.time_budget >= 0, f"--time-budget must not be negative (got {_number_text(self.time_budget)})"),
+            (self.eval_interval >= 1, f"--eval-interval must be at least 1 (got {_number_text(self.eval_interval)})"),
+            (self.eval_iters >= 1, f"--eval-iters must be at least 1 (got {_number_text(self.eval_iters)})"),
             (self.sample_chars >= 0, "--sample-chars must not be negative"),
             # torch seeds are 64-bit and each rank adds its rank: keep clear of the top
-            (0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63 - 1 (got {self.seed})"),
+            (0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63 - 1 (got {_number_text(self.seed)})"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        for f in dataclasses.fields(self):  # no count past int64 reaches torch or numpy (10**400 steps: a typo)
+            value = getattr(self, f.name)
+            if isinstance(value, int) and abs(value) >= 2**63:
+                raise UsageError(f"--{f.name.replace('_', '-')} must be below 2**63 (got {_number_text(value)})")
 
 
 # the ModelConfig fields a TrainConfig sets (and its flags name); the shape is all of them but dropout,
@@ -281,16 +293,58 @@ def build_train_config(preset: str, overrides: dict) -> TrainConfig:
 FORMER_DEFAULTS = {"lr_schedule": "cosine"}
 
 
+def _number_text(value) -> str:
+    """A number as a one-line message quotes it: a whole number past 30 digits by its size (repr of one
+    past Python's 4,300-digit limit fails)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    return repr(value)
+
+
+_TYPE_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text"}
+
+
+def _typed_fields(cls, values: dict) -> dict:
+    """The values a file gives for `cls`'s fields (others ignored), each strictly of its field's type:
+    TypeError naming the first that is not. A file is not a command line: qk_norm "yes" or 1 is a
+    damaged file, not true; a whole-number field takes no 2.0; a number field takes a whole number."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # "int", ...: annotations are strings here
+    out = {}
+    for name, value in values.items():
+        kind = kinds.get(name)
+        if kind is None:
+            continue
+        if kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                try:
+                    value = float(value)  # a 400-digit whole number overflows
+                except OverflowError:
+                    ok = False
+                ok = ok and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            text = repr(value) if not isinstance(value, int) or value.bit_length() < 100 else "a huge number"
+            raise TypeError(f"{name} is {text[:40]}, not {_TYPE_WORDS.get(kind, kind)}")
+        out[name] = value
+    return out
+
+
 def train_config_from_dict(values: dict) -> TrainConfig:
     """Rebuild a TrainConfig saved in a checkpoint, ignoring fields this version does not know; a
-    field it lacks takes the value it had when the checkpoint was written (a resumed run keeps its schedule)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{**FORMER_DEFAULTS, **{k: v for k, v in values.items() if k in known}})
+    field it lacks takes the value it had when the checkpoint was written (a resumed run keeps its schedule).
+    TypeError for a field of the wrong type (`_typed_fields`)."""
+    return TrainConfig(**{**FORMER_DEFAULTS, **_typed_fields(TrainConfig, values)})
 
 
 def model_config_from_dict(values: dict) -> ModelConfig:
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in values.items() if k in known})
+    """A ModelConfig saved in a checkpoint; TypeError for a field of the wrong type (`_typed_fields`)."""
+    return ModelConfig(**_typed_fields(ModelConfig, values))
 
 
 __all__ = [

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from sgpt_cli.errors import SgptError
+from sgpt_cli.errors import SgptError, shown
 
 from sgpt_cli.files import atomic_path, probe, without_bom
 from sgpt_cli.home import data_home, in_checkout
@@ -112,8 +112,19 @@ def download(url: str, dest: Path, sha256: str | None,
         raise SgptError(f"the download of the training text broke off after {len(data)} of {total} bytes; {hint}")
     if sha256 is not None and sha256_bytes(data) != sha256:
         raise SgptError(f"the downloaded file's SHA-256 does not match the expected one; {hint}")
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(data)
+    _write_corpus(dest, data)
+
+
+def _write_corpus(dest: Path, data: bytes) -> None:
+    """`data` at `dest`, whole or not at all (atomic_path removes its temporary on any failure); a
+    write the disk refuses (full, read-only, quota) is one line that says where else the text can go."""
+    try:
+        with atomic_path(dest, "the training text") as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise SgptError(f"cannot write the training text to {shown(dest)} ({exc.strerror or exc}; it needs "
+                        f"{len(data) / 1e6:.1f} MB): make room there, set $SGPT_HOME to another folder, or pass "
+                        "--data PATH") from None
 
 
 def ensure_default_data(path: Path, url: str | None = None, sha256: str | None = None,
@@ -124,8 +135,7 @@ def ensure_default_data(path: Path, url: str | None = None, sha256: str | None =
     if not path.exists():
         packaged = packaged_text(sha256) if url is None else None
         if packaged is not None:
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(packaged)
+            _write_corpus(path, packaged)
         else:
             download(url or TINY_SHAKESPEARE_URL, path, sha256 or TINY_SHAKESPEARE_SHA256, progress)
     return path

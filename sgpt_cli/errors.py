@@ -11,6 +11,20 @@ What it does not do: write files (sgpt_cli.files does) or import torch.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
+
+@contextlib.contextmanager
+def library_warnings_silenced():
+    """No warning a library issues inside the block reaches a terminal: torch warns on a sparse tensor in
+    a checkpoint (2.14 and later), numpy on a NaN a hostile model computes, onnx on odd metadata. What
+    matters of them sgpt says in its own one line; the raw multi-line text is never the user's to read.
+    (`sgpt` itself ignores library warnings process-wide unless -W or PYTHONWARNINGS asks for them:
+    term.app.main; this block keeps the promise for callers of the library functions too.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 class SgptError(Exception):

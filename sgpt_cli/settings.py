@@ -28,6 +28,9 @@ from typing import Iterable, List, Optional, Sequence
 
 from sgpt_cli.errors import UsageError
 
+# the largest number a setting without an upper limit takes: what numpy's and PyTorch's int64 hold, so
+# no count reaches a C library as an overflow (a 400-digit max_tokens is a typo, not a request)
+WHOLE_MOST = 2**63 - 1
 FLAG, NAME = "flag", "name"  # how a message names a setting: --top-k (command line) or top_k (/set, rows)
 _ON = ("on", "true", "yes", "1")
 _OFF = ("off", "false", "no", "0")
@@ -60,10 +63,10 @@ def _cut(text: str, limit: int = 80) -> str:
 
 
 def _quoted(value) -> str:
-    """A refused value as a message quotes it; an integer too long to write (Python's digit limit
-    refuses repr past 4,300 digits) by its size."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
-        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    """repr(value) cut for a message. A whole number is written by its size past 60 digits: repr of one
+    over Python's int-digit limit (4,300) raises ValueError, and 400 digits say nothing to a reader."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
     return _cut(repr(value))
 
 
@@ -89,6 +92,9 @@ class Setting:
     valid: str | None = None  # what a valid value is, where the rule for its type says too little
     most: int | None = None  # a repeated setting: at most this many values
     longest: int | None = None  # text: at most this many characters
+    # a number without `high`: the largest taken (None: the command's own check bounds it, as
+    # TrainConfig.validate does the training flags)
+    whole_most: int | None = WHOLE_MOST
 
     def but(self, **changes) -> "Setting":
         """The same setting with another default or help text (chat's max_tokens, say)."""
@@ -103,8 +109,16 @@ class Setting:
     def label(self, style: str = FLAG) -> str:
         return self.flag if style == FLAG else self.name
 
-    def annotation(self):
-        """The Python type Typer reads to build the option."""
+    @property
+    def worded(self) -> bool:
+        """A number that a word also sets (--top-k off, --seed random): a command line gives it as text,
+        which `parse` reads, so the word --help shows as the default is accepted too."""
+        return self.kind in (int, float) and self.none is not None and not self.repeat
+
+    def annotation(self, command_line: bool = False):
+        """The Python type Typer reads to build the option (`command_line`: as a flag's text)."""
+        if command_line and self.worded:
+            return Optional[str]
         if self.kind is bool:
             return Optional[bool] if self.default is None else bool
         if self.repeat:
@@ -182,8 +196,15 @@ class Setting:
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise self._bad(value, style)
-            # an int is finite whatever its size (math.isfinite raises OverflowError past ~1e308)
-            if not (isinstance(value, int) or math.isfinite(value)) or (self.kind is int and int(value) != value):
+            if isinstance(value, numbers.Integral):
+                # exact: math.isfinite and float() raise OverflowError on a whole number past ~1e308
+                # (400 digits on a command line, in a /set or a JSON row); the range below refuses it
+                value = int(value)
+                if self.kind is float:
+                    if value.bit_length() > 1000:  # past any range a float setting has
+                        raise self._bad(value, style)
+                    value = float(value)
+            elif not math.isfinite(value) or (self.kind is int and int(value) != value):
                 raise self._bad(value, style)
             try:
                 value = int(value) if self.kind is int else float(value)
@@ -195,6 +216,8 @@ class Setting:
                 raise self._bad(value, style)
             if self.high is not None and value > self.high:
                 raise self._bad(value, style)
+            if self.high is None and self.whole_most is not None and abs(value) > self.whole_most:
+                raise UsageError(f"{self.label(style)} must be at most {self.whole_most:,} (got {_quoted(value)})")
             return value
         if self.kind is Path and isinstance(value, Path):
             value = str(value)
@@ -246,6 +269,8 @@ def check_values(settings: Sequence[Setting], values: dict, style: str = FLAG, *
         if s.name not in out:
             continue
         value = out[s.name]
+        if from_command_line and s.worded and isinstance(value, str):
+            value = s.parse(value, style)
         if from_command_line and s.escapes and value is not None:
             value = [decode_escapes(v) for v in value] if s.repeat else decode_escapes(value)
         if s.repeat and value is None:
@@ -429,9 +454,26 @@ SERVE_STOPS = 16  # stop strings one request may give (OpenAI allows 4)
 
 CHECKPOINT = Setting("checkpoint", (), Path, Path("models/model.pt"),  # where `sgpt train` writes by default
                      "Checkpoint written by `sgpt train` (default: models/model.pt).", metavar="CHECKPOINT")
-EXPORT_OUT = Setting("out", ("--out", "-o"), Path, Path("export/model.onnx"),  # run it with --model
-                     "The ONNX file to write (one file, weights inside).", metavar="PATH")
+EXPORT_FOLDER = Path("export")
+
+
+def export_out_for(checkpoint) -> Path:
+    """Where `sgpt export CHECKPOINT` writes without --out: export/NAME.onnx, NAME the checkpoint's, so
+    exporting a fine-tune (models/dev-tuned.pt) never replaces another model's export (export/model.onnx)."""
+    return EXPORT_FOLDER / (Path(checkpoint).stem + ".onnx")
+
+
+EXPORT_OUT = Setting("out", ("--out", "-o"), Path, None,  # None: export_out_for(checkpoint); run it with --model
+                     "The ONNX file to write (one file, weights inside).",
+                     shown="export/NAME.onnx, NAME the checkpoint's (models/model.pt: export/model.onnx)", metavar="PATH")
 QUANTIZE = Setting("quantize", ("--quantize", "-q"), str, None,  # None: float32
                    "Store the weight matrices as int8 (standard DequantizeLinear, one scale per column): about 4x smaller; "
                    "refused if the validation loss rises by more than 0.02 nats/char.", shown="float32",
                    choices=("int8",), metavar="int8")
+
+
+# /set heat on (the terminal) and the page's heat toggle: a character's colour is the probability the
+# model gave it (its own softmax, before temperature and the other settings), in five bins: (lowest
+# probability, colour, legend)
+HEAT = ((0.9, "bright_blue", "90% or more"), (0.6, "cyan", "60–90%"), (0.3, "green", "30–60%"),
+        (0.1, "yellow", "10–30%"), (0.0, "red", "under 10%"))

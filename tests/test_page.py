@@ -42,7 +42,7 @@ def test_the_page_is_small_and_loads_nothing_from_elsewhere():
 
 def test_the_props_are_the_declared_settings(tiny_onnx):
     from sgpt_cli.settings import CHAT_SETTINGS, by_name
-    from sgpt_cli.term.repl import HEAT
+    from sgpt_cli.settings import HEAT
 
     s = start(tiny_onnx, "--api-key", KEY, "--max-tokens-limit", "777")
     try:

@@ -8,6 +8,7 @@ nothing about sampling or terminals.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sgpt_cli.config import MAX_BLOCK_SIZE
-from sgpt_cli.errors import SgptError, UsageError, first_line, shown
+from sgpt_cli.errors import SgptError, UsageError, first_line, library_warnings_silenced, shown
 from sgpt_cli.files import probe
 from sgpt_cli.infer.interrupt import RunGuard
 from sgpt_cli.infer.interface import FORMAT, INPUT_IDS, KV_HEADS_KEY, KV, LOGITS, PAST, POSITION_IDS, past_names, present_names
@@ -108,8 +109,9 @@ def open_session(path_or_bytes, device: str = "auto", threads: int | None = None
     want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
     providers = providers_for("cuda" if want_cuda else "cpu")
     try:
-        sess = ort.InferenceSession(path_or_bytes, sess_options=session_options(threads, float_matmuls),
-                                    providers=providers)
+        with library_warnings_silenced():  # onnxruntime warns in Python on some providers' fallbacks
+            sess = ort.InferenceSession(path_or_bytes, sess_options=session_options(threads, float_matmuls),
+                                        providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for damaged files
         where = path_or_bytes if isinstance(path_or_bytes, (str, Path)) else "the model"
         raise SgptError(f"ONNX Runtime cannot load {where}: {first_line(exc)}") from None
@@ -174,9 +176,10 @@ class OnnxModel:
     def val_loss(self) -> float | None:
         v = self.meta.get("sgpt.val_loss")
         try:
-            return float(v) if v not in (None, "") else None
+            value = float(v) if v not in (None, "") else None
         except ValueError:
             return None
+        return value if value is None or math.isfinite(value) else None  # "nan" in a file is no record
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
         """Per layer [key, value] flattened, each (B, block_size, kv_width) of zeros: rows with nothing written."""
@@ -343,8 +346,10 @@ def model_summary(model: OnnxModel) -> dict:
     cfg = {}
     try:
         cfg = json.loads(model.meta.get("sgpt.train_config", "{}"))
-    except ValueError:
+    except (ValueError, RecursionError):  # shown as far as it reads; a hostile nesting is no config
         pass
+    if not isinstance(cfg, dict):
+        cfg = {}
     return {
         "path": str(model.path),
         "size_bytes": model.path.stat().st_size if model.path.exists() else None,

@@ -47,6 +47,8 @@ class CharTokenizer:
             chars = json.loads(data)
         except (TypeError, ValueError):
             raise SgptError("the vocabulary is damaged: it is not a JSON array") from None
+        except RecursionError:  # 100,000 nested brackets: the decoder's stack, from a hostile file
+            raise SgptError("the vocabulary is damaged: it nests too deep to be a JSON array of characters") from None
         if not isinstance(chars, list):
             raise SgptError("the vocabulary is damaged: it is not a JSON array")
         return cls(chars)

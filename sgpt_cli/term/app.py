@@ -73,9 +73,26 @@ def __getattr__(name: str):
 
 
 def main() -> None:
-    from sgpt_cli.term.common import FILE_COMMANDS, LOST_STDOUT, STDOUT_COMMANDS, err, guard_streams, report
+    try:
+        _main()
+    except KeyboardInterrupt as exc:  # Ctrl-C (or an ending signal) before a command's own handler: its imports
+        from sgpt_cli.term.common import report
+
+        sys.exit(report(exc))
+
+
+def _main() -> None:
+    from sgpt_cli.term.common import (FILE_COMMANDS, LOST_STDOUT, STDOUT_COMMANDS, err, guard_streams, report,
+                                      start_signals)
     from sgpt_cli.errors import SgptError
 
+    start_signals(sys.argv[1] if len(sys.argv) > 1 else "")  # first: the imports below take up to 1.5 s
+    if not sys.warnoptions:  # -W or PYTHONWARNINGS: someone asked to see them
+        import warnings
+
+        # a library's warning (torch on a hostile checkpoint, numpy on a NaN) is several raw lines a
+        # user cannot act on; sgpt says what matters in its own one line (errors.library_warnings_silenced)
+        warnings.simplefilter("ignore")
     argv = sys.argv[1:]
     command = argv[0] if argv else ""
     closed = guard_streams(lenient_stdout=command in FILE_COMMANDS, past_closed_pipe=command == "export")
@@ -84,8 +101,8 @@ def main() -> None:
         sys.exit(1)
     try:
         code = dispatch(argv)
-    except SgptError as exc:  # raised outside a command's own handler: --help into a full stdout
-        code = report(exc)
+    except (SgptError, KeyboardInterrupt) as exc:  # raised outside a command's own handler: --help into a
+        code = report(exc)  # full stdout, Ctrl-C while Typer and the command's modules are imported
     if LOST_STDOUT and code == 0:  # train/export went on and wrote their files; the report was lost
         code = report(LOST_STDOUT[0])
     sys.exit(code)
@@ -131,6 +148,8 @@ def run_app(argv: list[str]) -> int:
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         err(message + where)
         return exc.exit_code
-    except typer.Abort:
-        return 130
+    except typer.Abort:  # click's word for a Ctrl-C in its own code: said as every other one
+        from sgpt_cli.term.common import report
+
+        return report(KeyboardInterrupt())
     return status if isinstance(status, int) else 0

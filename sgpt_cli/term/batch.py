@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
-from sgpt_cli.errors import SgptError, UsageError, visible
+from sgpt_cli.errors import SgptError, visible
 from sgpt_cli.files import without_bom
+from sgpt_cli.jsonout import dumps  # noqa: F401  (batch.dumps: the one JSON writer, sgpt_cli.jsonout)
 from sgpt_cli.settings import draw_seed
 
 DEFAULT_BATCH_SIZE = 64  # rows at once: 64 prompts x 200 characters took 7.0 s at 32 rows, 6.5 s at 64
@@ -55,18 +56,12 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")  # json.loads would take NaN, Infinity, -Infinity
 
 
-# characters json.dumps(ensure_ascii=False) writes as they are that a terminal could obey or hide
-# (C1 controls such as U+009B CSI, format controls such as U+202E, U+2028/9, lone surrogates):
-# JSON can spell every one of them as an escape, which any strict reader reads back
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
-                             "\ufeff\ufff9-\ufffb\ud800-\udfff]")
-
-
-def dumps(value) -> str:
-    """One JSON Lines line as strict JSON readers take it: no NaN or Infinity (ValueError), and no
-    character a terminal would obey written raw (escaped as \\uXXXX)."""
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+def _json_why(exc: ValueError) -> str:
+    """Why json.loads refused a text that is not a decoding error: NaN, or a number past Python's
+    int-digit limit (its message advises a Python call, nothing a row's writer can do)."""
+    if "integer string conversion" in str(exc):
+        return f"a number has more than {sys.get_int_max_str_digits():,} digits"
+    return str(exc)
 
 
 def parse_line(number: int, line: str, defaults) -> BatchLine | None:
@@ -85,15 +80,20 @@ def parse_line(number: int, line: str, defaults) -> BatchLine | None:
     except ValueError as exc:
         if text.lstrip().startswith("{"):
             where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else _json_why(exc)
             return BatchLine(number, number, error=f"not valid JSON ({why}{where})")
         return BatchLine(number, number, text, params=defaults)  # a plain line is a prompt
     if not isinstance(value, dict):
         return BatchLine(number, number, text, params=defaults)  # e.g. a line that reads 1999
     row_id = value.get("id", number)
     try:
+        # a string or a number, as the error says: an object or a list is not an id, nor true or null;
+        # "id": 1e999 is infinite and a 5,000-digit one past Python's int-digit limit: no strict JSON
+        # writes either back
+        if isinstance(row_id, bool) or not isinstance(row_id, (str, int, float)):
+            raise ValueError(type(row_id).__name__)
         dumps(row_id)
-    except (ValueError, RecursionError):  # "id": 1e999 is infinite: no strict JSON can write it back
+    except (ValueError, RecursionError):
         return BatchLine(number, number, error='"id" must be a string or a finite number')
     unknown = sorted(set(value) - set(ROW_KEYS))
     if unknown:
@@ -106,8 +106,10 @@ def parse_line(number: int, line: str, defaults) -> BatchLine | None:
         settings["stop"] = [settings["stop"]]  # one stop string as the flag takes it
     try:
         params = row_params(defaults, settings)
-    except (UsageError, SgptError, TypeError, ValueError, RecursionError) as exc:
-        return BatchLine(number, row_id, error=str(exc))
+    except (SgptError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+        # whatever a row's values do to a check (OverflowError included) is that row's error: the
+        # finished rows and the rest of the batch go on
+        return BatchLine(number, row_id, error=str(exc) or type(exc).__name__)
     return BatchLine(number, row_id, value["prompt"], params=params)
 
 
@@ -235,7 +237,7 @@ def run_batch(engine, lines: Iterable[BatchLine], out: TextIO, err: TextIO, batc
             i, taken = taken, taken + 1
             if line.error:
                 state["errors"] = True
-                err.write(visible(f"sgpt: line {line.number}: {line.error}") + "\n")
+                err.write(visible(f"sgpt: error: line {line.number}: {line.error}") + "\n")
                 err.flush()
                 results[i] = {"id": line.id, "line": line.number, "error": line.error}
                 write_ready()

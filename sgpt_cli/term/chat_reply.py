@@ -20,6 +20,7 @@ from rich.text import Text
 
 from sgpt_cli.infer.chat_session import is_speaker_line
 from sgpt_cli.term.common import use_color
+from sgpt_cli.settings import HEAT  # declared once, for the page too
 from sgpt_cli.term.console import Console as _Console
 
 # rich styles for what is printed; the prompt-toolkit styles below match them
@@ -31,10 +32,6 @@ CUT = "…"  # drawn (not written into the script) where max_tokens cut a reply
 # a reply is drawn in batches, every 20 ms (50 per second, smooth to the eye): rich costs about as
 # much per call as the model per character, so drawing each character alone halved the chat's speed
 FLUSH_S = 0.02
-# /set heat on: a character's colour is the probability the model gave it (its own softmax, before
-# temperature and the other settings), in five bins: (lowest probability, style, legend)
-HEAT = ((0.9, "bright_blue", "90% or more"), (0.6, "cyan", "60–90%"), (0.3, "green", "30–60%"),
-        (0.1, "yellow", "10–30%"), (0.0, "red", "under 10%"))
 NO_COLOR_HEAT = "this terminal shows no colour (NO_COLOR, or not a terminal), so replies stay plain text"
 
 
@@ -48,12 +45,34 @@ def heat_style(p: float | None) -> str:
     return HEAT[-1][1]
 
 
+def heat_legend_parts() -> list[Text]:
+    """/help's and `/set heat on`'s legend as the parts a row may break between: a swatch stays with its words."""
+    return [Text("heat (/set heat on): each character's colour is the probability the model gave it:", style=DIM)] + \
+        [Text("■ " + words, style=style) for _, style, words in HEAT]
+
+
 def heat_legend() -> Text:
-    """/help's and `/set heat on`'s line: what each colour means."""
-    legend = Text("heat (/set heat on): each character's colour is the probability the model gave it: ", style=DIM)
-    for i, (_, style, words) in enumerate(HEAT):
-        legend.append(("" if i == 0 else "  ") + "■ " + words, style=style)
-    return legend
+    """The legend as one line: what each colour means."""
+    parts = heat_legend_parts()
+    return Text.assemble(parts[0], " ", Text("  ").join(parts[1:]))
+
+
+def print_parts(console: Console, parts: list[Text], sep: Text) -> None:
+    """`parts` joined by `sep` in as few rows as a terminal's width allows, breaking only between parts,
+    so no figure is cut from its label; one line elsewhere. A part wider than a row wraps at its words;
+    one with a word wider than a row (a long path) is left to the terminal to wrap: no line break is
+    put inside the word, so it copies whole."""
+    if not on_a_terminal(console):
+        console.print(sep.join(parts), soft_wrap=True)
+        return
+    rows: list[Text] = []
+    for part in parts:
+        if rows and rows[-1].cell_len + sep.cell_len + part.cell_len <= console.width:
+            rows[-1] = Text.assemble(rows[-1], sep, part)
+        else:
+            rows.append(part.copy())
+    for row in rows:
+        console.print(row, soft_wrap=max(map(cell_len, row.plain.split(" "))) > console.width)
 
 
 def styled(text: str, style) -> Text:

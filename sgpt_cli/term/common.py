@@ -194,6 +194,29 @@ def quiet_broken_pipe() -> None:
 END_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
+# the commands that, once running, end on SIGTERM and SIGHUP as on Ctrl-C (train's stop request,
+# export's and serve's terminate_as_interrupt); the others keep the signals' default action
+END_AS_INTERRUPT = ("train", "export", "serve")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def start_signals(command: str) -> None:
+    """At `main`'s first line, before any heavy import (Typer, rich, onnxruntime, torch: up to 1.5 s):
+    SIGTERM and SIGHUP unwind as Ctrl-C for the commands that treat them so once running, so a signal
+    during their imports ends them as one later would (exit 130, "interrupted", no traceback) instead of
+    by the default action (143, 129). Ctrl-C itself is Python's KeyboardInterrupt from the start, which
+    `main` turns into that line."""
+    if command not in END_AS_INTERRUPT or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in END_SIGNALS:
+        with contextlib.suppress(OSError, ValueError):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup: the user asked for it to be ignored
+                signal.signal(sig, _raise_interrupt)
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP (END_SIGNALS) unwind like Ctrl-C, so temporary files are removed on the way
@@ -202,10 +225,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in END_SIGNALS}
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in END_SIGNALS}
     try:
         yield
     finally:
@@ -277,7 +297,7 @@ def typer_command(name: str, doc: str, settings: Sequence, worker: Callable[...,
         raise typer.Exit(code or 0)
 
     params = [inspect.Parameter(s.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=typer_option(s),
-                                annotation=s.annotation()) for s in settings]
+                                annotation=s.annotation(command_line=True)) for s in settings]
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = command.__qualname__ = name.replace("-", "_")
@@ -304,5 +324,5 @@ def argparse_parser(settings: Sequence, prog: str, positional: Sequence[str] = (
         elif s.repeat:
             parser.add_argument(*s.flags, dest=s.name, type=s.kind, action="append", default=None)
         else:
-            parser.add_argument(*s.flags, dest=s.name, type=s.kind, default=s.default)
+            parser.add_argument(*s.flags, dest=s.name, type=str if s.worded else s.kind, default=s.default)
     return parser

@@ -241,9 +241,9 @@ def complete(prompt: str, *, out: TextIO, errs: TextIO, max_tokens: int = 500, t
     if stats is not None and stats.stop_reason == "interrupted":
         raise KeyboardInterrupt  # the engine stopped cleanly on Ctrl-C; the command still exits 130
     if as_json:
-        import json
+        from sgpt_cli.jsonout import dumps
 
-        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+        out.write(dumps(result) + "\n")
     elif on_terminal and not ((read.last if echo else "") + text or "\n").endswith("\n"):
         out.write("\n")  # leave the shell's prompt on a line of its own; pipes get the exact text
     out.flush()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sgpt_cli.errors import SgptError, UsageError, visible
+from sgpt_cli.errors import SgptError, UsageError, shown, visible
 from sgpt_cli.term.common import typer_command
 from sgpt_cli.settings import DATA, DEVICE, JSON, MODEL, Setting
 
@@ -56,9 +56,9 @@ def _run(model, data, split, device, batch_size, as_json) -> int:
     with progress_bar() as progress:
         result = evaluate(opened, data, split, batch=batch_size, progress=progress)
     if as_json:
-        import json
+        from sgpt_cli.jsonout import dumps
 
-        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps(result) + "\n")
     else:
         sys.stdout.write(render(result))
     sys.stdout.flush()
@@ -124,6 +124,9 @@ def evaluate(opened, data: Path | None = None, split: str | None = None, batch: 
     t0 = time.perf_counter()
     loss, scored = score_ids(onnx, ids, batch=batch, progress=progress)
     seconds = time.perf_counter() - t0
+    if not math.isfinite(loss):  # a damaged or hostile model's NaN: no score, and no strict JSON holds it
+        raise SgptError(f"{shown(opened.path)} gives no finite score to this text (its loss is {loss}); re-export "
+                        "the model with `sgpt export`")
     model_sha = onnx.meta.get("sgpt.data_sha256") or None
     return {
         "model": str(opened.path),
@@ -138,7 +141,7 @@ def evaluate(opened, data: Path | None = None, split: str | None = None, batch: 
         "unknown_kinds": unknown,
         "loss": loss,
         "bits_per_char": loss / math.log(2),
-        "perplexity": math.exp(loss),
+        "perplexity": math.exp(loss) if loss < 700 else None,  # past float's range: e**710
         "seconds": seconds,
         "chars_per_s": scored / seconds if seconds > 0 else None,
         "block_size": onnx.block_size,
@@ -161,7 +164,7 @@ def render(r: dict) -> str:
         f"model       {r['model']} ({source}{r['device']})",
         f"data        {r['data']}, {r['split']} split ({r['split_rule']}): {r['chars']:,} characters",
         f"loss        {r['loss']:.4f} nats/char ({r['bits_per_char']:.3f} bits/char)",
-        f"perplexity  {r['perplexity']:.3f}",
+        f"perplexity  {r['perplexity']:.3f}" if r["perplexity"] is not None else "perplexity  past e**700",
         f"scored      {r['chars_scored']:,} characters in windows of {r['block_size']}, "
         f"{r['seconds']:.1f} s ({r['chars_per_s'] or 0:,.0f} chars/s)",
     ]

@@ -25,7 +25,7 @@ OPTIONS = (
     DATA.but(help="The checkpoint's training text (SHA-256 checked), whose whole validation split measures the "
                   "loss recorded in the file (and, with --quantize, the int8 loss change).",
              shown="the path recorded at training if its SHA-256 still matches, else data/tinyshakespeare.txt "
-                   "if it is that text (downloaded when missing)"),
+                   "if it is that text (unpacked from sgpt's copy when missing)"),
 )
 
 DOC = """Turn a checkpoint into one self-contained ONNX file and verify it against PyTorch.

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import TextIO
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
@@ -23,8 +24,8 @@ from sgpt_cli.infer.chat_session import SETTING_NAMES, ChatSession, ChatSettings
 from sgpt_cli.term.chat_commands import HELP_CONVENTION, MAX_ALTERNATIVES, help_rows, is_command, parse_command
 from sgpt_cli.term.chat_input import CONTINUATION, CTRL_C_HINT, PROMPT, LineReader, PromptReader
 from sgpt_cli.term.chat_reply import (
-    CUT, DIM, FLUSH_S, HINT, NO_COLOR_HEAT, ReplyPrinter, StopOnCtrlC, heat_legend, keyboard_quiet, make_console,
-    on_a_terminal,
+    CUT, DIM, FLUSH_S, HINT, NO_COLOR_HEAT, ReplyPrinter, StopOnCtrlC, heat_legend_parts, keyboard_quiet,
+    make_console, on_a_terminal, print_parts,
 )
 from sgpt_cli.errors import SgptError, shown, visible
 
@@ -48,6 +49,7 @@ class Repl:
         self.summary = summary or {}
         self.joiner = InputJoiner()
         self.failures = 0  # commands and inputs refused (piped input exits 1 if any)
+        self.open_shown = False  # a pipe: the script's open last line ends the transcript (from /load)
 
     # output helpers ----------------------------------------------------------------------------
 
@@ -63,6 +65,13 @@ class Repl:
         """Two aligned columns; a long value wraps under its own column."""
         from rich.table import Table
 
+        if not on_a_terminal(self.out):  # a pipe or a file: a row a line, nothing padded to a width
+            wide = max((cell_len(visible(label)) for label, _ in rows), default=0)
+            for label, value in rows:
+                line = Text.assemble((visible(label), "bold"), " " * (wide - cell_len(visible(label)) + 2), visible(value))
+                line.rstrip()
+                self.out.print(line, soft_wrap=True)
+            return
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
@@ -98,10 +107,18 @@ class Repl:
         return self.exit_status()
 
     def exit_status(self) -> int:
+        if self.open_shown:  # the transcript ends on the scene's open line: the shell's prompt goes below
+            self.open_shown = False
+            self.out.print()
         return 1 if self.failures and not self.reader.interactive else 0
 
     def echo(self, text: str) -> None:
         """Piped input is not on the screen: write it into the transcript as a prompt line."""
+        if self.open_shown:
+            if not text and not self.joiner.open:
+                return  # Enter: the reply goes on on the open line, as the transcript shows it once
+            self.open_shown = False
+            self.out.print()
         marker = CONTINUATION if self.joiner.open else PROMPT
         self.out.print(Text.assemble((marker, "bold green"), (visible(text, keep="\n\t"), "bold")), soft_wrap=True)
 
@@ -173,24 +190,31 @@ class Repl:
         tail = self.session.script[-TAIL_SHOWN:]
         if len(self.session.script) > len(tail) and "\n" in tail:
             tail = tail[tail.index("\n") + 1:]
+        said = f"(loaded {loaded.chars:,} characters from {shown(loaded.path)}; type, or press Enter and the play " \
+               "goes on from here)"
+        if not self.reader.interactive:  # a pipe: said first, so that the tail's open line can stay open
+            self.notice(said)
         if tail:
             printer = ReplyPrinter(self.out)
             printer.write(tail, DIM)
-            printer.end()
-        self.notice(f"(loaded {loaded.chars:,} characters from {shown(loaded.path)}; type, or press Enter "
-                    "and the play goes on from here)")
+            if self.reader.interactive or tail.endswith("\n"):
+                printer.end()
+            else:  # a pipe cannot redraw a line: it stays open for the reply to go on (echo, reply)
+                self.open_shown = True
+        if self.reader.interactive:
+            self.notice(said)
 
     def help(self) -> None:
         self.rows(help_rows())
         self.out.print()
-        for line in HELP_CONVENTION:
-            self.out.print(Text(line, style=DIM))
+        for line in HELP_CONVENTION:  # a terminal wraps them at words; a pipe gets each on one line
+            self.out.print(Text(line, style=DIM), soft_wrap=not on_a_terminal(self.out))
         self.heat_legend()
         self.out.print()
 
     def heat_legend(self) -> None:
         """What heat's colours mean; where there is no colour, that replies stay plain."""
-        self.out.print(heat_legend())
+        print_parts(self.out, heat_legend_parts(), Text("  "))
         if self.out.color_system is None:
             self.notice(f"({NO_COLOR_HEAT})")
 
@@ -248,7 +272,10 @@ class Repl:
     def reply(self) -> None:
         """Stream the model's continuation of the script; Ctrl-C stops it and keeps what came."""
         printer = self.printer()
-        printer.begin(self.session.current_line())
+        if self.open_shown:  # already the transcript's last line (a pipe, after /load)
+            printer.line, self.open_shown = self.session.current_line(), False
+        else:
+            printer.begin(self.session.current_line())
         stream = self.session.stream_reply(self.engine)
         pending: list[str] = []  # pieces not drawn yet: drawn together every FLUSH_S
         drawn = [time.perf_counter(), 0]  # when the screen was last drawn; characters drawn
@@ -314,14 +341,13 @@ def until_ctrl_c(stream, each) -> None:
 def banner(console: Console, summary: dict, source: str, interactive: bool, load_s: float | None,
            seed: int | None = None) -> None:
     loss = summary.get("val_loss")
-    head = Text.assemble(("sgpt chat", "bold"), ("  ·  ", DIM), (shown(summary["path"]), "bold"),
-                         (f" ({source})", DIM), ("  ·  ", DIM), summary["device"],
-                         ("  ·  ", DIM), f"val loss {loss:.4f}" if loss is not None else "val loss unknown")
+    parts = [Text("sgpt chat", style="bold"), Text.assemble((shown(summary["path"]), "bold"), (f" ({source})", DIM)),
+             Text(summary["device"]), Text(f"val loss {loss:.4f}" if loss is not None else "val loss unknown")]
     if seed is not None:
-        head.append_text(Text.assemble(("  ·  ", DIM), f"seed {seed}"))
+        parts.append(Text(f"seed {seed}"))
     if load_s is not None:
-        head.append(f"  ·  loaded in {load_s:.2f} s", style=DIM)
-    console.print(head, soft_wrap=True)
+        parts.append(Text(f"loaded in {load_s:.2f} s", style=DIM))
+    print_parts(console, parts, Text("  ·  ", style=DIM))  # a terminal breaks it between facts, never in one
     if interactive:
         console.print(Text("Type a speaker (ROMEO:) and the model speaks as them; a line of verse joins the "
                            "script and the play goes on, often with another speaker; Enter on an empty line "

@@ -38,7 +38,9 @@ def _hyper(name: str, help: str, *flags: str) -> Setting:
     if kind is bool:
         flag = f"{flag}/--no-{name.replace('_', '-')}"
     metavar = {int: "N", float: "X", str: "TEXT"}.get(kind)
-    return Setting(name, (flag, *flags), kind, None, help, shown=_preset_defaults(name), metavar=metavar)
+    # the ranges are TrainConfig.validate's, which says them in its own words (numbers of any size included)
+    return Setting(name, (flag, *flags), kind, None, help, shown=_preset_defaults(name), metavar=metavar,
+                   whole_most=None)
 
 
 @contextlib.contextmanager

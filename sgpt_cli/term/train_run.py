@@ -28,6 +28,7 @@ from sgpt_cli.train.precision import cache_path, cpu_name
 from sgpt_cli.data import default_data, read_text
 from sgpt_cli.infer.model_lookup import shipped_or_given
 from sgpt_cli.errors import SgptError, visible
+from sgpt_cli.settings import export_out_for
 from sgpt_cli.files import check_writable_target, probe
 from sgpt_cli.term.fetch import fetch_default_data
 from sgpt_cli.train.stop import Stop
@@ -330,7 +331,8 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
         from sgpt_cli.train.plot import render_curves
 
         try:
-            console.print(render_curves(metrics, checkpoint.curve_path(out), ascii_only=not display.bars[0] == "█"))
+            console.print(render_curves(metrics, checkpoint.curve_path(out), ascii_only=not display.bars[0] == "█",
+                                        val_loss=result.val_loss))  # the picture's title: the run's one val loss
         except OSError as exc:
             errors.print(f"sgpt: warning: could not write the loss curve: {exc.strerror or exc}", markup=False)
     if result.status == "interrupted":
@@ -349,5 +351,5 @@ def run_train(*, data: Path | None, preset: str, out: Path, resume: bool, force:
                                  default_data=data is None and init is None, precision=display.precision)
     if comparison:
         console.print(visible(f"  {comparison}"), markup=False)  # it names this CPU, as the OS reports it
-    console.print(visible(f"next: sgpt export {shlex.quote(str(out))}"), markup=False)
+    console.print(visible(f"next: sgpt export {shlex.quote(str(out))}   (writes {export_out_for(out)})"), markup=False)
     return 0

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from sgpt_cli.errors import SgptError, first_line, shown
+from sgpt_cli.errors import SgptError, first_line, library_warnings_silenced, shown
 
 from sgpt_cli.files import atomic_path, kind_of, probe
 
@@ -168,7 +168,8 @@ def load(path: Path, map_location="cpu") -> dict:
             "give a .pt file written by `sgpt train`"
         )
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with library_warnings_silenced():  # torch 2.14+ warns on a sparse tensor: check_contents refuses it
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise SgptError(
             f"refused to load {path}: it holds objects that could run code (not a plain sgpt checkpoint)"
@@ -260,8 +261,20 @@ def check_weights(mcfg, state) -> None:
 
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ValueError("its weights are not a state dict")
-    with torch.device("meta"):  # shapes only: a claim of n_embd 4096 costs nothing to check
-        expected = GPT(mcfg).state_dict()
+    # the claim against what is stored, before anything is built: the config's limits (ModelConfig.validate)
+    # bound the build, and a file claiming more blocks or another width than it holds is refused here
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if len(blocks) != mcfg.n_layer:
+        raise ValueError(f"the config claims {mcfg.n_layer:,} blocks, the file holds weights for {len(blocks):,}")
+    embedding = state.get("wte.weight")
+    if isinstance(embedding, torch.Tensor) and tuple(embedding.shape) != (mcfg.vocab_size, mcfg.n_embd):
+        raise ValueError(f"the config implies wte.weight of shape {[mcfg.vocab_size, mcfg.n_embd]}, the file "
+                         f"holds {list(embedding.shape)}")
+    try:
+        with torch.device("meta"):  # shapes only: a claim of n_embd 4096 costs nothing to check
+            expected = GPT(mcfg).state_dict()
+    except (RuntimeError, MemoryError, OverflowError) as exc:  # sizes torch's arithmetic cannot hold
+        raise ValueError(f"its shape cannot be built ({first_line(exc, 80)})") from None
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{_cut(key)} is {type(value).__name__}, not a tensor")

@@ -30,15 +30,14 @@ import torch
 
 from sgpt_cli.train import checkpoint, onnx_graph
 from sgpt_cli.config import model_config_from_dict
-from sgpt_cli.errors import SgptError, first_line
+from sgpt_cli.errors import SgptError, first_line, library_warnings_silenced
 from sgpt_cli.files import atomic_path, check_writable_target
 from sgpt_cli.infer.interface import FORMAT, KV_HEADS_KEY
-from sgpt_cli.settings import CHECKPOINT, EXPORT_OUT, QUANTIZE
+from sgpt_cli.settings import CHECKPOINT, QUANTIZE, export_out_for
 from sgpt_cli.train.model import GPT
 from sgpt_cli.infer.tokenizer import CharTokenizer
 
 DEFAULT_CHECKPOINT = CHECKPOINT.default
-DEFAULT_OUT = EXPORT_OUT.default
 TOLERANCE = 1e-4  # fp32 max |ONNX - PyTorch| on logits
 # int8: one weight scale per output column, so logits move by a few percent of the largest at most; a
 # broken graph (wrong cache, positions or mask) moves them by their whole range
@@ -142,7 +141,8 @@ def save_checked(proto, path: Path) -> None:
     if not embedded(onnx.load(str(path), load_external_data=False)):
         raise SgptError(f"{path} refers to weights outside itself; check the onnx version")
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        with library_warnings_silenced():  # what fails it is said in one line below
+            onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise SgptError(f"the exported graph fails onnx.checker ({first_line(exc)}); check the onnx version") from None
 
@@ -241,14 +241,15 @@ def val_loss_onnx(path: Path, val_ids: np.ndarray, progress=None) -> float:
     return score_ids(OnnxModel(path, device="cpu"), val_ids, progress=progress)[0]
 
 
-def export(ckpt_path: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT, *, quantize: str | None = None,
+def export(ckpt_path: Path = DEFAULT_CHECKPOINT, out: Path | None = None, *, quantize: str | None = None,
            data: Path | None = None, status: Callable[[str], None] = lambda s: None,
            progress: Callable[[int, int], None] | None = None,
            fetch: Callable[[Path], object] | None = None) -> dict:
     """Export, verify and (optionally) quantize; return the report. The file appears only if all pass."""
     check_options(quantize)
     t0 = time.perf_counter()
-    ckpt_path, out = Path(ckpt_path), Path(out)
+    ckpt_path = Path(ckpt_path)
+    out = Path(out) if out is not None else export_out_for(ckpt_path)  # export/NAME.onnx: never another model's
     status(f"loading {ckpt_path}")
     model, ckpt = load_model(ckpt_path)
     val_ids, data_path = find_validation_text(ckpt, data, required=bool(quantize), fetch=fetch)

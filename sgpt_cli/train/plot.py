@@ -34,9 +34,11 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def loss_figure(rows: list[dict], title: str = "sgpt training"):
+def loss_figure(rows: list[dict], title: str = "sgpt training", val_loss: float | None = None):
     """The curves as a matplotlib figure: every estimate a marked point (one estimate is still
-    seen), the best val as a star, its value in the title (no label to collide with anything)."""
+    seen), the best val estimate as a star. The title names the run's one val loss, the whole-split
+    measurement the terminal, export and eval report (`val_loss`), where there is one, and calls the
+    best of the periodic figures what it is, an estimate (no label to collide with anything)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,23 +50,27 @@ def loss_figure(rows: list[dict], title: str = "sgpt training"):
     ax.plot(its, [r["val_loss"] for r in rows], "o-", markersize=4, label="validation", color="#dd8452")
     best = min(rows, key=lambda r: r["val_loss"])
     ax.plot([best["iter"]], [best["val_loss"]], "*", markersize=14, color="#c44e52",
-            label=f"best val {best['val_loss']:.4f}", zorder=3)
+            label=f"best val estimate {best['val_loss']:.4f}", zorder=3)
     if len(rows) == 1:  # one iteration alone gives no width: centre it in a visible span
         ax.set_xlim(its[0] * 0.5 - 1, its[0] * 1.5 + 1)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy (nats/char)")
     points = f"{len(rows)} estimate{'' if len(rows) == 1 else 's'}"
-    ax.set_title(f"{title}: best val {best['val_loss']:.4f} at iteration {best['iter']} ({points})")
+    estimate = f"best val estimate {best['val_loss']:.4f} at iteration {best['iter']} ({points})"
+    if val_loss is not None:
+        ax.set_title(f"{title}: val loss {val_loss:.4f} (whole validation split)\n{estimate}", fontsize="medium")
+    else:
+        ax.set_title(f"{title}: {estimate}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")  # clear of the curves
     fig.tight_layout()
     return fig
 
 
-def write_png(rows: list[dict], png: Path, title: str = "sgpt training") -> None:
+def write_png(rows: list[dict], png: Path, title: str = "sgpt training", val_loss: float | None = None) -> None:
     import matplotlib.pyplot as plt
 
-    fig = loss_figure(rows, title)
+    fig = loss_figure(rows, title, val_loss)
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -81,12 +87,13 @@ def sparkline(values: list[float], width: int = 60, bars: str = BARS) -> str:
     return "".join(bars[min(int((hi - v) / span * (len(bars) - 1) + 0.5), len(bars) - 1)] for v in values)
 
 
-def render_curves(metrics: Path, png: Path, ascii_only: bool = False) -> Text:
-    """Write the PNG and return a terminal summary: val loss falling as bars grow."""
+def render_curves(metrics: Path, png: Path, ascii_only: bool = False, val_loss: float | None = None) -> Text:
+    """Write the PNG (titled with `val_loss`, the whole-split figure, when measured) and return a
+    terminal summary: val loss falling as bars grow."""
     rows = read_metrics(metrics)
     if not rows:
         return Text("")
-    write_png(rows, png)
+    write_png(rows, png, val_loss=val_loss)
     vals = [r["val_loss"] for r in rows]
     t = Text()
     if len(vals) == 1:  # one point is no curve: say what there is

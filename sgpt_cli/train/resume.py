@@ -68,8 +68,11 @@ def load_resume_state(out: Path, text_sha: str, tokenizer: CharTokenizer | None,
     it, seconds = int(ckpt["iter"]), float(ckpt.get("train_seconds", 0.0))
     if changes.get("time_budget"):
         changes["time_budget"] = seconds + changes["time_budget"]  # "this much more"
-    elif saved.time_budget and seconds >= saved.time_budget and "time_budget" not in changes:
-        changes["time_budget"] = seconds + saved.time_budget  # spent: the same stretch again
+    elif saved.time_budget and (seconds >= saved.time_budget or ckpt.get("budget_spent") is True) \
+            and "time_budget" not in changes:
+        # spent (a run that stopped to leave its last seconds to the final measurement counts as one
+        # that spent them; one stopped by Ctrl-C goes on with what was left): the same stretch again
+        changes["time_budget"] = seconds + saved.time_budget
     cfg = dataclasses.replace(saved, **changes)
     cfg.validate()
     if it >= cfg.max_iters:

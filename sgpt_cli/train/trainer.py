@@ -474,6 +474,8 @@ def train(cfg: TrainConfig, text: str, text_sha: str, out: Path, *, device: str 
                 # so gathering the random streams (a collective) is safe
                 status, run.rng_at = reason, (run.it, _gather_rng(run.gen, run.device, run.dist))
                 break
+            if reason == "time":  # stopped early to leave the budget's end to the final measurement:
+                run.extra["budget_spent"] = True  # spent all the same (a resume gets the budget again)
             if estimate_due(run, reason):
                 evaluate_and_save(run, stop, report, final=reason is not None)
             if reason:

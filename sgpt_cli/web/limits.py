@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sgpt_cli.errors import SgptError, visible
+from sgpt_cli.jsonout import dumps, escaped
 
 # A request's head (its line and headers) must be whole this long after the connection opened or
 # the previous response ended: a client on any network sends a few hundred bytes in well under a
@@ -222,12 +223,13 @@ def unencodable(body, limit: int = 1_000_000) -> str | None:
 
 
 def json_text(obj) -> str:
-    """`obj` as JSON text that UTF-8 can always write: characters as they are, unless one cannot be
-    written (a lone surrogate in a file name), then the ASCII escapes JSON allows."""
-    text = json.dumps(obj, ensure_ascii=False)
-    if text.isascii() or not _bad_text(text):
-        return text
-    return json.dumps(obj)
+    """`obj` as JSON text by sgpt's one writer (sgpt_cli.jsonout: terminal controls and lone surrogates
+    escaped, so UTF-8 can always write it); a NaN or an infinity, which strict JSON has no word for,
+    as Python's json spells it rather than a failed stream."""
+    try:
+        return dumps(obj)
+    except ValueError:
+        return escaped(json.dumps(obj, ensure_ascii=False))
 
 
 PIECE = 64  # list items per json.dumps call when writing a big object in pieces
@@ -258,21 +260,15 @@ def _pieces(obj, ascii_only: bool, depth: int = 0):
 def json_bytes(obj) -> bytes:
     """`obj` as UTF-8 JSON, written in many small json.dumps calls: run in a worker thread, a 30 MB
     response lets the event loop in between them (one call would hold the GIL throughout)."""
-    pieces = list(_pieces(obj, False))
-    try:
-        return "".join(pieces).encode("utf-8")
-    except UnicodeEncodeError:
-        return "".join(_pieces(obj, True)).encode("ascii")
+    return "".join(map(escaped, _pieces(obj, False))).encode("utf-8")  # by pieces, like the writing
 
 
 class JSONResponse(_StarletteJSON):
-    """Starlette's JSONResponse, except that text UTF-8 cannot write is escaped, never a 500."""
+    """Starlette's JSONResponse, written by sgpt's one JSON writer (json_text): C1, bidi and
+    zero-width characters escaped, and text UTF-8 cannot write too, never a 500."""
 
     def render(self, content) -> bytes:
-        try:
-            return super().render(content)
-        except UnicodeEncodeError:
-            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+        return json_text(content).encode("utf-8")
 
 
 # --- the console -------------------------------------------------------------------------------------

@@ -64,8 +64,8 @@ def quantization(meta: dict) -> str:
 
 
 def heat_bins() -> list[dict]:
-    """The REPL's heat bins (sgpt_cli.term.repl.HEAT): the lowest probability, the colour's name, the legend."""
-    from sgpt_cli.term.repl import HEAT
+    """The heat bins (sgpt_cli.settings.HEAT, as the REPL draws them): the lowest probability, the colour's name, the legend."""
+    from sgpt_cli.settings import HEAT
 
     return [{"low": low, "colour": colour, "words": words} for low, colour, words in HEAT]
 

@@ -213,8 +213,9 @@ async def read_json(request: HttpRequest, limit: int) -> dict:
                        code="invalid_json") from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply", code="invalid_json") from None
-    except ValueError:  # an integer past Python's digit limit (4,300), which no field takes
-        raise ApiError(400, "the body holds a number too long to read", code="invalid_value") from None
+    except ValueError:  # a number past Python's int-digit limit: its own advice is for a programmer
+        raise ApiError(400, f"the body is not valid JSON (a number has more than {sys.get_int_max_str_digits():,} "
+                            "digits)", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}", code="invalid_json")
     where = unencodable(body)
@@ -280,7 +281,7 @@ async def stream(state: State, reply: Reply, ids: list[int], queue: Sink):
     parsed = reply.request
 
     def data(obj) -> dict:
-        return {"data": json_text(obj)}
+        return {"data": json_text(obj)}  # the one JSON writer (sgpt_cli.jsonout): no terminal controls raw
 
     try:
         for k in range(len(parsed.jobs)):
