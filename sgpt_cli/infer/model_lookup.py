@@ -1,7 +1,7 @@
 """Which .onnx file a command runs: --model, else $SGPT_MODEL, else the model shipped with sgpt; and
 the one way every command opens it (`open_model`: the file found, loaded, checked, an Engine over it).
 
-A model you export is never picked up implicitly: `sgpt export` writes export/model.onnx and says
+A model you export is never picked up implicitly: `sgpt export` writes export/NAME.onnx (named after the checkpoint) and says
 how to use it (`--model export/model.onnx` or `$SGPT_MODEL`), so which model answered is never a
 surprise (picking up a fresh export unasked would replace the shipped model silently).
 
