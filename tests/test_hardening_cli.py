@@ -209,7 +209,7 @@ def test_the_one_json_writer_is_what_batch_complete_eval_and_serve_use():
     import inspect
 
     from sgpt_cli import jsonout
-    from sgpt_cli.infer import batch, complete
+    from sgpt_cli.term import batch, complete
     from sgpt_cli.term import eval as eval_cmd
 
     assert batch.dumps is jsonout.dumps
@@ -223,11 +223,13 @@ def test_the_one_json_writer_is_what_batch_complete_eval_and_serve_use():
 
 def test_eval_refuses_a_model_whose_loss_is_not_finite(tiny_onnx, text_file, monkeypatch):
     from sgpt_cli.errors import SgptError
-    from sgpt_cli.infer import evaluate, onnx_model
+    from sgpt_cli.infer import onnx_model
+    from sgpt_cli.infer.model_lookup import open_model
+    from sgpt_cli.term import eval as eval_cmd
 
     monkeypatch.setattr(onnx_model, "score_ids", lambda *a, **k: (float("nan"), 10))
     with pytest.raises(SgptError, match="no finite score"):
-        evaluate.evaluate(str(tiny_onnx), text_file, "val", "cpu")
+        eval_cmd.evaluate(open_model(str(tiny_onnx), "cpu"), text_file, "val")
 
 
 # --- class 9: unpacking the corpus on a full disk -----------------------------------------------------
@@ -427,18 +429,18 @@ def _budgeted_run(tmp_path, text_file, should_stop=lambda: False):
 
 def test_a_run_that_stopped_to_leave_time_for_its_final_measurement_counts_as_spent(tmp_path, text_file,
                                                                                     one_torch_thread):
-    from sgpt_cli.train import trainer
+    from sgpt_cli.train import resume, trainer
 
     result, last, (out, sha, text) = _budgeted_run(tmp_path, text_file)
     assert result.status == "time" and last["budget_spent"] is True
-    _, again = trainer.load_resume_state(out, sha, None, {}, text=text)
+    _, again = resume.load_resume_state(out, sha, None, {}, text=text)
     assert again.time_budget == pytest.approx(last["train_seconds"] + 2.0)  # the same budget again
-    _, more = trainer.load_resume_state(out, sha, None, {"time_budget": 5.0}, text=text)
+    _, more = resume.load_resume_state(out, sha, None, {"time_budget": 5.0}, text=text)
     assert more.time_budget == pytest.approx(last["train_seconds"] + 5.0)  # --time-budget: this much more
 
 
 def test_a_budgeted_run_stopped_by_the_user_goes_on_with_what_was_left(tmp_path, text_file, one_torch_thread):
-    from sgpt_cli.train import trainer
+    from sgpt_cli.train import resume, trainer
 
     calls = []
 
@@ -448,7 +450,7 @@ def test_a_budgeted_run_stopped_by_the_user_goes_on_with_what_was_left(tmp_path,
 
     result, last, (out, sha, text) = _budgeted_run(tmp_path, text_file, after_a_few_steps)
     assert result.status == "interrupted" and "budget_spent" not in last
-    _, rest = trainer.load_resume_state(out, sha, None, {}, text=text)
+    _, rest = resume.load_resume_state(out, sha, None, {}, text=text)
     assert rest.time_budget == 2.0  # a total: the resumed session gets the seconds not yet spent
 
 
@@ -594,7 +596,7 @@ def test_the_default_export_path_follows_the_checkpoints_name():
 
 
 def test_every_numeric_field_of_a_server_request_refuses_a_huge_number_as_a_400():
-    from sgpt_cli.infer.serve_api import ApiError, Limits, parse_chat, parse_completion
+    from sgpt_cli.web.openai_api import ApiError, Limits, parse_chat, parse_completion
 
     stoi = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz ROMEJULIT:\n")}
     fields = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "n",
@@ -614,7 +616,7 @@ def test_a_server_body_with_a_number_past_the_int_digit_limit_is_a_400():
     import asyncio
 
     pytest.importorskip("starlette")
-    from sgpt_cli.infer.serve_api import ApiError
+    from sgpt_cli.web.openai_api import ApiError
     from sgpt_cli.web.server import read_json
 
     class Body:

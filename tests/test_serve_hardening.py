@@ -424,7 +424,8 @@ def test_huge_integers_in_any_numeric_field_are_400_with_an_error_object(server,
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     r = httpx.post(server.url + path, json=body, timeout=30)
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["param"] == param and "…" in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == param and "0" * 100 not in message and "9" * 100 not in message
 
 
 @pytest.mark.parametrize("raw", [

@@ -116,7 +116,8 @@ def fast_main(argv: list[str]) -> int | None:
     import argparse
 
     from sgpt_cli.errors import SgptError
-    from sgpt_cli.settings import FLAG, argparse_parser, check_values
+    from sgpt_cli.settings import FLAG, check_values
+    from sgpt_cli.term.common import argparse_parser
 
     class Quiet(argparse.ArgumentParser):
         def error(self, message):
