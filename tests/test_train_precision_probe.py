@@ -219,7 +219,7 @@ def test_the_header_says_what_auto_chose_and_why():
             "preset": "cpu", "optimizer": "muon", "params": 800_000, "hardware": "AMD EPYC, 2 threads",
             "train_chars": 10, "val_chars": 1, "vocab_size": 65,
             "precision_why": "float32: bfloat16 0.42x on this CPU (cached)"}
-    TrainDisplay(console)(trainer.Event("start", 0, 10, info=info))
+    TrainDisplay(console)(trainer.TrainEvent("start", 0, 10, info=info))
     assert "  precision float32: bfloat16 0.42x on this CPU (cached)" in console.export_text()
 
 
