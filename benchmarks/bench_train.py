@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from sgpt_cli.train import checkpoint, trainer  # noqa: E402
 from sgpt_cli.config import build_train_config, model_config_from_dict  # noqa: E402
-from sgpt_cli.data import DEFAULT_DATA, read_text, split_text  # noqa: E402
+from sgpt_cli.data import DEFAULT_DATA, ensure_default_data, read_text, split_text  # noqa: E402
 from sgpt_cli.train.model import GPT  # noqa: E402
 from sgpt_cli.infer.tokenizer import CharTokenizer  # noqa: E402
 from sgpt_cli.errors import UsageError  # noqa: E402
@@ -171,6 +171,8 @@ def main() -> None:
             extra[key] = TRAIN_SETTINGS[key].parse(value, FLAG)
         except UsageError as exc:
             sys.exit(str(exc))
+    if args.data == DEFAULT_DATA:  # a fresh clone has no data/: unpack sgpt's own copy, as `sgpt train` does
+        ensure_default_data(args.data)
     text, sha = read_text(args.data)
     print(f"machine: {os.cpu_count()} cores, {trainer.hardware_name('cpu')}; data {args.data} ({len(text):,} chars)")
     with tempfile.TemporaryDirectory() as tmp:
