@@ -100,7 +100,7 @@ def test_the_log_flood_filter_says_the_first_record_even_at_clock_zero_and_count
 
 
 def test_log_records_are_one_visible_line_whatever_their_shape():
-    from sgpt_cli.web.server import OneLine
+    from sgpt_cli.web.limits import OneLine
 
     fmt = OneLine()
 

@@ -8,7 +8,8 @@ What it holds: `HEAD_S`, `BODY_S`, `SINK_LIMIT`, `SEND_S`; `HeadDeadline` (uvico
 deadline on each request's head), `read_body` (the body with a deadline), `Sink` (one request's
 events, bounded), `unencodable` (where a body holds text UTF-8 cannot write), `json_text`,
 `JSONResponse` and `json_bytes` (JSON that always encodes, big objects in pieces), `Flood` and
-`not_a_cancellation` (the log filters), `check_api_key`, `check_host`.
+`not_a_cancellation` (the log filters), `OneLine` and `quiet_logging` (a record a line, on stderr),
+`check_api_key`, `check_host`.
 
 What it does not do: import sgpt_cli.web.server (the server imports this), or the engine.
 """
@@ -19,12 +20,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 
 from starlette.responses import JSONResponse as _StarletteJSON
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sgpt_cli.errors import SgptError, visible
+from sgpt_cli.errors import SgptError, first_line, visible
 from sgpt_cli.jsonout import dumps, escaped
 
 # A request's head (its line and headers) must be whole this long after the connection opened or
@@ -338,3 +340,32 @@ def check_host(host: str) -> None:
     except UnicodeError:
         raise SgptError(f"--host {visible(host)} is not a host name or an address; give one such as "
                         "127.0.0.1 or 0.0.0.0") from None
+
+
+class OneLine(logging.Formatter):
+    """uvicorn's, asyncio's and our log records as one line each: never a traceback on the console.
+    A message that is a formatted traceback (Starlette's lifespan failure) is said by its last line,
+    the exception; a record's exception (exc_info) adds its own first line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = [line for line in record.getMessage().strip().splitlines() if line.strip()] or [""]
+        text = lines[-1] if lines[0].startswith("Traceback (most recent call last)") else lines[0]
+        if record.exc_info and record.exc_info[1] is not None:
+            text = f"{text.rstrip(': ')}: {first_line(record.exc_info[1], 200)}"
+        text = visible(text.strip())[:300]  # no escape reaches a terminal
+        left_out = getattr(record, "sgpt_left_out", 0)
+        if left_out:
+            text += f" ({left_out:,} more like it left out)"
+        return f"sgpt: {record.levelname.lower()}: {text}"
+
+
+def quiet_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    handler.addFilter(not_a_cancellation)
+    handler.addFilter(Flood())
+    for name in ("uvicorn", "uvicorn.error", "sse_starlette", "sgpt.serve", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = [handler], False
+        logger.setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = True

@@ -54,9 +54,8 @@ from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown, visible
 from sgpt_cli.web.lanes import Batcher, merged
 from sgpt_cli.web.openai_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
-from sgpt_cli.web.limits import (SEND_S, ApiTimeout, Flood, HeadDeadline, JSONResponse, Sink, check_api_key,
-                                 check_host, connection_cap, json_bytes, json_text, not_a_cancellation, read_body,
-                                 unencodable)
+from sgpt_cli.web.limits import (SEND_S, ApiTimeout, HeadDeadline, JSONResponse, Sink, check_api_key, check_host,
+                                 connection_cap, json_bytes, json_text, quiet_logging, read_body, unencodable)
 from sgpt_cli.web.page import is_public, routes as page_routes
 
 STOP_GRACE_S = 3.0  # how long a stop waits for the running streams to send their last chunks
@@ -76,35 +75,6 @@ ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/expla
              "/v1/sgpt/props")
 
 log = logging.getLogger("sgpt.serve")
-
-
-class OneLine(logging.Formatter):
-    """uvicorn's, asyncio's and our log records as one line each: never a traceback on the console.
-    A message that is a formatted traceback (Starlette's lifespan failure) is said by its last line,
-    the exception; a record's exception (exc_info) adds its own first line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        lines = [line for line in record.getMessage().strip().splitlines() if line.strip()] or [""]
-        text = lines[-1] if lines[0].startswith("Traceback (most recent call last)") else lines[0]
-        if record.exc_info and record.exc_info[1] is not None:
-            text = f"{text.rstrip(': ')}: {first_line(record.exc_info[1], 200)}"
-        text = visible(text.strip())[:300]  # no escape reaches a terminal
-        left_out = getattr(record, "sgpt_left_out", 0)
-        if left_out:
-            text += f" ({left_out:,} more like it left out)"
-        return f"sgpt: {record.levelname.lower()}: {text}"
-
-
-def quiet_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLine())
-    handler.addFilter(not_a_cancellation)
-    handler.addFilter(Flood())
-    for name in ("uvicorn", "uvicorn.error", "sse_starlette", "sgpt.serve", "asyncio"):
-        logger = logging.getLogger(name)
-        logger.handlers, logger.propagate = [handler], False
-        logger.setLevel(logging.WARNING)
-    logging.getLogger("uvicorn.access").disabled = True
 
 
 # --- counters ----------------------------------------------------------------------------------------
