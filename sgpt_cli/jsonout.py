@@ -31,3 +31,14 @@ def dumps(value) -> str:
     """`value` as one line of strict JSON: no NaN or Infinity (ValueError: strict readers refuse them),
     and no character a terminal would obey written raw (escaped as \\uXXXX)."""
     return escaped(json.dumps(value, ensure_ascii=False, allow_nan=False))
+
+
+def unreadable_why(exc: ValueError) -> str:
+    """Why json.loads refused a text when it is not a decoding error: a number past Python's
+    int-digit limit (whose own message advises a Python call, nothing a writer of JSON can do), or
+    what the reader said (a constant such as NaN where it refuses them)."""
+    import sys
+
+    if "integer string conversion" in str(exc):
+        return f"a number has more than {sys.get_int_max_str_digits():,} digits"
+    return str(exc)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
 from sgpt_cli.errors import SgptError, visible
 from sgpt_cli.files import without_bom
-from sgpt_cli.jsonout import dumps  # noqa: F401  (batch.dumps: the one JSON writer, sgpt_cli.jsonout)
+from sgpt_cli.jsonout import dumps, unreadable_why  # noqa: F401  (batch.dumps: the one JSON writer)
 from sgpt_cli.settings import draw_seed
 
 DEFAULT_BATCH_SIZE = 64  # rows at once: 64 prompts x 200 characters took 7.0 s at 32 rows, 6.5 s at 64
@@ -56,14 +55,6 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")  # json.loads would take NaN, Infinity, -Infinity
 
 
-def _json_why(exc: ValueError) -> str:
-    """Why json.loads refused a text that is not a decoding error: NaN, or a number past Python's
-    int-digit limit (its message advises a Python call, nothing a row's writer can do)."""
-    if "integer string conversion" in str(exc):
-        return f"a number has more than {sys.get_int_max_str_digits():,} digits"
-    return str(exc)
-
-
 def parse_line(number: int, line: str, defaults) -> BatchLine | None:
     """A line -> BatchLine (None for a blank line). `defaults`: SamplingParams from the flags, which
     a row's own settings override. Whatever the line holds, the result is a BatchLine: deep
@@ -80,7 +71,7 @@ def parse_line(number: int, line: str, defaults) -> BatchLine | None:
     except ValueError as exc:
         if text.lstrip().startswith("{"):
             where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            why = exc.msg if isinstance(exc, json.JSONDecodeError) else _json_why(exc)
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else unreadable_why(exc)
             return BatchLine(number, number, error=f"not valid JSON ({why}{where})")
         return BatchLine(number, number, text, params=defaults)  # a plain line is a prompt
     if not isinstance(value, dict):

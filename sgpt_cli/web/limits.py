@@ -237,12 +237,12 @@ def json_text(obj) -> str:
 PIECE = 64  # list items per json.dumps call when writing a big object in pieces
 
 
-def _pieces(obj, ascii_only: bool, depth: int = 0):
+def _pieces(obj, depth: int = 0):
     if depth < 8 and isinstance(obj, dict):
         yield "{"
         for i, (key, value) in enumerate(obj.items()):
-            yield ("," if i else "") + json.dumps(str(key), ensure_ascii=ascii_only) + ":"
-            yield from _pieces(value, ascii_only, depth + 1)
+            yield ("," if i else "") + json.dumps(str(key), ensure_ascii=False) + ":"
+            yield from _pieces(value, depth + 1)
         yield "}"
     elif depth < 8 and isinstance(obj, list) and obj:
         yield "["
@@ -250,19 +250,19 @@ def _pieces(obj, ascii_only: bool, depth: int = 0):
             for i, value in enumerate(obj):
                 if i:
                     yield ","
-                yield from _pieces(value, ascii_only, depth + 1)
+                yield from _pieces(value, depth + 1)
         else:
             for i in range(0, len(obj), PIECE):
-                yield ("," if i else "") + json.dumps(obj[i:i + PIECE], ensure_ascii=ascii_only)[1:-1]
+                yield ("," if i else "") + json.dumps(obj[i:i + PIECE], ensure_ascii=False)[1:-1]
         yield "]"
     else:
-        yield json.dumps(obj, ensure_ascii=ascii_only, allow_nan=False)
+        yield json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
 def json_bytes(obj) -> bytes:
     """`obj` as UTF-8 JSON, written in many small json.dumps calls: run in a worker thread, a 30 MB
     response lets the event loop in between them (one call would hold the GIL throughout)."""
-    return "".join(map(escaped, _pieces(obj, False))).encode("utf-8")  # by pieces, like the writing
+    return "".join(map(escaped, _pieces(obj))).encode("utf-8")  # by pieces, like the writing
 
 
 class JSONResponse(_StarletteJSON):

@@ -52,6 +52,7 @@ from starlette.routing import Route
 from sgpt_cli.infer.engine import Event
 from sgpt_cli.infer.onnx_model import STEP_PARTS
 from sgpt_cli.errors import SgptError, first_line, shown, visible
+from sgpt_cli.jsonout import unreadable_why
 from sgpt_cli.web.lanes import Batcher, merged
 from sgpt_cli.web.openai_api import ApiError, Limits, Reply, Request, finish_reason, parse_chat, parse_completion
 from sgpt_cli.web.limits import (SEND_S, ApiTimeout, HeadDeadline, JSONResponse, Sink, check_api_key, check_host,
@@ -183,9 +184,8 @@ async def read_json(request: HttpRequest, limit: int) -> dict:
                        code="invalid_json") from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply", code="invalid_json") from None
-    except ValueError:  # a number past Python's int-digit limit: its own advice is for a programmer
-        raise ApiError(400, f"the body is not valid JSON (a number has more than {sys.get_int_max_str_digits():,} "
-                            "digits)", code="invalid_json") from None
+    except ValueError as exc:  # a number past Python's int-digit limit: its own advice is for a programmer
+        raise ApiError(400, f"the body is not valid JSON ({unreadable_why(exc)})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}", code="invalid_json")
     where = unencodable(body)
