@@ -74,11 +74,30 @@ def __getattr__(name: str):
 
 def main() -> None:
     try:
-        _main()
-    except KeyboardInterrupt as exc:  # Ctrl-C (or an ending signal) before a command's own handler: its imports
-        from sgpt_cli.term.common import report
+        try:
+            _main()
+        except KeyboardInterrupt as exc:  # Ctrl-C (or an ending signal) before a command's own handler: its imports
+            from sgpt_cli.term.common import report
 
-        sys.exit(report(exc))
+            _leave(report(exc))
+    except KeyboardInterrupt:  # another one while the first was being said: the same ending
+        from sgpt_cli.term.common import EXIT_INTERRUPTED
+
+        _leave(EXIT_INTERRUPTED)
+
+
+def _leave(code: int) -> None:
+    """Exit with `code`. Leaving as interrupted, a Ctrl-C still pending (or pressed again) is ignored:
+    one escaping into the interpreter would end the process by SIGINT itself (-2, not 130)."""
+    import contextlib
+    import signal
+
+    from sgpt_cli.term.common import EXIT_INTERRUPTED
+
+    if code == EXIT_INTERRUPTED:
+        with contextlib.suppress(ValueError):  # not the main thread (an embedding caller): nothing to do
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 def _main() -> None:
@@ -105,7 +124,7 @@ def _main() -> None:
         code = report(exc)  # full stdout, Ctrl-C while Typer and the command's modules are imported
     if LOST_STDOUT and code == 0:  # train/export went on and wrote their files; the report was lost
         code = report(LOST_STDOUT[0])
-    sys.exit(code)
+    _leave(code)
 
 
 def dispatch(argv: list[str]) -> int:
